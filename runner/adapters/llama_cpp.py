@@ -1,0 +1,115 @@
+"""llama.cpp adapter: HF -> GGUF conversion, llama-quantize, and llama-server processes.
+
+Quirks kept here: thread count is always explicit (-t/-tb; on 2 cores an oversubscribed server decodes
+>10x slower); servers bind to 127.0.0.1 only; readiness means /health answers 200 *and* one real
+completion returns (llama-server's /health is ok even while every slot is busy).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from runner import env, proc
+from runner.stage import StageError
+
+QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
+
+
+def convert(hf_dir: Path, out_file: Path, log: Path, outtype: str = "f16") -> Path:
+    """HF folder -> GGUF with llama.cpp's own converter (vendored source, its own gguf-py)."""
+    lc = env.llama_cpp()
+    ml = env.venv("ml")
+    e = proc.tool_env(os.cpu_count() or 1, {"PYTHONPATH": str(lc.gguf_py), "NO_LOCAL_GGUF": ""})
+    proc.run([ml.python, lc.converter, hf_dir, "--outfile", out_file, "--outtype", outtype], log, env=e,
+             what=f"convert_hf_to_gguf ({hf_dir.name})")
+    if not out_file.exists():
+        raise StageError(f"convert_hf_to_gguf wrote no file {out_file}", log=log)
+    return out_file
+
+
+def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int) -> Path:
+    if qtype not in QUANT_TYPES:
+        raise StageError(f"unknown quant type '{qtype}' for {src.name}; supported: {', '.join(QUANT_TYPES)}")
+    proc.run([env.llama_cpp().bin("llama-quantize"), src, dst, qtype.upper(), str(threads)], log,
+             what=f"llama-quantize {qtype}")
+    return dst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    gguf: Path
+    port: int
+    threads: int
+    parallel: int
+    ctx_size: int
+    alias: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [str(env.llama_cpp().bin("llama-server")), "-m", str(self.gguf), "--host", "127.0.0.1",
+                "--port", str(self.port), "-t", str(self.threads), "-tb", str(self.threads),
+                "--parallel", str(self.parallel), "-c", str(self.ctx_size * self.parallel), "--cont-batching",
+                "--metrics", "--alias", self.alias, "--no-webui", "--jinja"]
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except json.JSONDecodeError:
+            return e.code, {}
+
+
+def wait_ready(server: Server, process, log: Path, timeout: float) -> float:
+    """Seconds until /health is 200 and one real completion comes back."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if process.poll() is not None:
+            raise StageError(f"llama-server for {server.gguf.name} exited with code {process.returncode} "
+                             f"before it was ready\n{proc.tail(log)}", log=log)
+        try:
+            status, _ = http_json(server.url + "/health", timeout=2)
+            if status == 200:
+                status, body = http_json(server.url + "/v1/chat/completions", {
+                    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}, timeout=60)
+                if status == 200 and body.get("choices"):
+                    return time.time() - t0
+                if status != 503:  # 503 = still loading; anything else will not get better by waiting
+                    raise StageError(f"llama-server for {server.gguf.name} is up but cannot generate: HTTP {status} "
+                                     f"{json.dumps(body)[:300]}", log=log)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.25)
+    raise StageError(f"llama-server for {server.gguf.name} not ready after {timeout:.0f}s", log=log)
+
+
+@contextlib.contextmanager
+def serve(gguf: Path, log: Path, threads: int, parallel: int = 1, ctx_size: int = 4096, alias: str = "model",
+          timeout: float = 120.0) -> Iterator[tuple[Server, float]]:
+    """A llama-server on a free loopback port; yields (server, seconds to ready); stopped on exit."""
+    server = Server(gguf, free_port(), threads, parallel, ctx_size, alias)
+    with proc.background(server.command(), log) as p:
+        ready_s = wait_ready(server, p, log, timeout)
+        yield server, ready_s

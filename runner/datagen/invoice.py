@@ -1,0 +1,155 @@
+"""Deterministic synthetic invoice documents with gold JSON (schemas/tasks/invoice.schema.json).
+
+Seeded per record (seed, index), so record i is the same whatever the corpus size. Layouts: table,
+e-mail, letter, receipt, key:value export. Locales carry their own number and date conventions.
+Line items add up to the subtotal; distractor numbers (order no., phone, previous balance) are printed
+too. Every non-null gold value is printed in the text, possibly in a local format or as a symbol.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from faker import Faker
+
+LAYOUTS = ("table", "email", "letter", "receipt", "keyvalue")
+
+
+@dataclass(frozen=True)
+class Locale:
+    code: str
+    currency: str
+    symbol: str
+    thousands: str
+    decimal: str
+    date_fmt: str      # strftime
+    words: dict
+
+
+LOCALES = {
+    "en_US": Locale("en_US", "USD", "$", ",", ".", "%m/%d/%Y",
+                    dict(invoice="Invoice", date="Invoice date", due="Due date", bill_to="Bill to", sub="Subtotal",
+                         tax="Sales tax", total="Total due", qty="Qty", item="Description", price="Amount")),
+    "en_GB": Locale("en_GB", "GBP", "£", ",", ".", "%d %B %Y",
+                    dict(invoice="Invoice", date="Date of issue", due="Payment due", bill_to="Invoice to",
+                         sub="Net amount", tax="VAT", total="Total payable", qty="Qty", item="Item", price="Price")),
+    "de_DE": Locale("de_DE", "EUR", "€", ".", ",", "%d.%m.%Y",
+                    dict(invoice="Rechnung", date="Rechnungsdatum", due="Fällig am", bill_to="Rechnungsempfänger",
+                         sub="Nettobetrag", tax="MwSt.", total="Gesamtbetrag", qty="Menge", item="Bezeichnung",
+                         price="Betrag")),
+    "fr_FR": Locale("fr_FR", "EUR", "€", " ", ",", "%d/%m/%Y",
+                    dict(invoice="Facture", date="Date de facture", due="Date d'échéance", bill_to="Client",
+                         sub="Total HT", tax="TVA", total="Total TTC", qty="Qté", item="Désignation", price="Montant")),
+    "es_ES": Locale("es_ES", "EUR", "€", ".", ",", "%d/%m/%Y",
+                    dict(invoice="Factura", date="Fecha de emisión", due="Vencimiento", bill_to="Cliente",
+                         sub="Base imponible", tax="IVA", total="Total", qty="Cant.", item="Concepto", price="Importe")),
+    "it_IT": Locale("it_IT", "EUR", "€", ".", ",", "%d/%m/%Y",
+                    dict(invoice="Fattura", date="Data fattura", due="Scadenza", bill_to="Cliente",
+                         sub="Imponibile", tax="IVA", total="Totale", qty="Q.tà", item="Descrizione", price="Importo")),
+    "ja_JP": Locale("ja_JP", "JPY", "¥", ",", ".", "%Y年%m月%d日",
+                    dict(invoice="請求書", date="請求日", due="支払期限", bill_to="請求先", sub="小計", tax="消費税",
+                         total="合計", qty="数量", item="品目", price="金額")),
+    "de_CH": Locale("de_CH", "CHF", "CHF", "'", ".", "%d.%m.%Y",
+                    dict(invoice="Rechnung", date="Datum", due="Zahlbar bis", bill_to="Kunde", sub="Zwischensumme",
+                         tax="MWST", total="Total", qty="Anz.", item="Leistung", price="Betrag")),
+}
+TAX_RATES = {"USD": 0.07, "GBP": 0.20, "EUR": 0.19, "JPY": 0.10, "CHF": 0.081}
+ITEMS = ["Consulting hours", "Cloud hosting (monthly)", "Laptop stand", "Office chairs", "Printer toner",
+         "Software licence", "Support plan", "Network cables", "Training workshop", "Maintenance visit",
+         "Design services", "Shipping and handling", "Translation services", "Server rack", "Data migration"]
+
+
+def money(value: float, loc: Locale, decimals: int = 2) -> str:
+    s = f"{value:,.{decimals}f}"
+    return s.replace(",", "\x00").replace(".", loc.decimal).replace("\x00", loc.thousands)
+
+
+def date_text(d: dt.date, loc: Locale) -> str:
+    return d.strftime(loc.date_fmt)
+
+
+def record(seed: int, index: int) -> dict:
+    rng = random.Random(f"{seed}-{index}")
+    code = rng.choice(sorted(LOCALES))
+    loc = LOCALES[code]
+    fake = Faker(code if code != "de_CH" else "de_CH")
+    fake.seed_instance(rng.randrange(2**31))
+    layout = rng.choice(LAYOUTS)
+    decimals = 0 if loc.currency == "JPY" else 2
+    n_items = rng.randint(1, 4)
+    items = []
+    for _ in range(n_items):
+        qty = rng.randint(1, 12)
+        unit = round(rng.uniform(5, 900), decimals) if decimals else float(rng.randint(500, 90000))
+        items.append((rng.choice(ITEMS), qty, unit, round(qty * unit, decimals)))
+    subtotal = round(sum(i[3] for i in items), decimals)
+    tax = round(subtotal * TAX_RATES[loc.currency], decimals)
+    total = round(subtotal + tax, decimals)
+    issued = dt.date(2023, 1, 1) + dt.timedelta(days=rng.randrange(900))
+    due = issued + dt.timedelta(days=rng.choice([14, 30, 45, 60]))
+    seller, buyer = fake.company(), fake.company()
+    number = rng.choice(["INV-{}-{:05d}", "{}/{:04d}", "F{}{:06d}", "RE-{}-{:03d}"]).format(issued.year, rng.randrange(1, 99999))
+    # Some documents omit fields: gold says null there.
+    has_due = rng.random() > 0.15
+    has_tax = rng.random() > 0.1
+    gold = {
+        "invoice_number": number, "invoice_date": issued.isoformat(), "due_date": due.isoformat() if has_due else None,
+        "seller": seller, "buyer": buyer, "currency": loc.currency,
+        "subtotal": subtotal if has_tax else None, "tax": tax if has_tax else None,
+        "total": total if has_tax else subtotal,
+    }
+    cur = rng.choice([loc.symbol, loc.currency])
+    distract = {"order": f"PO-{rng.randrange(10000, 99999)}", "phone": fake.phone_number(),
+                "balance": money(rng.uniform(10, 5000), loc, decimals)}
+    text = render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
+    return {"id": f"inv-{seed}-{index:06d}", "layout": layout, "locale": code, "document": text, "gold": gold}
+
+
+def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) -> str:
+    w = loc.words
+    m = lambda v: f"{money(v, loc, decimals)} {cur}" if cur == loc.currency else f"{cur}{money(v, loc, decimals)}"
+    issued = date_text(dt.date.fromisoformat(gold["invoice_date"]), loc)
+    due = date_text(dt.date.fromisoformat(gold["due_date"]), loc) if gold["due_date"] else None
+    lines_tbl = "\n".join(f"| {d} | {q} | {m(a)} |" for d, q, _, a in items)
+    lines_txt = "\n".join(f"- {q} x {d}: {m(a)}" for d, q, _, a in items)
+    sums = []
+    if gold["tax"] is not None:
+        sums += [f"{w['sub']}: {m(gold['subtotal'])}", f"{w['tax']}: {m(gold['tax'])}"]
+    sums.append(f"{w['total']}: {m(total)}")
+    sums = "\n".join(sums)
+    due_line = f"{w['due']}: {due}\n" if due else ""
+    if layout == "table":
+        return (f"{gold['seller']}\n{fake.address()}\nTel. {distract['phone']}\n\n{w['invoice']} {gold['invoice_number']}\n"
+                f"{w['date']}: {issued}\n{due_line}{w['bill_to']}: {gold['buyer']}\nPO: {distract['order']}\n\n"
+                f"| {w['item']} | {w['qty']} | {w['price']} |\n|---|---|---|\n{lines_tbl}\n\n{sums}\n")
+    if layout == "email":
+        return (f"From: billing@{fake.domain_name()}\nSubject: {w['invoice']} {gold['invoice_number']}\n\n"
+                f"{fake.first_name()},\n\nplease find our {w['invoice'].lower()} {gold['invoice_number']} dated {issued} "
+                f"for your order {distract['order']}.\n{lines_txt}\n{sums}\n{due_line}\n"
+                f"Previous balance (already settled): {cur} {distract['balance']}\n\n"
+                f"{fake.name()}\n{gold['seller']}\n\nCustomer: {gold['buyer']}\n")
+    if layout == "letter":
+        return (f"{gold['seller']}\n{fake.address()}\n\n{gold['buyer']}\n{fake.address()}\n\n{fake.city()}, {issued}\n\n"
+                f"{w['invoice']} Nr. {gold['invoice_number']}\n\n{lines_txt}\n\n{sums}\n{due_line}\n"
+                f"Ref. {distract['order']} · {distract['phone']}\n")
+    if layout == "receipt":
+        return (f"*** {gold['seller'].upper()} ***\n{fake.street_address()}\n{issued} {rng.randint(8, 20):02d}:"
+                f"{rng.randint(0, 59):02d}\n#{gold['invoice_number']}\n"
+                + "\n".join(f"{d[:18]:<18} {q:>3} {m(a):>14}" for d, q, _, a in items)
+                + f"\n{sums}\n{due_line}{w['bill_to']}: {gold['buyer']}\nTEL {distract['phone']}\n")
+    # keyvalue: an ERP export
+    kv = [("document_type", w["invoice"]), ("number", gold["invoice_number"]), ("issue_date", issued),
+          ("vendor", gold["seller"]), ("customer", gold["buyer"]), ("order_ref", distract["order"])]
+    if due:
+        kv.append(("due", due))
+    kv.append(("currency", loc.currency if rng.random() < 0.5 else cur))
+    if gold["tax"] is not None:
+        kv += [("net", money(gold["subtotal"], loc, decimals)), ("tax", money(gold["tax"], loc, decimals))]
+    kv.append(("gross", money(total, loc, decimals)))
+    kv.append(("previous_balance", distract["balance"]))
+    return "\n".join(f"{k}={v}" for k, v in kv) + "\n"
+
+
+def generate(seed: int, size: int) -> list[dict]:
+    return [record(seed, i) for i in range(size)]

@@ -1,0 +1,223 @@
+"""Plan, cache and run the stages of one recipe; record the run.
+
+A stage's output is stored under key = hash(its recipe sections, its inputs' keys, its code).
+An unchanged stage is a cache hit; a changed one re-runs, and so does everything downstream
+(their keys include its key). Outputs are written to a temporary folder and renamed into place
+only when the stage succeeds, so a crash never leaves a partial output that looks complete.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import manifest, progress
+from runner.env import REPO
+from runner.recipe import Recipe, content_hash
+from runner.stage import Context, Output, Result, StageError
+
+STAGES = ("data", "train", "eval", "quantize", "serve", "loadtest", "report")
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("FORGE_RUNS", REPO / "runs")).resolve()
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"runner.stages.{name}")
+
+
+def code_hash(name: str) -> str:
+    mod = stage_module(name)
+    files = [Path(mod.__file__)] + [REPO / f for f in getattr(mod, "CODE", ())]
+    return content_hash({str(f.relative_to(REPO)): f.read_text() for f in files})
+
+
+def stage_key(name: str, recipe: dict, input_keys: dict[str, str]) -> str:
+    mod = stage_module(name)
+    sections = {s: recipe.get(s) for s in mod.SECTIONS}
+    return content_hash({"stage": name, "sections": sections, "inputs": input_keys,
+                         "code": code_hash(name), "fingerprint": mod.fingerprint(recipe)
+                         if hasattr(mod, "fingerprint") else None})[:20]
+
+
+def store_dir(name: str, key: str) -> Path:
+    return runs_root() / "cache" / name / key
+
+
+def plan(recipe: dict) -> dict[str, str]:
+    """The key of every stage, in order (a stage's key depends on its inputs' keys)."""
+    keys: dict[str, str] = {}
+    for name in STAGES:
+        mod = stage_module(name)
+        keys[name] = stage_key(name, recipe, {i: keys[i] for i in mod.INPUTS})
+    return keys
+
+
+def cached(name: str, key: str) -> Output | None:
+    d = store_dir(name, key)
+    if (d / "stage.json").exists():
+        return Output.read(name, key, d)
+    return None
+
+
+class RunFailed(Exception):
+    def __init__(self, stage: str, status: str, message: str):
+        self.stage, self.status = stage, status
+        super().__init__(message)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    status: str = "pending"  # pending | cached | ok | suspect | gated | failed | skipped
+    cache_hit: bool = False
+    seconds: float = 0.0
+    metrics: dict | None = None
+    log: str | None = None
+    error: str | None = None
+
+
+def select(only: str | None, start: str | None) -> tuple[set[str], set[str]]:
+    """Stages to run and stages to force re-running."""
+    for s in (only, start):
+        if s is not None and s not in STAGES:
+            raise SystemExit(f"unknown stage '{s}'; stages are: {', '.join(STAGES)}")
+    if only:
+        return {only}, set()
+    if start:
+        i = STAGES.index(start)
+        return set(STAGES), set(STAGES[i:])
+    return set(STAGES), set()
+
+
+def execute(recipe: Recipe, only: str | None = None, start: str | None = None, force: bool = False,
+            until: str | None = None) -> Path:
+    """Run the recipe; returns the run folder. Raises RunFailed when a stage fails or is gated."""
+    wanted, forced = select(only, start)
+    if force:
+        forced = set(wanted)
+    if until:
+        wanted = {s for s in wanted if STAGES.index(s) <= STAGES.index(until)}
+    keys = plan(recipe.data)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + recipe.hash[:6]
+    run_dir = runs_root() / recipe.name / run_id
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    records = {s: StageRecord(s, keys[s]) for s in STAGES}
+    man = manifest.start(recipe, run_id, run_dir, keys)
+    outputs: dict[str, Output] = {}
+    failure: RunFailed | None = None
+    total = len([s for s in STAGES if s in wanted])
+    n = 0
+    try:
+        for name in STAGES:
+            rec = records[name]
+            if name not in wanted:
+                hit = cached(name, rec.key)
+                if hit:
+                    outputs[name] = hit
+                rec.status = "skipped"
+                continue
+            n += 1
+            line = progress.Line(f"[{n}/{total}] {name:<8}")
+            hit = None if name in forced else cached(name, rec.key)
+            if hit:
+                outputs[name] = hit
+                rec.status, rec.cache_hit, rec.metrics = "cached", True, hit.metrics
+                _link(run_dir, name, hit.dir)
+                line.done(f"cached ({rec.key[:10]})")
+                if hit.status == "gated":
+                    rec.status = "gated"
+                    raise RunFailed(name, "gated", hit.metrics.get("gate_summary", f"stage {name} is gated"))
+                continue
+            mod = stage_module(name)
+            missing = [i for i in mod.INPUTS if i not in outputs]
+            if missing:
+                rec.status = "failed"
+                rec.error = (f"needs the output of {', '.join(missing)}, which is not in the cache for this recipe; "
+                             f"run without --only first")
+                raise RunFailed(name, "failed", f"stage '{name}' {rec.error}")
+            out = _run_stage(mod, name, rec, recipe, run_dir, outputs, line)
+            outputs[name] = out
+            if out.status == "gated":
+                raise RunFailed(name, "gated", out.metrics.get("gate_summary", f"stage {name} gated the run"))
+    except RunFailed as e:
+        failure = e
+    except KeyboardInterrupt:
+        for rec in records.values():
+            if rec.status == "running":
+                rec.status = "failed"
+                rec.error = "interrupted"
+        failure = RunFailed("-", "interrupted", "interrupted by the user")
+    finally:
+        manifest.finish(man, run_dir, records, outputs, failure)
+    print(summary(records, run_dir), flush=True)
+    if failure:
+        raise failure
+    return run_dir
+
+
+def _run_stage(mod, name: str, rec: StageRecord, recipe: Recipe, run_dir: Path,
+               outputs: dict[str, Output], line: progress.Line) -> Output:
+    final = store_dir(name, rec.key)
+    tmp = final.parent / f".{rec.key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    logs = run_dir / "logs" / name
+    ctx = Context(stage=name, recipe=recipe.data, out=tmp, logs=logs,
+                  inputs={i: outputs[i] for i in mod.INPUTS}, progress=line.update, run_dir=run_dir)
+    rec.status = "running"
+    t0 = time.time()
+    try:
+        result: Result = mod.run(ctx)
+    except (StageError, Exception) as e:
+        rec.seconds = time.time() - t0
+        rec.status = "failed"
+        rec.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "error.txt").write_text(traceback.format_exc())
+        rec.log = str(getattr(e, "log", None) or logs / "error.txt")
+        shutil.rmtree(tmp, ignore_errors=True)
+        line.done(f"FAILED after {rec.seconds:.0f}s: {rec.error}")
+        raise RunFailed(name, "failed", f"stage '{name}' failed: {e}\nlog: {rec.log}") from e
+    rec.seconds = time.time() - t0
+    for art, rel in result.artifacts.items():
+        if not (tmp / rel).exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            rec.status = "failed"
+            rec.error = f"declared artifact '{art}' ({rel}) was not written"
+            raise RunFailed(name, "failed", f"stage '{name}': {rec.error}")
+    record = {"stage": name, "key": rec.key, "status": result.status, "seconds": rec.seconds,
+              "metrics": result.metrics, "artifacts": result.artifacts, "notes": result.notes,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_id": run_dir.name}
+    (tmp / "stage.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _link(run_dir, name, final)
+    rec.status, rec.metrics = result.status, result.metrics
+    line.done(f"{result.status} in {rec.seconds:.0f}s" + (f" ({'; '.join(result.notes)})" if result.notes else ""))
+    return Output.read(name, rec.key, final)
+
+
+def _link(run_dir: Path, name: str, target: Path) -> None:
+    link = run_dir / "stages" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def summary(records: dict[str, StageRecord], run_dir: Path) -> str:
+    rows = []
+    for r in records.values():
+        rows.append([r.name, r.status, "yes" if r.cache_hit else "", f"{r.seconds:.1f}s" if r.seconds else "",
+                     r.key[:10], (r.error or "")[:70]])
+    text = progress.table(rows, ["stage", "status", "cached", "time", "key", "note"])
+    return f"\n{text}\n\nrun folder: {run_dir}\nmanifest:   {run_dir / 'manifest.json'}"

