@@ -73,7 +73,7 @@ def package_versions() -> dict:
 
 
 def seeds(recipe: dict) -> dict:
-    return {"recipe": recipe["seed"], "data_generator": recipe["data"]["generator"]["seed"]}
+    return {"recipe": recipe["seed"], "data_generator": recipe.get("data", {}).get("generator", {}).get("seed")}
 
 
 def start(recipe, run_id: str, run_dir: Path, keys: dict) -> dict:

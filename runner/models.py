@@ -27,9 +27,28 @@ def base_model_dir(section: dict) -> Path:
         if not (p / "config.json").exists():
             raise StageError(f"base_model.path: {p} is not a Hugging Face model folder (no config.json)")
         return p
-    # hub: resolved by the tools themselves (needs network; HF_HUB_OFFLINE=1 makes them fail clearly)
-    from huggingface_hub import snapshot_download  # pragma: no cover - needs network
-    return Path(snapshot_download(section["hub_id"]))
+    return hub_snapshot(section["hub_id"])
+
+
+def hub_snapshot(hub_id: str) -> Path:
+    """Download a hub model once into the cache (needs network: with HF_HUB_OFFLINE=1 it fails, clearly)."""
+    import os
+    import subprocess
+
+    out = env.cache_root() / "models" / ("hub-" + hub_id.replace("/", "--"))
+    if env.is_complete(out):
+        return out / "hf"
+    ml = env.venv("ml")
+    r = subprocess.run([str(ml.python), "-m", "runner.adapters.hf_export", "fetch", "--hub-id", hub_id,
+                        "--out", str(out / "hf")], cwd=env.REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(env.REPO)})
+    if r.returncode != 0:
+        offline = " (HF_HUB_OFFLINE=1 is set: unset it, or point base_model at a local folder with source: path)" \
+            if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise StageError(f"base_model.hub_id '{hub_id}' could not be downloaded{offline}: "
+                         f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    env.done_marker(out).write_text("ok\n")
+    return out / "hf"
 
 
 @lru_cache(maxsize=8)

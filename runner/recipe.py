@@ -272,9 +272,10 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
         elif err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else err.message
             out.append(f"{where(path)}: {_dotted(path + [missing])}: required key is missing")
-        elif err.validator == "propertyNames":
+        elif "propertyNames" in err.relative_schema_path:
+            rule = err.schema.get("pattern") or (f"not one of {err.schema['not']['enum']}" if "not" in err.schema else "")
             out.append(f"{where(path + [err.instance])}: {_dotted(path + [err.instance])}: "
-                       f"name not allowed ({err.message})")
+                       f"name not allowed (expected a name {'matching ' if 'pattern' in err.schema else ''}{rule})")
         else:
             out.append(f"{where(path)}: {_dotted(path)}: expected {_expected(err)}, found {_kind(err.instance)}")
     return out

@@ -3,6 +3,7 @@
 Runs inside the `ml` venv (python -m runner.adapters.hf_export ...):
   dequantize --gguf F --out D         GGUF -> full-precision HF folder (transformers dequantizes on load)
   tiny --tokenizer D --out D [--seed] a random-weight 2-layer llama with a real tokenizer (for tests)
+  fetch --hub-id ID --out D           a hub model snapshot (online users only)
 """
 from __future__ import annotations
 
@@ -79,6 +80,12 @@ def tiny(tokenizer_dir: Path, out: Path, seed: int) -> None:
     print(f"tiny model: {sum(p.numel() for p in model.parameters())} parameters in {out}")
 
 
+def fetch(hub_id: str, out: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(hub_id, local_dir=str(out))
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hf_export")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -89,9 +96,14 @@ def main(argv: list[str]) -> int:
     t.add_argument("--tokenizer", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("fetch")
+    f.add_argument("--hub-id", required=True)
+    f.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "dequantize":
         dequantize(a.gguf, a.out)
+    elif a.cmd == "fetch":
+        fetch(a.hub_id, a.out)
     else:
         tiny(a.tokenizer, a.out, a.seed)
     return 0

@@ -1,0 +1,76 @@
+"""Every stage really runs (Axolotl, llama.cpp, lm-eval, GuideLLM) on a tiny random-weight model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["data", "train", "eval", "quantize", "serve", "loadtest", "report"]
+
+pytestmark = pytest.mark.e2e
+
+
+def run_recipe(recipe: Path, runs: Path, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner", "run", str(recipe), *flags], cwd=REPO,
+                          env={**os.environ, "FORGE_RUNS": str(runs)}, capture_output=True, text=True, timeout=1200)
+
+
+def latest_manifest(runs: Path, name: str) -> dict:
+    run_dir = sorted(p for p in (runs / name).iterdir() if p.is_dir())[-1]
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, runs_dir):
+    recipe = tmp_path / "tiny-e2e.yaml"
+    recipe.write_text(f"extends: {REPO / 'tests' / 'recipes' / 'tiny.yaml'}\nname: tiny-e2e\n"
+                      f"base_model: {{source: path, path: {tiny_model}}}\n")
+    first = run_recipe(recipe, runs_dir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    man = latest_manifest(runs_dir, "tiny-e2e")
+    assert man["status"] == "ok"
+    assert [s for s in STAGES if man["stages"][s]["status"] == "ok"] == STAGES
+    assert man["dataset_version"] and len(man["dataset_version"]) == 12
+
+    st = man["stages"]
+    run_dir = Path(man["stages"]["report"]["key"] and sorted((runs_dir / "tiny-e2e").iterdir())[-1])
+    # data: three chat-format splits
+    train_rows = [json.loads(x) for x in (run_dir / "stages" / "data" / "train.jsonl").read_text().splitlines()]
+    assert train_rows and [m["role"] for m in train_rows[0]["messages"]] == ["system", "user", "assistant"]
+    # train: Axolotl's log parsed into a curve; the adapter merged into a full model
+    assert st["train"]["metrics"]["tuned"]["steps"] == 4
+    assert st["train"]["metrics"]["tuned"]["trainable_params"] > 0
+    assert (run_dir / "stages" / "train" / "tuned" / "merged" / "config.json").exists()
+    assert (run_dir / "stages" / "train" / "tuned" / "axolotl.yaml").exists()
+    # eval: both models scored through llama-server by lm-eval, per-sample outputs kept
+    for model in ("base", "tuned"):
+        task = st["eval"]["metrics"]["models"][model]["tasks"]["invoice_extraction"]
+        assert task["samples"] == 6
+        assert 0.0 <= task["field_f1"] <= 1.0 and 0.0 <= task["json_valid"] <= 1.0
+        assert (run_dir / "stages" / "eval" / model / "model-f16.gguf").stat().st_size > 1_000_000
+    # quantize: each requested type written, smaller than f16
+    files = st["quantize"]["metrics"]["files"]
+    assert set(files) == {"f16", "q8_0", "q4_k_m"} and files["q4_k_m"]["bytes"] < files["f16"]["bytes"]
+    # serve: primary and fallback came up and answered
+    assert {e["role"] for e in st["serve"]["metrics"]["endpoints"]} == {"primary", "fallback"}
+    # loadtest: GuideLLM measured each level of the ladder
+    levels = st["loadtest"]["metrics"]["levels"]
+    assert [lv["streams"] for lv in levels] == [1, 2]
+    assert all(lv["requests"]["successful"] > 0 and lv["latency_s"]["p99"] > 0 for lv in levels)
+    # report rendered from the artifacts
+    readme = (run_dir / "stages" / "report" / "README.md").read_text()
+    assert man["dataset_version"] in readme and "| q4_k_m |" in readme
+
+    second = run_recipe(recipe, runs_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    man2 = latest_manifest(runs_dir, "tiny-e2e")
+    assert man2["run_id"] != man["run_id"]
+    assert all(man2["stages"][s]["status"] == "cached" for s in STAGES), man2["stages"]
+
+    # `just report RUN` re-renders from stored artifacts alone
+    rep = subprocess.run([sys.executable, "-m", "runner", "report", man["run_id"]], cwd=REPO,
+                         env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
