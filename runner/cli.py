@@ -36,8 +36,15 @@ def _load_or_exit(path: str) -> recipes.Recipe:
         raise SystemExit(2)
 
 
+def _sigterm_as_interrupt(*_):
+    raise KeyboardInterrupt  # a killed run still records its stages as interrupted
+
+
 def cmd_run(a) -> int:
+    import signal
+
     from runner import pipeline
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     r = _load_or_exit(a.recipe)
     try:
         pipeline.execute(r, only=a.only, start=a.start, force=a.force, until=a.until)

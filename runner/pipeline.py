@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import manifest, progress
+from runner import env, manifest, progress
 from runner.env import REPO
 from runner.recipe import Recipe, content_hash
 from runner.stage import Context, Output, Result, StageError
@@ -38,12 +38,20 @@ def code_hash(name: str) -> str:
     return content_hash({str(f.relative_to(REPO)): f.read_text() for f in files})
 
 
+def tool_keys(mod) -> dict[str, str]:
+    """Build keys of the tools a stage runs (venv pins, llama.cpp build): new tool versions, new outputs."""
+    keys = {}
+    for tool in getattr(mod, "TOOLS", ()):
+        keys[tool] = env.llama_cpp().key if tool == "llama" else env.venv(tool).key
+    return keys
+
+
 def stage_key(name: str, recipe: dict, input_keys: dict[str, str]) -> str:
     mod = stage_module(name)
     sections = {s: recipe.get(s) for s in mod.SECTIONS}
     return content_hash({"stage": name, "sections": sections, "inputs": input_keys,
-                         "code": code_hash(name), "fingerprint": mod.fingerprint(recipe)
-                         if hasattr(mod, "fingerprint") else None})[:20]
+                         "code": code_hash(name), "tools": tool_keys(mod),
+                         "fingerprint": mod.fingerprint(recipe) if hasattr(mod, "fingerprint") else None})[:20]
 
 
 def store_dir(name: str, key: str) -> Path:

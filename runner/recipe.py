@@ -171,6 +171,10 @@ def fill_defaults(instance: dict, schema: dict, base: dict, schemas) -> dict:
             instance[key] = copy.deepcopy(default)
         if isinstance(instance.get(key), dict) and isinstance(resolved, dict):
             fill_defaults(instance[key], resolved, resolved_base, schemas)
+        elif isinstance(instance.get(key), list) and isinstance(resolved, dict) and isinstance(resolved.get("items"), dict):
+            for item in instance[key]:
+                if isinstance(item, dict):
+                    fill_defaults(item, resolved["items"], resolved_base, schemas)
     return instance
 
 
@@ -283,6 +287,28 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
 
 # ---------------------------------------------------------------- entry points
 
+# Recipe values that are file paths: resolved against the directory of the recipe file that set them.
+PATH_KEYS = (("base_model", "path"), ("data", "sources", "*", "path"))
+
+
+def _resolve_paths(data: dict, origin: dict, main_file: Path) -> None:
+    def walk(node, pattern, path):
+        if not pattern:
+            return
+        head, rest = pattern[0], pattern[1:]
+        keys = range(len(node)) if head == "*" and isinstance(node, list) else [head]
+        for k in keys:
+            if isinstance(node, (dict, list)) and (k in node if isinstance(node, dict) else True):
+                if not rest and isinstance(node[k], str):
+                    src = origin.get(path + (k,), (main_file, 0))[0]
+                    p = Path(node[k]).expanduser()
+                    node[k] = str(p if p.is_absolute() else (Path(src).parent / p).resolve())
+                else:
+                    walk(node[k], rest, path + (k,))
+    for pattern in PATH_KEYS:
+        walk(data, pattern, ())
+
+
 def load(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.exists():
@@ -291,6 +317,7 @@ def load(path: str | Path) -> Recipe:
     problems = _problems(data, origin, path.resolve())
     if problems:
         raise RecipeError(problems)
+    _resolve_paths(data, origin, path.resolve())
     schemas = _schemas()
     resolved = fill_defaults(copy.deepcopy(data), schemas[ROOT_SCHEMA], schemas[ROOT_SCHEMA], schemas)
     errors = list(validator().iter_errors(resolved))

@@ -4,6 +4,7 @@ A stage module (runner/stages/<name>.py) declares:
   SECTIONS  recipe keys it reads (its cache key covers exactly these)
   INPUTS    upstream stages whose artifacts it reads
   CODE      extra source files (adapters) whose text is part of its cache key
+  TOOLS     venv groups / 'llama' it runs: their build keys are part of its cache key
   run(ctx) -> Result
 Stages meet only through artifacts on disk: `ctx.inputs[name]` is the stored output of an upstream stage.
 """

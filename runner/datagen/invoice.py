@@ -102,8 +102,13 @@ def record(seed: int, index: int) -> dict:
     cur = rng.choice([loc.symbol, loc.currency])
     distract = {"order": f"PO-{rng.randrange(10000, 99999)}", "phone": fake.phone_number(),
                 "balance": money(rng.uniform(10, 5000), loc, decimals)}
+    distract["email"] = f"billing@{fake.domain_name()}"
     text = render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
-    return {"id": f"inv-{seed}-{index:06d}", "layout": layout, "locale": code, "document": text, "gold": gold}
+    printed = [{"type": "phone", "value": distract["phone"]}] if layout in ("table", "letter", "receipt") else []
+    if layout == "email":
+        printed.append({"type": "email", "value": distract["email"]})
+    return {"id": f"inv-{seed}-{index:06d}", "layout": layout, "locale": code, "document": text, "gold": gold,
+            "pii": printed}
 
 
 def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) -> str:
@@ -124,7 +129,7 @@ def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) 
                 f"{w['date']}: {issued}\n{due_line}{w['bill_to']}: {gold['buyer']}\nPO: {distract['order']}\n\n"
                 f"| {w['item']} | {w['qty']} | {w['price']} |\n|---|---|---|\n{lines_tbl}\n\n{sums}\n")
     if layout == "email":
-        return (f"From: billing@{fake.domain_name()}\nSubject: {w['invoice']} {gold['invoice_number']}\n\n"
+        return (f"From: {distract['email']}\nSubject: {w['invoice']} {gold['invoice_number']}\n\n"
                 f"{fake.first_name()},\n\nplease find our {w['invoice'].lower()} {gold['invoice_number']} dated {issued} "
                 f"for your order {distract['order']}.\n{lines_txt}\n{sums}\n{due_line}\n"
                 f"Previous balance (already settled): {cur} {distract['balance']}\n\n"

@@ -1,34 +1,57 @@
-"""data: generate or ingest records, normalize, drop exact duplicates and over-long records,
-split deterministically (stratified by layout and locale), write chat JSONL, version the result."""
+"""data: ingest (generator with injected defects, or the user's files), normalize, drop empty records,
+exact and near dedup (datasketch), PII/secret policy (Presidio, stdnum, phonenumbers, detect-secrets), label
+checks (task schema + grounding), token-length filter, cleanlab Datalab outliers, stratified split, leakage
+check, chat JSONL, dataset version, and the data audit report."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import random
 import re
+import time
 import unicodedata
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from runner import models
-from runner.datagen import invoice
+from runner.adapters import cleanlab_datalab
+from runner.datagen import defects, invoice
+from runner.dataprep import audit, dedup, labels, pii, sources, truth
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("data", "base_model", "seed")
+SECTIONS = ("data", "base_model", "seed", "threads")
 INPUTS = ()
-CODE = ("runner/datagen/invoice.py",)
+CODE = ("runner/datagen/invoice.py", "runner/datagen/defects.py", "runner/dataprep/dedup.py",
+        "runner/dataprep/pii.py", "runner/dataprep/labels.py", "runner/dataprep/sources.py",
+        "runner/dataprep/truth.py", "runner/dataprep/audit.py", "runner/adapters/cleanlab_datalab.py",
+        "evals/invoice_extraction/utils.py")
+TOOLS = ("core", "ml")
 GENERATORS = {"invoice": invoice.generate}
+SPLITS = ("train", "eval", "test")
 
 
 def fingerprint(recipe: dict) -> str:
-    return models.fingerprint(recipe["base_model"])  # token lengths depend on the tokenizer
+    parts = [models.fingerprint(recipe["base_model"])]  # token lengths depend on the tokenizer
+    for s in recipe["data"]["sources"]:  # the user's files are inputs too
+        if "path" in s:
+            try:
+                parts.append(hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest()[:16])
+            except OSError:
+                parts.append("unreadable")  # the stage itself reports it, naming the file
+    return ":".join(parts)
 
 
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
-    text = re.sub(r"<[^>]+>", " ", text)
-    text = re.sub(r"[ \t]+", " ", text)
-    text = re.sub(r" *\n *", "\n", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+def normalize(text: str, cfg: dict) -> str:
+    if cfg["strip_html"]:
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    if cfg["unicode"] != "none":
+        text = unicodedata.normalize(cfg["unicode"], text)
+    if cfg["collapse_whitespace"]:
+        text = re.sub(r"[ \t]+", " ", text)
+        text = re.sub(r" *\n *", "\n", text)
+        text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return text
 
 
 def to_chat(rec: dict, system_prompt: str) -> dict:
@@ -71,73 +94,251 @@ def split(records: list[dict], fractions: dict, seed: int) -> dict[str, list[dic
     return out
 
 
+class Ledger:
+    """What each step saw, removed (with reasons) and flagged."""
+
+    def __init__(self):
+        self.counts: list[tuple[str, int]] = []
+        self.removed: dict[str, dict] = {}
+        self.flags: list[dict] = []
+        self.reached: dict[str, set] = {}
+        self.seconds: dict[str, float] = {}
+
+    def step(self, name: str, recs: list[dict], t0: float) -> None:
+        self.counts.append((name, len(recs)))
+        self.seconds[name] = round(time.time() - t0, 3)
+
+    def remove(self, rec: dict, step: str, reason: str, **extra) -> None:
+        self.removed[rec["id"]] = {"id": rec["id"], "step": step, "reason": reason,
+                                   "document": rec["document"][:400], **extra}
+
+    def flag(self, rec: dict, step: str, reason: str) -> None:
+        self.flags.append({"id": rec["id"], "step": step, "reason": reason})
+
+
+def ingest(cfg: dict, out) -> tuple[list[dict], list[dict]]:
+    if cfg["sources"]:
+        recs = []
+        for s in cfg["sources"]:
+            recs += sources.load(s)
+        ids = Counter(r["id"] for r in recs)
+        clash = [i for i, n in ids.items() if n > 1]
+        if clash:
+            raise StageError(f"data.sources: record ids are not unique (e.g. '{clash[0]}'); map data.sources[].mapping.id "
+                             "to a unique field or leave it out")
+        return recs, []
+    gen = cfg["generator"]
+    raw = GENERATORS[gen["name"]](gen["seed"], gen["size"])
+    recs, injected = defects.inject(raw, gen["defects"], gen["seed"])
+    defects.write_truth(injected, out / "defects_truth.jsonl")
+    return recs, injected
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
     total = sum(cfg["split"].values())
     if abs(total - 1.0) > 1e-6:
         raise StageError(f"data.split: fractions must add up to 1.0, found {total:g}")
-    gen = cfg["generator"]
-    ctx.progress(f"generating {gen['size']} records ({gen['name']}, seed {gen['seed']})")
-    raw = GENERATORS[gen["name"]](gen["seed"], gen["size"])
-    counts = {"raw": len(raw)}
-    removed: list[dict] = []
+    led = Ledger()
+    t0 = time.time()
+    ctx.progress("ingesting")
+    recs, injected = ingest(cfg, ctx.out)
+    pii_truth = {r["id"]: list(r.get("pii", [])) for r in recs}
+    led.step("raw", recs, t0)
 
-    for r in raw:
-        r["document"] = normalize(r["document"])
-    seen: dict[str, str] = {}
-    unique = []
-    for r in raw:
-        h = hashlib.sha256(r["document"].lower().encode()).hexdigest()
-        if h in seen:
-            removed.append({"id": r["id"], "step": "exact_dedup", "reason": f"same text as {seen[h]}"})
-            continue
-        seen[h] = r["id"]
-        unique.append(r)
-    counts["after_exact_dedup"] = len(unique)
+    t0 = time.time()
+    kept = []
+    for r in recs:
+        r["document"] = normalize(r["document"], cfg["normalize"])
+        if len(r["document"]) < cfg["normalize"]["min_chars"]:
+            led.remove(r, "empty", f"{len(r['document'])} chars < data.normalize.min_chars {cfg['normalize']['min_chars']}")
+        else:
+            kept.append(r)
+    recs = kept
+    led.step("normalize+min_chars", recs, t0)
 
+    dd = cfg["dedup"]
+    led.reached["exact_dedup"] = {r["id"] for r in recs}
+    t0 = time.time()
+    if dd["exact"]:
+        dup_of = dedup.exact_groups([r["id"] for r in recs], [r["document"] for r in recs])
+        for r in recs:
+            if r["id"] in dup_of:
+                led.remove(r, "exact_dedup", f"same normalized text as {dup_of[r['id']]}", of=dup_of[r["id"]])
+        recs = [r for r in recs if r["id"] not in dup_of]
+    led.step("exact_dedup", recs, t0)
+
+    led.reached["near_dedup"] = {r["id"] for r in recs}
+    # ground truth at the target is judged on the texts the detector sees (normalized), not the raw ones
+    seen = {r["id"]: r["document"] for r in recs}
+    for t in injected:
+        if t["type"] == "near_duplicate" and t["id"] in seen and t["of"] in seen:
+            t["jaccard_seen"] = round(dedup.exact_jaccard(dedup.shingles(seen[t["id"]], dd["shingle_chars"]),
+                                                          dedup.shingles(seen[t["of"]], dd["shingle_chars"])), 4)
+    clusters = []
+    t0 = time.time()
+    if dd["near"]:
+        ctx.progress(f"near dedup (MinHash LSH, {len(recs)} records)")
+        found = dedup.near_clusters([r["document"] for r in recs], dd["jaccard"], dd["query_margin"],
+                                    dd["shingle_chars"], dd["num_perm"])
+        drop = set()
+        for c in found:
+            keep = recs[c["members"][0]]
+            for m in c["members"][1:]:
+                sim = max((p[2] for p in c["pairs"] if m in p[:2]), default=None)
+                led.remove(recs[m], "near_dedup", f"near duplicate of {keep['id']} (Jaccard {sim})", of=keep["id"])
+                drop.add(m)
+            clusters.append({"kept": keep["id"], "removed": [recs[m]["id"] for m in c["members"][1:]],
+                             "pairs": [(recs[a]["id"], recs[b]["id"], s) for a, b, s in c["pairs"]],
+                             "example": [recs[c["members"][0]]["document"][:300], recs[c["members"][1]]["document"][:300]]})
+        recs = [r for i, r in enumerate(recs) if i not in drop]
+    led.step("near_dedup", recs, t0)
+
+    led.reached["pii"] = {r["id"] for r in recs}
+    findings: dict[str, list[dict]] = {}
+    t0 = time.time()
+    if cfg["pii"]["enabled"]:
+        ctx.progress(f"PII and secrets scan ({len(recs)} records)")
+        kept = []
+        for r in recs:
+            found = pii.scan(r["document"])
+            if not found:
+                kept.append(r)
+                continue
+            text, action = pii.apply_policy(r["document"], found, cfg["pii"]["policy"])
+            findings[r["id"]] = [{"type": f.type, "value": f.value, "detector": f.detector,
+                                  "action": cfg["pii"]["policy"].get(f.type, "flag")} for f in found]
+            types = ", ".join(sorted({f.type for f in found}))
+            if action == "drop":
+                led.remove(r, "pii", f"{types} found; policy drops the record")
+                continue
+            if action == "flag":
+                led.flag(r, "pii", f"{types} found (kept, flagged)")
+            r["document"] = text
+            kept.append(r)
+        recs = kept
+    led.step("pii", recs, t0)
+
+    led.reached["labels"] = {r["id"] for r in recs}
+    t0 = time.time()
+    kept = []
+    for r in recs:
+        problems = labels.check(cfg["task"], r["document"], r["gold"])
+        if problems:
+            kind = "schema_invalid" if problems[0].startswith(("schema", "gold is not")) else "ungrounded"
+            if cfg["labels"][kind] == "drop":
+                led.remove(r, "labels", "; ".join(problems)[:300])
+                continue
+            led.flag(r, "labels", "; ".join(problems)[:300])
+        kept.append(r)
+    recs = kept
+    led.step("labels", recs, t0)
+
+    t0 = time.time()
     from tokenizers import Tokenizer
     tok_file = models.base_model_dir(ctx.section("base_model")) / "tokenizer.json"
     if not tok_file.exists():
         raise StageError(f"base model has no tokenizer.json: {tok_file}")
     tok = Tokenizer.from_file(str(tok_file))
-    chats = [to_chat(r, cfg["system_prompt"]) for r in unique]
-    kept = []
-    for c in chats:
-        n = sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"])
-        c["tokens"] = n
-        if n > cfg["max_tokens"]:
-            removed.append({"id": c["id"], "step": "length", "reason": f"{n} tokens > data.max_tokens {cfg['max_tokens']}"})
+    chats = []
+    for r in recs:
+        c = to_chat(r, cfg["system_prompt"])
+        c["tokens"] = sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"])
+        c["chars"] = len(r["document"])
+        if c["tokens"] > cfg["max_tokens"]:
+            led.remove(r, "length", f"{c['tokens']} tokens > data.max_tokens {cfg['max_tokens']}")
             continue
-        kept.append(c)
-    counts["after_length_filter"] = len(kept)
+        chats.append(c)
+    led.step("length", chats, t0)
 
-    parts = split(kept, cfg["split"], ctx.seed)
+    outlier_ids: set[str] = set()
+    datalab_info = None
+    t0 = time.time()
+    if cfg["datalab"]["enabled"] and len(chats) >= 10:
+        sample = chats if len(chats) <= cfg["datalab"]["max_records"] else \
+            random.Random(ctx.seed).sample(chats, cfg["datalab"]["max_records"])
+        led.reached["datalab"] = {c["id"] for c in sample}
+        ctx.progress(f"cleanlab Datalab on {len(sample)} embeddings")
+        datalab_info = cleanlab_datalab.run(sample, ctx.out, ctx.log("cleanlab.log"), ctx.threads)
+        outlier_ids = {r["id"] for r in datalab_info["records"]
+                       if r["is_outlier"] and r["outlier_score"] < cfg["datalab"]["outlier_threshold"]}
+        if cfg["datalab"]["outliers"] == "drop":
+            for c in chats:
+                if c["id"] in outlier_ids:
+                    led.remove(c, "datalab", "cleanlab outlier (embedding far from the rest)")
+            chats = [c for c in chats if c["id"] not in outlier_ids]
+        else:
+            for c in chats:
+                if c["id"] in outlier_ids:
+                    led.flag(c, "datalab", "cleanlab outlier (kept, flagged)")
+    led.step("datalab", chats, t0)
+
+    t0 = time.time()
+    parts = split(chats, cfg["split"], ctx.seed)
+    leaks = {}
+    for name in ("eval", "test"):
+        if parts[name] and parts["train"]:
+            hits = dedup.leakage([c["document"] for c in parts["train"]], [c["document"] for c in parts[name]],
+                                 dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"])
+            for j, (i, sim) in hits.items():
+                led.remove(parts[name][j], "leakage", f"{name} record near-duplicates train record "
+                           f"{parts['train'][i]['id']} (Jaccard {sim})")
+            leaks[name] = len(hits)
+            parts[name] = [c for j, c in enumerate(parts[name]) if j not in hits]
+    led.step("split+leakage", [c for p in parts.values() for c in p], t0)
+
     files, digests = {}, {}
-    for name, recs in parts.items():
-        if not recs and name in ("train", "test"):
-            raise StageError(f"split '{name}' is empty: raise data.generator.size or the split fraction")
+    for name in SPLITS:
+        if not parts[name] and name in ("train", "test"):
+            raise StageError(f"split '{name}' is empty after cleaning: raise data.generator.size or the split fraction")
         path = ctx.out / f"{name}.jsonl"
         with open(path, "w") as f:
-            for r in recs:
+            for r in parts[name]:
                 f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
         files[name] = path.name
         digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
     version = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:12]
-    tokens = {n: [r["tokens"] for r in recs] for n, recs in parts.items()}
+
+    removed = list(led.removed.values())
+    (ctx.out / "removed.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
+    (ctx.out / "findings.json").write_text(json.dumps(findings, indent=1, ensure_ascii=False) + "\n")
+    (ctx.out / "clusters.json").write_text(json.dumps(clusters, indent=1, ensure_ascii=False) + "\n")
+    flagged = defaultdict(set)
+    for f in led.flags:
+        flagged[f["step"]].add(f["id"])
+    detectors = truth.score(injected, led.removed, flagged, pii_truth, findings, led.reached, dd["jaccard"],
+                            outlier_ids) if injected else None
     dataset = {
-        "version": version, "files": {n: {"path": files[n], "sha256": digests[n], "records": len(parts[n])}
-                                      for n in parts},
-        "generator": gen, "cleaning": {k: cfg[k] for k in ("max_tokens", "split")}, "counts": counts,
-        "removed": removed,
+        "version": version,
+        "files": {n: {"path": files[n], "sha256": digests[n], "records": len(parts[n])} for n in SPLITS},
+        "source": "generator" if not cfg["sources"] else "sources",
+        "generator": cfg["generator"] if not cfg["sources"] else None,
+        "sources": cfg["sources"], "cleaning": {k: cfg[k] for k in ("normalize", "dedup", "pii", "labels",
+                                                                      "datalab", "max_tokens", "split")},
+        "seed": ctx.seed,
     }
     (ctx.out / "dataset.json").write_text(json.dumps(dataset, indent=2, ensure_ascii=False) + "\n")
+    finding_counts = Counter((f["type"], f["action"]) for fs in findings.values() for f in fs)
     metrics = {
-        "dataset_version": version, "counts": counts, "records": {n: len(r) for n, r in parts.items()},
+        "dataset_version": version, "counts": dict(led.counts), "step_seconds": led.seconds,
+        "records": {n: len(parts[n]) for n in SPLITS},
         "removed_by_step": dict(Counter(r["step"] for r in removed)),
-        "tokens_mean": {n: round(sum(t) / len(t), 1) for n, t in tokens.items() if t},
-        "tokens_max": {n: max(t) for n, t in tokens.items() if t},
-        "train_tokens": sum(tokens["train"]),
-        "layouts": dict(Counter(r["layout"] for r in kept)), "locales": dict(Counter(r["locale"] for r in kept)),
+        "flagged_by_step": dict(Counter(f["step"] for f in led.flags)),
+        "pii_findings": {f"{t}:{a}": n for (t, a), n in sorted(finding_counts.items())},
+        "near_duplicate_clusters": len(clusters), "leakage_removed": leaks,
+        "datalab": {"summary": datalab_info["summary"], "seconds": datalab_info["seconds"],
+                    "sampled": len(datalab_info["records"]), "outliers": len(outlier_ids)} if datalab_info else None,
+        "detectors": detectors,
+        "tokens_mean": {n: round(sum(c["tokens"] for c in p) / len(p), 1) for n, p in parts.items() if p},
+        "tokens_max": {n: max(c["tokens"] for c in p) for n, p in parts.items() if p},
+        "train_tokens": sum(c["tokens"] for c in parts["train"]),
+        "layouts": dict(Counter(c["layout"] for p in parts.values() for c in p)),
+        "locales": dict(Counter(c["locale"] for p in parts.values() for c in p)),
     }
-    return Result(metrics=metrics, artifacts={**files, "dataset": "dataset.json"},
-                  notes=[f"version {version}", f"{len(parts['train'])}/{len(parts['eval'])}/{len(parts['test'])} train/eval/test"])
+    (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
+    audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)
+    return Result(metrics=metrics,
+                  artifacts={**files, "dataset": "dataset.json", "removed": "removed.jsonl", "audit": "data_audit.md",
+                             "findings": "findings.json", "clusters": "clusters.json", "flags": "flags.jsonl"},
+                  notes=[f"version {version}", "/".join(str(len(parts[n])) for n in SPLITS) + " train/eval/test",
+                         f"{len(removed)} removed, {len(led.flags)} flagged"])

@@ -19,6 +19,7 @@ SECTIONS = ("eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
 CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "evals/invoice_extraction/utils.py",
         "evals/invoice_extraction/invoice_extraction.yaml")
+TOOLS = ("ml", "llama")
 
 
 def fingerprint(recipe: dict) -> str:

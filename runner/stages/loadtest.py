@@ -11,6 +11,7 @@ from runner.stage import Context, Result
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
 INPUTS = ("serve",)
 CODE = ("runner/deploy.py", "runner/adapters/guidellm.py")
+TOOLS = ("loadtest", "llama")
 
 
 def judge(rows: list[dict], slo: dict) -> list[dict]:

@@ -10,6 +10,7 @@ from runner.stage import Context, Result, StageError
 SECTIONS = ("quantize", "threads")
 INPUTS = ("eval",)
 CODE = ("runner/adapters/llama_cpp.py",)
+TOOLS = ("llama",)
 
 
 def run(ctx: Context) -> Result:

@@ -10,6 +10,7 @@ from runner.stage import Context, Output, Result
 SECTIONS = ("report", "name", "loadtest")
 INPUTS = ("data", "train", "eval", "quantize", "serve", "loadtest")
 CODE = ()
+TOOLS = ("core",)
 
 
 def _f(v, nd=3) -> str:

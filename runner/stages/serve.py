@@ -12,6 +12,7 @@ from runner.stage import Context, Result, StageError
 SECTIONS = ("serve", "threads", "data")
 INPUTS = ("data", "train", "eval", "quantize")
 CODE = ("runner/deploy.py", "runner/adapters/llama_cpp.py", "runner/adapters/sglang.py")
+TOOLS = ("llama",)
 
 
 def choose_model(cfg: dict, quant) -> tuple[str, object]:

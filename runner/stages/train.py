@@ -16,9 +16,10 @@ from runner.stage import Context, Result, StageError
 SECTIONS = ("train", "base_model", "seed", "threads")
 INPUTS = ("data",)
 CODE = ("runner/adapters/axolotl.py",)
+TOOLS = ("ml",)
 HYPER_KEYS = ("adapter", "lora", "sequence_len", "micro_batch_size", "gradient_accumulation_steps", "max_steps",
               "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "sample_packing", "eval_steps",
-              "logging_steps")
+              "logging_steps", "eval_samples")
 
 
 def fingerprint(recipe: dict) -> str:
@@ -53,14 +54,16 @@ def run(ctx: Context) -> Result:
     section = ctx.section("train")
     base_dir = models.base_model_dir(ctx.section("base_model"))
     train_file = ctx.inputs["data"].path("train")
-    eval_file = ctx.inputs["data"].path("eval")
-    has_eval = eval_file.stat().st_size > 0
+    eval_rows = ctx.inputs["data"].path("eval").read_text().splitlines()
     metrics, artifacts, notes, status = {}, {}, [], "ok"
     for name, (hp, passthrough) in variants(section).items():
         out = ctx.out / name
         out.mkdir(parents=True)
-        cfg = axolotl.build_config(hp, base_dir, train_file, eval_file if has_eval else None, out, ctx.seed,
-                                   passthrough)
+        eval_file = None
+        if hp["eval_samples"] and eval_rows:
+            eval_file = out / "eval_loss.jsonl"
+            eval_file.write_text("\n".join(eval_rows[:hp["eval_samples"]]) + "\n")
+        cfg = axolotl.build_config(hp, base_dir, train_file, eval_file, out, ctx.seed, passthrough)
         config = axolotl.write_config(cfg, out / "axolotl.yaml")
         curve: list[dict] = []
 

@@ -1,0 +1,143 @@
+"""data_audit.md and its PNG charts, written from what the data stage measured (nothing typed in)."""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+def _pct(values: list[int], q: float):
+    if not values:
+        return "–"
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))]
+
+
+def _excerpt(text: str, n: int = 160) -> str:
+    t = " ".join(text.split())
+    return (t[:n] + "…") if len(t) > n else t
+
+
+def _charts(out: Path, metrics: dict, parts: dict) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, recs in parts.items():
+        if recs:
+            axes[0].hist([r["chars"] for r in recs], bins=30, alpha=0.6, label=name)
+            axes[1].hist([r["tokens"] for r in recs], bins=30, alpha=0.6, label=name)
+    axes[0].set_xlabel("document characters")
+    axes[1].set_xlabel("tokens (prompt + answer, base tokenizer)")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "data_lengths.png", dpi=100)
+    plt.close(fig)
+    made.append("data_lengths.png")
+
+    steps = list(metrics["counts"].items())
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar([s for s, _ in steps], [n for _, n in steps], color="#4a7")
+    ax.set_ylabel("records after step")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "data_steps.png", dpi=100)
+    plt.close(fig)
+    made.append("data_steps.png")
+    return made
+
+
+def write(out: Path, metrics: dict, parts: dict, removed: list[dict], clusters: list[dict], findings: dict,
+          flags: list[dict], dataset: dict) -> Path:
+    charts = _charts(out, metrics, parts)
+    L = ["# Data audit", "",
+         f"Dataset version **`{metrics['dataset_version']}`** "
+         f"({', '.join(f'{n}: {len(p)}' for n, p in parts.items())} records).", ""]
+    if dataset.get("generator"):
+        g = dataset["generator"]
+        L += [f"Source: synthetic generator `{g['name']}`, seed {g['seed']}, {g['size']} raw records, defects "
+              "injected at " + ", ".join(f"{k} {v:g}" for k, v in g["defects"].items() if v) + ".", ""]
+    else:
+        L += ["Source: " + ", ".join(s.get("path") or s.get("hub_id") for s in dataset["sources"]), ""]
+
+    reasons = defaultdict(Counter)
+    for r in removed:
+        reasons[r["step"]][re.sub(r"\d[\d.,]*", "N", r["reason"].split(" (")[0].split(" as ")[0].split(" of ")[0])[:70]] += 1
+    L += ["## Records through the steps", "", "| step | records after | removed here | flagged here | seconds |",
+          "|---|---|---|---|---|"]
+    step_map = {"normalize+min_chars": "empty", "exact_dedup": "exact_dedup", "near_dedup": "near_dedup", "pii": "pii",
+                "labels": "labels", "length": "length", "datalab": "datalab", "split+leakage": "leakage"}
+    for step, n in metrics["counts"].items():
+        key = step_map.get(step, step)
+        L.append(f"| {step} | {n} | {metrics['removed_by_step'].get(key, 0)} | "
+                 f"{metrics['flagged_by_step'].get(key, 0)} | {metrics['step_seconds'].get(step, '')} |")
+    L += ["", f"![records per step]({charts[1]})", "", "Removal reasons:", ""]
+    for step, c in reasons.items():
+        L.append(f"- **{step}**: " + "; ".join(f"{reason} ({n})" for reason, n in c.most_common(4)))
+
+    if metrics.get("detectors"):
+        L += ["", "## Detectors against the injected ground truth", "",
+              "Recall and precision of each detector on the defects the generator injected (and the PII it printed).", "",
+              "| detector | truth | detected | recall | precision |", "|---|---|---|---|---|"]
+        for name, d in metrics["detectors"].items():
+            L.append(f"| {name} | {d['truth']} | {d['detected']} | {d['recall'] if d['recall'] is not None else '–'} | "
+                     f"{d['precision'] if d['precision'] is not None else '–'} |")
+        below = metrics["detectors"]["near_duplicate"].get("below_target_injected")
+        if below:
+            L += ["", f"{below} injected near-copies ended below the target Jaccard and are not counted as near "
+                  "duplicates (they are different enough to keep)."]
+
+    L += ["", "## Lengths per split", "", "| split | records | chars p50 | chars p90 | chars max | tokens p50 | "
+          "tokens p90 | tokens max |", "|---|---|---|---|---|---|---|---|"]
+    for name, recs in parts.items():
+        ch, tk = [r["chars"] for r in recs], [r["tokens"] for r in recs]
+        L.append(f"| {name} | {len(recs)} | {_pct(ch, .5)} | {_pct(ch, .9)} | {max(ch, default='–')} | "
+                 f"{_pct(tk, .5)} | {_pct(tk, .9)} | {max(tk, default='–')} |")
+    L += ["", f"![lengths]({charts[0]})"]
+
+    L += ["", f"## Near-duplicate clusters ({len(clusters)})", ""]
+    for c in clusters[:5]:
+        sim = max((p[2] for p in c["pairs"]), default="")
+        L += [f"- kept `{c['kept']}`, removed {', '.join(f'`{x}`' for x in c['removed'])} (Jaccard up to {sim})",
+              f"  - kept: {_excerpt(c['example'][0], 120)}", f"  - removed: {_excerpt(c['example'][1], 120)}"]
+
+    by_type = Counter()
+    for fs in findings.values():
+        for f in fs:
+            by_type[(f["type"], f["action"])] += 1
+    L += ["", "## PII and secrets", "", "Presidio pattern recognizers (blank spaCy pipeline: person names are not "
+          "detected), stdnum/phonenumbers validation, detect-secrets named plugins.", "",
+          "| type | action | findings |", "|---|---|---|"]
+    L += [f"| {t} | {a} | {n} |" for (t, a), n in sorted(by_type.items())] or ["| – | – | 0 |"]
+
+    label_rows = [r for r in removed if r["step"] == "labels"] + [f for f in flags if f["step"] == "labels"]
+    L += ["", f"## Schema and grounding failures ({len(label_rows)})", ""]
+    L += [f"- `{r['id']}`: {r['reason'][:160]}" for r in label_rows[:8]]
+
+    dl = metrics.get("datalab")
+    if dl:
+        L += ["", "## cleanlab Datalab (sentence embeddings, all-MiniLM-L6-v2)", "",
+              f"{dl['sampled']} records embedded and checked in {dl['seconds']} s; {dl['outliers']} outliers below the "
+              "threshold.", "", "| issue | records | score |", "|---|---|---|"]
+        L += [f"| {k} | {v['num_issues']} | {v['score']:.3f} |" for k, v in dl["summary"].items()]
+        outl = [f for f in flags if f["step"] == "datalab"] + [r for r in removed if r["step"] == "datalab"]
+        L += [f"- outlier `{o['id']}`" for o in outl[:5]]
+
+    L += ["", "## Examples of removed records", ""]
+    shown = Counter()
+    examples = []
+    for r in removed:  # a spread over steps first, then the rest
+        if shown[r["step"]] < 3:
+            examples.append(r)
+            shown[r["step"]] += 1
+    examples += [r for r in removed if r not in examples][: max(0, 12 - len(examples))]
+    L += ["| id | step | reason | document excerpt |", "|---|---|---|---|"]
+    for r in examples[:15]:
+        L.append(f"| `{r['id']}` | {r['step']} | {r['reason'][:90]} | {_excerpt(r['document'], 90).replace('|', '/')} |")
+    path = out / "data_audit.md"
+    path.write_text("\n".join(L) + "\n")
+    return path

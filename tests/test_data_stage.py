@@ -1,0 +1,139 @@
+"""The data stage measured against the defects its generator injected, and its errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.dataprep import dedup, pii
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_data(recipe_text: str, tmp_path: Path, runs: Path) -> tuple[subprocess.CompletedProcess, Path | None]:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text)
+    r = subprocess.run([sys.executable, "-m", "runner", "run", str(recipe), "--until", "data"], cwd=REPO,
+                       env={**os.environ, "FORGE_RUNS": str(runs)}, capture_output=True, text=True, timeout=600)
+    done = list((runs / "cache" / "data").glob("*/stage.json"))
+    return r, (done[0].parent if done else None)
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory):
+    """2000 generated records with the default defect rates (Datalab off: it is exercised end to end)."""
+    tmp = tmp_path_factory.mktemp("data2k")
+    runs = tmp / "runs"
+    os.environ["FORGE_RUNS"] = str(runs)
+    r, out = run_data(f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: data-2k\n"
+                      "data:\n  generator: {size: 2000, seed: 11}\n  datalab: {enabled: false}\n", tmp, runs)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return json.loads((out / "stage.json").read_text())["metrics"], out
+
+
+def test_duplicate_detectors_meet_their_floors(big_run):
+    d = big_run[0]["detectors"]
+    assert d["exact_duplicate"]["truth"] >= 60 and d["exact_duplicate"]["recall"] == 1.0
+    assert d["near_duplicate"]["truth"] >= 60, "too few injected pairs at the target to measure recall"
+    assert d["near_duplicate"]["recall"] >= 0.95
+    assert d["near_duplicate"]["precision"] >= 0.9 and d["exact_duplicate"]["precision"] >= 0.9
+    assert d["near_duplicate"]["below_target_injected"] > 0  # the injected copies do span the threshold
+
+
+@pytest.mark.parametrize("kind", ["email", "iban", "credit_card", "secret"])
+def test_pii_detectors_meet_their_floors(big_run, kind):
+    d = big_run[0]["detectors"][f"pii_{kind}"]
+    assert d["truth"] >= 30, d
+    assert d["recall"] >= 0.9 and d["precision"] >= 0.9, d
+
+
+def test_label_check_catches_wrong_gold_and_truncation(big_run):
+    d = big_run[0]["detectors"]["labels"]
+    assert d["truth"] >= 50 and d["recall"] >= 0.95 and d["precision_any_defect"] >= 0.95
+
+
+def test_outputs_policy_and_version(big_run):
+    m, out = big_run
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (out / "test.jsonl").read_text().splitlines()]
+    text = "\n".join(r["document"] for r in train + test)
+    assert "AKIA" not in text and "ghp_" not in text and "PRIVATE KEY" not in text  # secrets: records dropped
+    assert "<EMAIL>" in text and "<IBAN>" in text  # e-mails and IBANs: redacted with typed placeholders
+    assert all(r["messages"][2]["content"] == r["gold"] for r in train)
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["version"] == m["dataset_version"] and ds["files"]["train"]["records"] == len(train)
+    audit = (out / "data_audit.md").read_text()
+    assert m["dataset_version"] in audit and "| near_duplicate |" in audit
+    assert audit.count("\n| `") >= 10  # 10+ concrete removed examples
+    assert (out / "data_lengths.png").stat().st_size > 1000
+    # leakage: nothing in eval/test is within the leakage Jaccard of a training record any more
+    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    for held_out in (evals, test):
+        assert dedup.leakage([r["document"] for r in train], [r["document"] for r in held_out], 0.7, 5, 128) == {}
+    removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+    assert sum(r["step"] == "leakage" for r in removed) == sum(m["leakage_removed"].values())
+
+
+def test_near_dedup_matches_brute_force_on_its_own_pairs():
+    from runner.datagen import defects, invoice
+    recs, _ = defects.inject(invoice.generate(3, 400), {"near_duplicate": 0.1, "exact_duplicate": 0, "empty": 0,
+                                                       "truncated": 0, "wrong_gold": 0, "off_domain": 0, "pii": 0,
+                                                       "secret": 0}, 3)
+    texts = [r["document"] for r in recs]
+    truth = dedup.brute_force_pairs(texts, 0.8, 5)
+    found = set()
+    for c in dedup.near_clusters(texts, 0.8, 0.1, 5, 128):
+        found |= {(min(a, b), max(a, b)) for a, b, _ in c["pairs"]}
+    assert truth and len(found & truth) / len(truth) >= 0.95 and found <= truth
+
+
+def test_leakage_finds_a_test_record_copied_from_train():
+    train = ["invoice 123 from acme corp total 100.00 eur due 2024-01-01 thanks", "completely different text here"]
+    other = ["invoice 123 from acme corp total 100.00 eur due 2024-01-01 thanks!", "nothing like the others at all"]
+    expected = round(dedup.exact_jaccard(dedup.shingles(train[0], 5), dedup.shingles(other[0], 5)), 4)
+    assert dedup.leakage(train, other, 0.7, 5, 128) == {0: (0, expected)}
+
+
+def test_pii_policy_redacts_drops_and_flags():
+    text = "Contact: jane.doe@example.org\nIBAN DE89 3704 0044 0532 0130 00\n"
+    found = pii.scan(text)
+    assert {f.type for f in found} == {"email", "iban"}
+    red, action = pii.apply_policy(text, found, {"email": "redact", "iban": "redact"})
+    assert action == "redact" and "<EMAIL>" in red and "<IBAN>" in red and "jane" not in red
+    assert pii.apply_policy(text, found, {"email": "flag", "iban": "drop"})[1] == "drop"
+    assert pii.apply_policy(text, found, {"email": "flag", "iban": "keep"}) == (text, "flag")
+
+
+def _sources_recipe(path: Path, mapping: str = "{document: text, answer: label}") -> str:
+    return (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: own-data\n"
+            f"data:\n  sources:\n    - path: {path.name}\n      mapping: {mapping}\n  datalab: {{enabled: false}}\n")
+
+
+def test_malformed_jsonl_line_is_named_and_nothing_is_stored(tmp_path, runs_dir):
+    (tmp_path / "mine.jsonl").write_text('{"text": "a", "label": "{}"}\n{"text": "b", "label": \n')
+    r, out = run_data(_sources_recipe(tmp_path / "mine.jsonl"), tmp_path, runs_dir)
+    assert r.returncode == 1 and out is None
+    assert f"{tmp_path / 'mine.jsonl'}:2: malformed JSON line" in r.stderr + r.stdout
+    assert not list((runs_dir / "cache" / "data").glob(".*tmp*"))
+
+
+def test_missing_mapped_field_is_named(tmp_path, runs_dir):
+    (tmp_path / "mine.jsonl").write_text('{"text": "a", "label": "{}"}\n{"body": "b", "label": "{}"}\n')
+    r, _ = run_data(_sources_recipe(tmp_path / "mine.jsonl"), tmp_path, runs_dir)
+    assert r.returncode == 1
+    assert f"{tmp_path / 'mine.jsonl'}:2: mapping.document names field 'text', which this record lacks" in r.stderr + r.stdout
+
+
+def test_unreadable_file_is_named(tmp_path, runs_dir):
+    f = tmp_path / "mine.csv"
+    f.write_text("text,label\nx,{}\n")
+    f.chmod(0)
+    if os.access(f, os.R_OK):  # root reads anything: make it unreadable another way
+        f.chmod(0o644)
+        f.unlink()
+        f.mkdir()
+    r, _ = run_data(_sources_recipe(f), tmp_path, runs_dir)
+    assert r.returncode == 1
+    assert str(f) in r.stderr + r.stdout and "cannot read" in r.stderr + r.stdout
