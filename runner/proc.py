@@ -40,8 +40,10 @@ def tail(path: Path, n: int = 20) -> str:
 
 
 def run(cmd: list, log: Path, env: dict | None = None, cwd: Path | None = None,
-        on_line: Callable[[str], None] | None = None, what: str = "") -> None:
-    """Run to completion; every output line goes to `log` and to `on_line`. Raise StageError on failure."""
+        on_line: Callable[[str], None] | None = None, what: str = "") -> dict:
+    """Run to completion; every output line goes to `log` and to `on_line`. Raise StageError on failure.
+    Returns {"seconds", "max_rss_mb"} of the process (its own peak resident memory, from wait4)."""
+    t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(c) for c in cmd]
     with open(log, "a") as out:
@@ -54,12 +56,15 @@ def run(cmd: list, log: Path, env: dict | None = None, cwd: Path | None = None,
                 out.write(line)
                 if on_line:
                     on_line(line.rstrip("\n"))
-            rc = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)
+            rc = os.waitstatus_to_exitcode(status)
+            proc.returncode = rc
         except BaseException:
             terminate(proc)
             raise
     if rc != 0:
         raise StageError(f"{what or Path(cmd[0]).name} failed with exit code {rc}\n{tail(log)}", log=log)
+    return {"seconds": round(time.time() - t0, 2), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:

@@ -137,3 +137,19 @@ def test_unreadable_file_is_named(tmp_path, runs_dir):
     r, _ = run_data(_sources_recipe(f), tmp_path, runs_dir)
     assert r.returncode == 1
     assert str(f) in r.stderr + r.stdout and "cannot read" in r.stderr + r.stdout
+
+
+def test_dvc_tracks_the_cleaned_splits_when_enabled(tmp_path, runs_dir):
+    import hashlib
+    remote = tmp_path / "dvc-remote"
+    r, out = run_data(f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: dvc-on\n"
+                      f"data:\n  generator: {{size: 120}}\n  datalab: {{enabled: false}}\n"
+                      f"  dvc: {{enabled: true, remote: {remote}}}\n", tmp_path, runs_dir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = json.loads((out / "stage.json").read_text())["metrics"]
+    for name in ("train.jsonl", "eval.jsonl", "test.jsonl"):
+        tracked = m["dvc"]["files"][name]
+        assert tracked["md5"] == hashlib.md5((out / name).read_bytes()).hexdigest()
+        assert Path(tracked["dvc_file"]).exists()
+        # pushed: the remote holds the content under its md5
+        assert any(p.name == tracked["md5"][2:] for p in remote.rglob("*")), list(remote.rglob("*"))[:5]

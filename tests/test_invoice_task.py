@@ -31,7 +31,8 @@ def test_gold_validates_and_is_grounded_in_the_document():
     utils = load_utils()
     v = Draft202012Validator(SCHEMA)
     recs = invoice.generate(3, 200)
-    assert len({r["layout"] for r in recs}) == 5 and len({r["locale"] for r in recs}) >= 6
+    assert len({r["layout"] for r in recs}) == 6 and len({r["locale"] for r in recs}) >= 6
+    assert all(r["ocr"]["substitutions"] for r in recs if r["layout"] == "ocr")
     for r in recs:
         assert v.is_valid(r["gold"]), (r["id"], list(v.iter_errors(r["gold"])))
         for field, value in r["gold"].items():
@@ -52,7 +53,7 @@ def test_split_is_seeded_stratified_and_sized_by_fractions():
     assert {k: len(v) for k, v in a.items()} == {"train": 400, "eval": 50, "test": 50}
     ids = [r["id"] for part in a.values() for r in part]
     assert len(ids) == len(set(ids)) == 500
-    assert len(Counter(r["layout"] for r in a["test"])) == 5
+    assert len(Counter(r["layout"] for r in a["test"])) == 5  # the 5 layouts of this synthetic set
 
 
 def test_metrics_score_a_perfect_a_partial_and_a_broken_answer():

@@ -15,12 +15,32 @@ import yaml
 
 from runner import env, proc
 
-# Keys our schema covers and how they map onto Axolotl's names.
+# Device profiles. CPU: fp32, sdpa, and the Triton LoRA kernels off (they assume CUDA and crash on CPU).
 CPU_SAFE = {
     "bf16": False, "fp16": False, "tf32": False,
     "attn_implementation": "sdpa",
     "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
 }
+CUDA = {"bf16": "auto", "tf32": True, "attn_implementation": "flash_attention_2", "gradient_checkpointing": True}
+
+DEEPSPEED_COMMON = {
+    "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+    "wall_clock_breakdown": False,
+}
+DEEPSPEED = {
+    "deepspeed_zero2": {**DEEPSPEED_COMMON, "zero_optimization": {
+        "stage": 2, "overlap_comm": True, "contiguous_gradients": True, "reduce_scatter": True,
+        "reduce_bucket_size": "auto", "allgather_bucket_size": 5e8}},
+    "deepspeed_zero3": {**DEEPSPEED_COMMON, "zero_optimization": {
+        "stage": 3, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 0,
+        "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 0,
+        "stage3_max_reuse_distance": 0, "stage3_gather_16bit_weights_on_model_save": True}},
+}
+FSDP = {"fsdp_version": 2, "fsdp_config": {
+    "offload_params": False, "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "reshard_after_forward": True}}
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -31,7 +51,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path | None, out_dir: Path,
-                 seed: int, passthrough: dict) -> dict:
+                 seed: int, passthrough: dict, device: str = "cpu", distributed: dict | None = None) -> dict:
     """An Axolotl config from the resolved hyperparameters (train section with a variant applied)."""
     ds = {"path": str(train_file), "ds_type": "json", "type": "chat_template", "field_messages": "messages",
           "roles_to_train": ["assistant"], "split": "train"}
@@ -65,10 +85,15 @@ def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path |
         "gradient_checkpointing": False,
         "dataloader_num_workers": 0,
         "use_tensorboard": False,
-        **CPU_SAFE,
+        **(CPU_SAFE if device == "cpu" else CUDA),
     }
     if hp["adapter"] == "qlora":
         cfg["load_in_4bit"] = True
+    strategy = (distributed or {}).get("strategy", "none")
+    if strategy in DEEPSPEED:
+        cfg["deepspeed"] = str(out_dir / f"{strategy}.json")
+    elif strategy == "fsdp":
+        cfg.update(copy.deepcopy(FSDP))
     if eval_file is not None:
         cfg["test_datasets"] = [{**ds, "path": str(eval_file)}]
         cfg["eval_steps"] = hp["eval_steps"]
@@ -77,8 +102,42 @@ def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path |
 
 
 def write_config(cfg: dict, path: Path) -> Path:
+    """The Axolotl config, plus the DeepSpeed JSON it points at when there is one."""
+    import json
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    ds = cfg.get("deepspeed")
+    if ds:
+        Path(ds).write_text(json.dumps(DEEPSPEED[Path(ds).stem], indent=2) + "\n")
     return path
+
+
+def validate(config: Path, log: Path, gpus: int = 0) -> None:
+    """Axolotl's own schema check of a generated config (for the target machine's capabilities)."""
+    ml = env.venv("ml")
+    cmd = [ml.python, "-m", "runner.adapters.axolotl_validate", config] + (["--gpus", str(gpus)] if gpus else [])
+    proc.run(cmd, log, env=proc.tool_env(1, {"PYTHONPATH": str(env.REPO)}), cwd=env.REPO,
+             what=f"axolotl config validation ({config.name})")
+
+
+def launch_command(config: Path, dist: dict) -> list[str]:
+    """The multi-GPU / multi-node command a GPU machine runs (one per node; NODE_RANK set per node)."""
+    procs = dist["gpus_per_node"] * dist["nodes"]
+    if dist["launcher"] == "torchrun":
+        return ["torchrun", f"--nnodes={dist['nodes']}", f"--nproc_per_node={dist['gpus_per_node']}",
+                "--node_rank=${NODE_RANK:-0}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={dist['main_process_ip']}:{dist['main_process_port']}",
+                "-m", "axolotl.cli.train", str(config)]
+    return ["accelerate", "launch", f"--num_processes={procs}", f"--num_machines={dist['nodes']}",
+            "--machine_rank=${NODE_RANK:-0}", f"--main_process_ip={dist['main_process_ip']}",
+            f"--main_process_port={dist['main_process_port']}", "--mixed_precision=bf16",
+            "-m", "axolotl.cli.train", str(config)]
+
+
+def preprocess(config: Path, log: Path, threads: int) -> dict:
+    """`axolotl preprocess`: Axolotl validates the config and tokenizes the datasets (train reuses them)."""
+    ml = env.venv("ml")
+    return proc.run([ml.python, "-m", "axolotl.cli.preprocess", config], log, env=proc.tool_env(threads),
+                    cwd=config.parent, what="axolotl preprocess")
 
 
 LOG_DICT = re.compile(r"(\{'(?:loss|eval_loss|train_runtime)'.*\})")
@@ -104,7 +163,7 @@ def _num(v) -> bool:
         return False
 
 
-def train(config: Path, log: Path, threads: int, on_record) -> None:
+def train(config: Path, log: Path, threads: int, on_record) -> dict:
     ml = env.venv("ml")
     e = proc.tool_env(threads, {"PATH": f"{ml.path / 'bin'}:" + proc.os.environ.get("PATH", "")})
 
@@ -113,8 +172,8 @@ def train(config: Path, log: Path, threads: int, on_record) -> None:
         if rec:
             on_record(rec)
 
-    proc.run([ml.python, "-m", "axolotl.cli.train", config], log, env=e, cwd=config.parent,
-             on_line=on_line, what="axolotl train")
+    return proc.run([ml.python, "-m", "axolotl.cli.train", config], log, env=e, cwd=config.parent,
+                    on_line=on_line, what="axolotl train")
 
 
 def merge(config: Path, adapter_dir: Path, log: Path, threads: int) -> Path:

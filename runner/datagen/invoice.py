@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from faker import Faker
 
-LAYOUTS = ("table", "email", "letter", "receipt", "keyvalue")
+LAYOUTS = ("table", "email", "letter", "receipt", "keyvalue", "ocr")
+# Typical OCR confusions (printed -> read). An 'ocr' document is a table, letter or receipt whose labels and
+# template text went through these; the gold values stay as printed, and the record declares what was substituted.
+OCR_CONFUSIONS = (("I", "l"), ("l", "1"), ("O", "0"), ("o", "0"), ("S", "5"), ("B", "8"), ("m", "rn"), ("e", "c"),
+                  ("a", "o"), ("t", "f"), ("金", "全"), ("日", "曰"), ("求", "水"), ("計", "言十"), ("額", "頟"),
+                  ("消", "清"))
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,47 @@ def record(seed: int, index: int) -> dict:
     distract = {"order": f"PO-{rng.randrange(10000, 99999)}", "phone": fake.phone_number(),
                 "balance": money(rng.uniform(10, 5000), loc, decimals)}
     distract["email"] = f"billing@{fake.domain_name()}"
-    text = render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
-    printed = [{"type": "phone", "value": distract["phone"]}] if layout in ("table", "letter", "receipt") else []
+    ocr = None
+    if layout == "ocr":
+        base = rng.choice(["table", "letter", "receipt"])
+        noisy_words, subs = ocr_noise(loc.words, rng)
+        loc = Locale(loc.code, loc.currency, loc.symbol, loc.thousands, loc.decimal, loc.date_fmt, noisy_words)
+        ocr = {"base_layout": base, "substitutions": subs}
+        text = render(base, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
+    else:
+        text = render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
+    printed = [{"type": "phone", "value": distract["phone"]}] if layout in ("table", "letter", "receipt", "ocr") else []
     if layout == "email":
         printed.append({"type": "email", "value": distract["email"]})
-    return {"id": f"inv-{seed}-{index:06d}", "layout": layout, "locale": code, "document": text, "gold": gold,
-            "pii": printed}
+    rec = {"id": f"inv-{seed}-{index:06d}", "layout": layout, "locale": code, "document": text, "gold": gold,
+           "pii": printed}
+    if ocr:
+        rec["ocr"] = ocr
+    return rec
+
+
+def ocr_noise(words: dict, rng: random.Random) -> tuple[dict, list]:
+    """Labels as a poor scan reads them: each confusable character flips with probability 0.35."""
+    subs, out = [], {}
+    for key, label in words.items():
+        chars = []
+        for ch in label:
+            swap = [b for a, b in OCR_CONFUSIONS if a == ch]
+            if swap and rng.random() < 0.35:
+                chars.append(swap[0])
+                subs.append([ch, swap[0]])
+            else:
+                chars.append(ch)
+        out[key] = "".join(chars)
+    if not subs:  # a scan this clean would not be an OCR sample: misread the first confusable character
+        for key, label in out.items():
+            hit = next(((i, b) for i, ch in enumerate(label) for a, b in OCR_CONFUSIONS if a == ch), None)
+            if hit:
+                i, b = hit
+                subs.append([label[i], b])
+                out[key] = label[:i] + b + label[i + 1:]
+                break
+    return out, sorted({tuple(x) for x in subs})
 
 
 def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) -> str:

@@ -25,6 +25,7 @@ INPUTS = ()
 CODE = ("runner/datagen/invoice.py", "runner/datagen/defects.py", "runner/dataprep/dedup.py",
         "runner/dataprep/pii.py", "runner/dataprep/labels.py", "runner/dataprep/sources.py",
         "runner/dataprep/truth.py", "runner/dataprep/audit.py", "runner/adapters/cleanlab_datalab.py",
+        "runner/adapters/dvc.py",
         "evals/invoice_extraction/utils.py")
 TOOLS = ("core", "ml")
 GENERATORS = {"invoice": invoice.generate}
@@ -335,6 +336,12 @@ def run(ctx: Context) -> Result:
         "layouts": dict(Counter(c["layout"] for p in parts.values() for c in p)),
         "locales": dict(Counter(c["locale"] for p in parts.values() for c in p)),
     }
+    if cfg["dvc"]["enabled"]:
+        from runner.adapters import dvc
+        from runner.pipeline import runs_root
+        ctx.progress("dvc add")
+        metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, runs_root() / "dvc",
+                                   cfg["dvc"].get("remote"), ctx.log("dvc.log"))
     (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
     audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)
     return Result(metrics=metrics,

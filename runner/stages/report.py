@@ -68,6 +68,9 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         lines += [f"| {k} | {v} |" for k, v in m["counts"].items()]
         if m.get("removed_by_step"):
             lines += ["", "Removed: " + ", ".join(f"{k}: {v}" for k, v in m["removed_by_step"].items())]
+        if "audit" in data.artifacts:
+            lines += ["", "Full data audit (steps, detectors' precision/recall, PII, examples): "
+                      "[data_audit.md](../data/data_audit.md)"]
     train = inputs.get("train")
     if train:
         lines += ["", "## Training", "", "| model | steps | first loss | final loss | final eval loss | trainable params | wall s |",
@@ -77,6 +80,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                          f"{_f(m['final_eval_loss'])} | {_f(m['trainable_params'])} | {_f(m['seconds'], 0)} |")
         if charts and (png := chart_loss(train, out)):
             lines += ["", f"![loss]({png})"]
+        if "report" in train.artifacts:
+            lines += ["", "Curves, checks, cost: [training.md](../train/training.md)"]
     ev = inputs.get("eval")
     if ev:
         lines += ["", "## Quality (test split, lm-eval through llama-server)", ""]

@@ -1,0 +1,107 @@
+"""Train stage pieces that need no training run: curve checks, generated Axolotl/DeepSpeed/FSDP configs
+(validated by Axolotl's own schema), launch commands, and the GPU path's refusal on a CPU machine."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.adapters import axolotl
+from runner.stages import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def curve(losses, evals=()):
+    c = [{"step": i + 1, "loss": v} for i, v in enumerate(losses)]
+    c += [{"step": s, "eval_loss": v} for s, v in evals]
+    return c
+
+
+def test_curve_checks():
+    good = [1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.28]
+    assert train.curve_checks(curve(good)) == ("ok", [])
+    assert train.curve_checks(curve(good[:4] + [math.nan] + good[5:]))[0] == "failed"
+    status, why = train.curve_checks(curve([1.0, 0.9, 2.5, 4.0, 6.0, 7.5, 8.0, 9.0]))
+    assert status == "failed" and "diverged" in why[0]
+    status, why = train.curve_checks(curve([1.0, 1.02, 0.99, 1.01, 1.0, 1.03, 1.01, 1.02]))
+    assert status == "suspect" and "did not go down" in why[0]
+    overfit = curve([1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02], evals=[(2, 0.9), (4, 0.6), (6, 0.7), (8, 0.9)])
+    status, why = train.curve_checks(overfit)
+    assert status == "suspect" and "overfitting" in why[0]
+
+
+def test_variants_override_the_base_hyperparameters(tmp_path):
+    from runner.recipe import load
+    p = tmp_path / "r.yaml"
+    p.write_text("name: v\ntrain:\n  learning_rate: 0.001\n  lora: {r: 8}\n  variants:\n"
+                 "    tuned-v2: {learning_rate: 0.0001, lora: {alpha: 64}, axolotl: {warmup_ratio: 0.1}}\n")
+    v = train.variants(load(p).data["train"])
+    assert set(v) == {"tuned", "tuned-v2"}
+    assert v["tuned"][0]["learning_rate"] == 0.001 and v["tuned-v2"][0]["learning_rate"] == 0.0001
+    assert v["tuned-v2"][0]["lora"] == {"r": 8, "alpha": 64, "dropout": 0.05, "target_linear": True}
+    assert v["tuned-v2"][1] == {"warmup_ratio": 0.1} and v["tuned"][1] == {}
+
+
+def _hp():
+    from runner.recipe import load
+    return train.variants(load(REPO / "recipes" / "invoice-extraction.yaml").data["train"])["tuned"][0]
+
+
+@pytest.mark.parametrize("device, strategy, gpus", [
+    ("cpu", "none", 0), ("cuda", "none", 1), ("cuda", "deepspeed_zero2", 8), ("cuda", "deepspeed_zero3", 8),
+    ("cuda", "fsdp", 8)])
+def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strategy, gpus):
+    hp = dict(_hp(), adapter="qlora") if device == "cuda" else _hp()
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
+    dist = {"strategy": strategy, "launcher": "accelerate", "gpus_per_node": max(1, gpus), "nodes": 1,
+            "main_process_ip": "127.0.0.1", "main_process_port": 29500}
+    cfg = axolotl.build_config(hp, tmp_path / "base", data, None, tmp_path, 42, {}, device=device, distributed=dist)
+    path = axolotl.write_config(cfg, tmp_path / "axolotl.yaml")
+    if device == "cpu":
+        assert cfg["bf16"] is False and cfg["lora_mlp_kernel"] is False and cfg["attn_implementation"] == "sdpa"
+    else:
+        assert cfg["bf16"] == "auto" and cfg["load_in_4bit"] is True and cfg["attn_implementation"] == "flash_attention_2"
+    if strategy.startswith("deepspeed"):
+        ds = json.loads(Path(cfg["deepspeed"]).read_text())
+        assert ds["zero_optimization"]["stage"] == (2 if strategy.endswith("2") else 3)
+    if strategy == "fsdp":
+        assert cfg["fsdp_version"] == 2 and cfg["fsdp_config"]["transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    axolotl.validate(path, tmp_path / "validate.log", gpus=gpus)  # raises with Axolotl's errors if rejected
+
+
+def test_axolotl_rejects_a_broken_passthrough(tmp_path):
+    from runner.stage import StageError
+    cfg = axolotl.build_config(_hp(), tmp_path, tmp_path / "t.jsonl", None, tmp_path, 42,
+                               {"save_strategy": "no", "save_steps": 10})
+    path = axolotl.write_config(cfg, tmp_path / "axolotl.yaml")
+    with pytest.raises(StageError):
+        axolotl.validate(path, tmp_path / "validate.log")
+    assert "axolotl rejects" in (tmp_path / "validate.log").read_text()
+
+
+def test_launch_commands():
+    dist = {"strategy": "deepspeed_zero3", "launcher": "torchrun", "gpus_per_node": 8, "nodes": 2,
+            "main_process_ip": "10.0.0.1", "main_process_port": 29500}
+    cmd = axolotl.launch_command(Path("/r/axolotl.yaml"), dist)
+    assert cmd[:3] == ["torchrun", "--nnodes=2", "--nproc_per_node=8"] and "--rdzv_endpoint=10.0.0.1:29500" in cmd
+    cmd = axolotl.launch_command(Path("/r/axolotl.yaml"), dict(dist, launcher="accelerate"))
+    assert cmd[:2] == ["accelerate", "launch"] and "--num_processes=16" in cmd and "--num_machines=2" in cmd
+    assert cmd[-3:] == ["-m", "axolotl.cli.train", "/r/axolotl.yaml"]
+
+
+def test_gpu_recipe_on_cpu_stops_with_validated_configs_and_a_launch_script(tmp_path, runs_dir):
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text(f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: gpu-on-cpu\n"
+                      "data:\n  generator: {size: 60}\n  datalab: {enabled: false}\n"
+                      "train:\n  device: cuda\n  adapter: qlora\n  distributed: {strategy: deepspeed_zero2, gpus_per_node: 4}\n")
+    r = subprocess.run([sys.executable, "-m", "runner", "run", str(recipe), "--until", "train"], cwd=REPO,
+                       env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "has no GPU" in r.stderr and "validated by Axolotl for 4 GPU(s)" in r.stderr
+    launch = next(runs_dir.glob("gpu-on-cpu/*/logs/train/launch.sh")).read_text()
+    assert "accelerate launch --num_processes=4" in launch and "axolotl.cli.train" in launch
