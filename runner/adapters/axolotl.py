@@ -172,8 +172,8 @@ def train(config: Path, log: Path, threads: int, on_record) -> dict:
         if rec:
             on_record(rec)
 
-    return proc.run([ml.python, "-m", "axolotl.cli.train", config], log, env=e, cwd=config.parent,
-                    on_line=on_line, what="axolotl train")
+    return proc.run([ml.python, "-m", "runner.adapters.axolotl_entry", "axolotl.cli.train", config], log,
+                    env={**e, "PYTHONPATH": str(env.REPO)}, cwd=config.parent, on_line=on_line, what="axolotl train")
 
 
 def merge(config: Path, adapter_dir: Path, log: Path, threads: int) -> Path:

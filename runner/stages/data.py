@@ -17,14 +17,15 @@ from pathlib import Path
 from runner import models
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects, invoice
-from runner.dataprep import audit, dedup, labels, pii, sources, truth
+from runner.dataprep import dedup, labels, pii, sources, truth
+from runner.reports import data_audit
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("data", "base_model", "seed", "threads")
 INPUTS = ()
 CODE = ("runner/datagen/invoice.py", "runner/datagen/defects.py", "runner/dataprep/dedup.py",
         "runner/dataprep/pii.py", "runner/dataprep/labels.py", "runner/dataprep/sources.py",
-        "runner/dataprep/truth.py", "runner/dataprep/audit.py", "runner/adapters/cleanlab_datalab.py",
+        "runner/dataprep/truth.py", "runner/reports/data_audit.py", "runner/adapters/cleanlab_datalab.py",
         "runner/adapters/dvc.py",
         "evals/invoice_extraction/utils.py")
 TOOLS = ("core", "ml")
@@ -343,7 +344,7 @@ def run(ctx: Context) -> Result:
         metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, runs_root() / "dvc",
                                    cfg["dvc"].get("remote"), ctx.log("dvc.log"))
     (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
-    audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)
+    data_audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)
     return Result(metrics=metrics,
                   artifacts={**files, "dataset": "dataset.json", "removed": "removed.jsonl", "audit": "data_audit.md",
                              "findings": "findings.json", "clusters": "clusters.json", "flags": "flags.jsonl"},
