@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from runner import env, proc
+from runner import proc
 
 
 def track(files: list[Path], version: str, store: Path, remote: str | None, log: Path) -> dict:

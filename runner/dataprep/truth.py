@@ -14,9 +14,15 @@ def _pr(detected: set, truth: set) -> dict:
 def _pr_contains(detected: set, truth: set) -> dict:
     """Like _pr on (record id, value) pairs, where a detection matches a truth value in the same record if one
     contains the other (a detector may take a slightly wider or narrower span than the generator printed)."""
-    match = lambda a, b: a[0] == b[0] and (a[1] in b[1] or b[1] in a[1])
-    found = {t for t in truth if any(match(t, d) for d in detected)}
-    right = {d for d in detected if any(match(t, d) for t in truth)}
+    by_id: dict[str, list[str]] = {}
+    for rec_id, value in truth:
+        by_id.setdefault(rec_id, []).append(value)
+    det_by_id: dict[str, list[str]] = {}
+    for rec_id, value in detected:
+        det_by_id.setdefault(rec_id, []).append(value)
+    match = lambda a, b: a in b or b in a
+    found = {(i, v) for i, v in truth if any(match(v, d) for d in det_by_id.get(i, ()))}
+    right = {(i, v) for i, v in detected if any(match(t, v) for t in by_id.get(i, ()))}
     return {"truth": len(truth), "detected": len(detected), "true_positives": len(found),
             "recall": round(len(found) / len(truth), 4) if truth else None,
             "precision": round(len(right) / len(detected), 4) if detected else None}

@@ -31,7 +31,6 @@ def model_dir(ctx: Context, name: str):
         return models.base_model_dir(ctx.section("base_model"))
     train = ctx.inputs["train"]
     if name not in train.artifacts:
-        trained = [a for a in train.artifacts if "-" not in a or a == "tuned-v2"]
         raise StageError(f"eval.models names '{name}', which the train stage did not produce "
                          f"(trained: {', '.join(sorted(k for k in train.metrics))}; add it to train.variants)")
     return train.path(name)
