@@ -19,12 +19,18 @@ def main() -> None:
     cmd = sys.argv[1] if len(sys.argv) > 1 else "help"
     core = env.venv("core")
     inside = os.path.realpath(sys.prefix) == os.path.realpath(core.path)
+    if inside and os.environ.get("PYTHONHASHSEED") != "0":
+        # Faker (the data generator) picks from collections ordered by string hashes: without a fixed hash seed
+        # the same generator seed printed other city names in another process, and the dataset version changed.
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "runner", *sys.argv[1:]])
     if not inside:
         from runner import setup
         if cmd == "setup":
             sys.exit(setup.main(sys.argv[2:]))
         setup.ensure(NEEDS.get(cmd, ["core"]))
         os.environ["PYTHONPATH"] = str(env.REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONHASHSEED"] = "0"
         os.execv(str(core.python), [str(core.python), "-m", "runner", *sys.argv[1:]])
     from runner import cli
     sys.exit(cli.main(sys.argv[1:]))

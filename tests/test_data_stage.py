@@ -153,3 +153,15 @@ def test_dvc_tracks_the_cleaned_splits_when_enabled(tmp_path, runs_dir):
         assert Path(tracked["dvc_file"]).exists()
         # pushed: the remote holds the content under its md5
         assert any(p.name == tracked["md5"][2:] for p in remote.rglob("*")), list(remote.rglob("*"))[:5]
+
+
+def test_same_recipe_gives_the_same_dataset_version_in_another_process(tmp_path, runs_dir):
+    """Faker draws from hash-ordered collections: the runner pins PYTHONHASHSEED so the version repeats."""
+    text = (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: det\n"
+            "data:\n  generator: {size: 150}\n  datalab: {enabled: false}\n")
+    versions = []
+    for i in range(2):
+        r, out = run_data(text, tmp_path, runs_dir / str(i))
+        assert r.returncode == 0, r.stderr[-2000:]
+        versions.append(json.loads((out / "stage.json").read_text())["metrics"]["dataset_version"])
+    assert versions[0] == versions[1]
