@@ -31,14 +31,13 @@ def run(ctx: Context) -> Result:
                         "ratio_vs_f16": round(dst.stat().st_size / f16.stat().st_size, 3)}
         artifacts[qtype] = dst.name
     fallback = None
+    smallest = min(cfg["types"], key=lambda t: files[t]["bytes"])
     if "base-f16" in ev.artifacts:
-        smallest = min(cfg["types"], key=lambda t: files[t]["bytes"])
         dst = ctx.out / f"base-{smallest}.gguf"
         ctx.progress(f"base -> {smallest} (fallback model)")
         llama_cpp.quantize(ev.path("base-f16"), dst, smallest, ctx.log(f"quantize-base-{smallest}.log"), ctx.threads)
         artifacts["fallback"] = dst.name
         fallback = {"path": dst.name, "type": smallest, "bytes": dst.stat().st_size}
-    smallest = min(cfg["types"], key=lambda t: files[t]["bytes"])
     return Result(metrics={"model": cfg["model"], "files": files, "smallest": smallest, "fallback": fallback},
                   artifacts=artifacts,
                   notes=[f"{t}: {files[t]['bytes'] / 1e6:.1f} MB" for t in cfg["types"]])
