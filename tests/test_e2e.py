@@ -44,12 +44,29 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert st["train"]["metrics"]["tuned"]["trainable_params"] > 0
     assert (run_dir / "stages" / "train" / "tuned" / "merged" / "config.json").exists()
     assert (run_dir / "stages" / "train" / "tuned" / "axolotl.yaml").exists()
-    # eval: both models scored through llama-server by lm-eval, per-sample outputs kept
+    # eval: both models scored through llama-server by lm-eval, per-sample outputs kept, CIs and paired tests
+    ev = st["eval"]["metrics"]
     for model in ("base", "tuned"):
-        task = st["eval"]["metrics"]["models"][model]["tasks"]["invoice_extraction"]
+        task = ev["models"][model]["tasks"]["invoice_extraction"]
         assert task["samples"] == 6
         assert 0.0 <= task["field_f1"] <= 1.0 and 0.0 <= task["json_valid"] <= 1.0
+        ci = task["ci"]["field_f1"]
+        assert ci["n"] == 6 and ci["low"] <= ci["value"] <= ci["high"]
+        assert ev["models"][model]["tasks"]["general_instructions"]["samples"] == 6
         assert (run_dir / "stages" / "eval" / model / "model-f16.gguf").stat().st_size > 1_000_000
+        assert len(ev["models"][model]["model_sha256"]) == 64
+    assert ev["models"]["tuned"]["tasks"]["invoice_extraction_train"]["samples"] == 4
+    cmp = ev["comparisons"]["tuned"]["invoice_extraction"]["field_f1"]
+    assert cmp["n"] == 6 and cmp["low"] <= cmp["diff"] <= cmp["high"] and 0 <= cmp["p"] <= 1
+    assert "general_instructions" in ev["comparisons"]["tuned"]
+    assert ev["fidelity"]["tuned"]["items"] == 2
+    quality_md = (run_dir / "stages" / "eval" / "quality.md").read_text()
+    for section in ("## invoice_extraction (test split, 6 items)", "### By field", "### By layout",
+                    "## General capability", "## Fidelity", "## Risks"):
+        assert section in quality_md, section
+    analysis = json.loads((run_dir / "stages" / "eval" / "analysis.json").read_text())
+    assert set(analysis["breakdowns"]) == {"field", "layout", "locale", "length"}
+    assert "tuned" in analysis["failures"] and "pii" in analysis
     # quantize: each requested type written, smaller than f16
     files = st["quantize"]["metrics"]["files"]
     assert set(files) == {"f16", "q8_0", "q4_k_m"} and files["q4_k_m"]["bytes"] < files["f16"]["bytes"]
@@ -74,6 +91,31 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
                          env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
+
+    # eval is reproducible: scoring the same artifacts again gives identical per-sample outputs and metrics
+    eval_dir = (run_dir / "stages" / "eval").resolve()
+
+    def answers():
+        return {(p.parent.name, p.name, r["doc_id"]): (r["filtered_resps"], r.get("field_f1"), r.get("accuracy"))
+                for p in eval_dir.glob("*/samples_*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+
+    def scores():
+        m = json.loads((eval_dir / "stage.json").read_text())["metrics"]["models"]
+        return {k: {t: {n: v for n, v in d.items() if n != "ci"} for t, d in m[k]["tasks"].items()} for k in m}
+
+    before, before_scores = answers(), scores()
+    again = run_recipe(recipe, runs_dir, "--only", "eval", "--force")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert len(before) >= 2 * (6 + 6) + 4 and answers() == before and scores() == before_scores
+
+    # a server that rejects every request (prompts longer than its context) fails the eval with the model's
+    # name and the logs, and scores nothing
+    small = tmp_path / "tiny-small-ctx.yaml"
+    small.write_text(f"extends: {recipe}\nname: tiny-small-ctx\neval:\n  ctx_size: 256\n  models: [base]\n")
+    bad = run_recipe(small, runs_dir, "--only", "eval")
+    assert bad.returncode == 1
+    out = bad.stdout + bad.stderr
+    assert "scoring model 'base' failed" in out and "llama-server-base.log" in out and "lm-eval-base-test.log" in out
 
 
 def test_training_twice_gives_the_same_loss_curve(tiny_model, tmp_path, runs_dir):

@@ -27,6 +27,8 @@ def test_curve_checks():
     assert train.curve_checks(curve(good[:4] + [math.nan] + good[5:]))[0] == "failed"
     status, why = train.curve_checks(curve([1.0, 0.9, 2.5, 4.0, 6.0, 7.5, 8.0, 9.0]))
     assert status == "failed" and "diverged" in why[0]
+    status, why = train.curve_checks(curve([1.0, 0.9, 0.8, 3.5, 2.0, 0.9, 0.7, 0.6]))
+    assert status == "suspect" and "unstable: loss spiked to 3.500" in why[0] and "at step 4" in why[0]
     status, why = train.curve_checks(curve([1.0, 1.02, 0.99, 1.01, 1.0, 1.03, 1.01, 1.02]))
     assert status == "suspect" and "did not go down" in why[0]
     overfit = curve([1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02], evals=[(2, 0.9), (4, 0.6), (6, 0.7), (8, 0.9)])

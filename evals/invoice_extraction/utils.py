@@ -11,6 +11,8 @@ from pathlib import Path
 FIELDS = ("invoice_number", "invoice_date", "due_date", "seller", "buyer", "currency", "subtotal", "tax", "total")
 NUMBERS = ("subtotal", "tax", "total")
 DATES = ("invoice_date", "due_date")
+BINARY_METRICS = ("json_valid", "schema_valid", "exact_match")  # 0/1 per item: McNemar applies
+FRACTIONAL_METRICS = ("field_accuracy",)
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "tasks" / "invoice.schema.json"
 
 
@@ -121,6 +123,55 @@ def grounded(field: str, value, document: str) -> bool:
     return _text(value) in doc
 
 
+def field_outcomes(gold: dict, pred: dict | None, document: str) -> dict[str, str]:
+    """Per field, one of: correct | missing (gold has a value, none predicted) | spurious (a value where gold is
+    null) | format_error (the value breaks the task schema) | hallucinated (wrong and not in the document) |
+    wrong_value (wrong but present in the document: the wrong span) | invalid_json (no object parsed)."""
+    if pred is None:
+        return {f: "invalid_json" if gold.get(f) is not None else "correct" for f in FIELDS}
+    props = json.loads(SCHEMA_PATH.read_text())["properties"]
+    out = {}
+    for f in FIELDS:
+        g, raw = normalize(f, gold.get(f)), pred.get(f)
+        p = normalize(f, raw)
+        if p == g:
+            out[f] = "correct"
+        elif p is None:
+            out[f] = "missing"
+        elif g is None:
+            out[f] = "spurious"
+        elif not _field_valid(props[f], raw):
+            out[f] = "format_error"
+        elif not grounded(f, raw, document):
+            out[f] = "hallucinated"
+        else:
+            out[f] = "wrong_value"
+    return out
+
+
+def _field_valid(schema: dict, value) -> bool:
+    v = _schema_validator()
+    if v is None:  # pragma: no cover
+        return True
+    return type(v)(schema).is_valid(value)
+
+
+def field_counts(gold: dict, pred: dict | None) -> dict[str, tuple[int, int, int]]:
+    """Per field (tp, fp, fn) after normalization: a wrong non-null prediction counts as fp, and as fn too
+    when gold has a value."""
+    out = {}
+    for f in FIELDS:
+        g = normalize(f, gold.get(f))
+        p = normalize(f, (pred or {}).get(f))
+        if p is not None and p == g:
+            out[f] = (1, 0, 0)
+        elif p is not None:
+            out[f] = (0, 1, int(g is not None))
+        else:
+            out[f] = (0, 0, int(g is not None))
+    return out
+
+
 def process_results(doc: dict, results: list[str]) -> dict:
     text = results[0] if results else ""
     pred = parse_prediction(text)
@@ -128,26 +179,18 @@ def process_results(doc: dict, results: list[str]) -> dict:
     v = _schema_validator()
     schema_ok = pred is not None and (v is None or v.is_valid(pred))
     scores = field_scores(gold, pred)
-    tp = fp = fn = 0
+    counts = field_counts(gold, pred)
     g_total = g_hits = 0
     for f in FIELDS:
-        g = normalize(f, gold.get(f))
-        p = normalize(f, (pred or {}).get(f))
-        if p is not None:
+        if normalize(f, (pred or {}).get(f)) is not None:
             g_total += 1
-            g_hits += int(grounded(f, (pred or {}).get(f), doc["document"]))
-            if p == g:
-                tp += 1
-            else:
-                fp += 1
-                fn += int(g is not None)
-        elif g is not None:
-            fn += 1
+            g_hits += int(grounded(f, pred[f], doc["document"]))
     return {
         "json_valid": int(pred is not None),
         "schema_valid": int(schema_ok),
         "field_accuracy": sum(scores.values()) / len(FIELDS),
-        "field_f1": (tp, fp, fn),
+        "field_f1": tuple(map(sum, zip(*counts.values()))),
+        "field_f1_macro": [counts[f] for f in FIELDS],
         "exact_match": int(all(scores.values())),
         "grounding_rate": (g_hits, g_total),
     }
@@ -160,7 +203,19 @@ def micro_f1(items: list) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def macro_f1(items: list) -> float:
+    """Mean over fields of each field's F1 (fields with no gold and no predicted value anywhere are skipped)."""
+    f1s = []
+    for per_field in zip(*items):
+        tp, fp, fn = (sum(c[i] for c in per_field) for i in range(3))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
 def grounding_rate(items: list) -> float:
+    """Share of predicted non-null values found in the document; NaN when nothing was predicted (a model
+    that answers nothing has no grounding rate, not a perfect one)."""
     hits = sum(i[0] for i in items)
     total = sum(i[1] for i in items)
-    return hits / total if total else 1.0
+    return hits / total if total else float("nan")

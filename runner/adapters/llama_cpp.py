@@ -43,6 +43,15 @@ def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int) -> Path:
     return dst
 
 
+def crashed(server: Server) -> str | None:
+    """A sentence saying the server died (with its exit code and log tail), or None while it runs."""
+    p = server.process
+    if p is None or p.poll() is None:
+        return None
+    return (f"llama-server for {server.gguf.name} (alias {server.alias}) exited with code {p.returncode}; "
+            f"its log {server.log}:\n{proc.tail(server.log) if server.log else ''}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,6 +66,8 @@ class Server:
     parallel: int
     ctx_size: int
     alias: str
+    process: object = None  # the running Popen, set by serve()
+    log: Path | None = None
 
     @property
     def url(self) -> str:
@@ -109,7 +120,8 @@ def wait_ready(server: Server, process, log: Path, timeout: float) -> float:
 def serve(gguf: Path, log: Path, threads: int, parallel: int = 1, ctx_size: int = 4096, alias: str = "model",
           timeout: float = 120.0) -> Iterator[tuple[Server, float]]:
     """A llama-server on a free loopback port; yields (server, seconds to ready); stopped on exit."""
-    server = Server(gguf, free_port(), threads, parallel, ctx_size, alias)
+    server = Server(gguf, free_port(), threads, parallel, ctx_size, alias, log=log)
     with proc.background(server.command(), log) as p:
+        server.process = p
         ready_s = wait_ready(server, p, log, timeout)
         yield server, ready_s

@@ -7,6 +7,7 @@ system prompt go through lm-eval's flags so every model gets identical prompts.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -18,23 +19,35 @@ from runner.stage import StageError
 EVALS = REPO / "evals"
 
 
-def write_task(task: str, test_file: Path, out_dir: Path, max_gen_tokens: int) -> Path:
-    """A task YAML that includes the repo's task and sets the data file and generation length."""
+def write_task(task: str, out_dir: Path, data_file: Path | None = None, max_gen_tokens: int | None = None,
+               name: str | None = None) -> Path:
+    """A task YAML (named `name`, default the task's own) that includes the repo's task and sets its data file
+    (default: the task's packaged file, resolved against the repo) and, if given, the generation length."""
     src = EVALS / task / f"{task}.yaml"
     if not src.exists():
-        raise StageError(f"no lm-eval task '{task}' in {EVALS} (expected {src})")
-    base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))
-    gen = dict(base.get("generation_kwargs") or {}, max_gen_toks=max_gen_tokens)
+        known = ", ".join(sorted(p.name for p in EVALS.iterdir() if (p / f"{p.name}.yaml").exists()))
+        raise StageError(f"no lm-eval task '{task}' in {EVALS} (expected {src}; tasks there: {known})")
+    try:
+        base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))
+    except yaml.YAMLError as e:
+        raise StageError(f"{src}: not valid YAML: {e}") from None
+    if not isinstance(base, dict) or base.get("task") != task:
+        raise StageError(f"{src}: expected a mapping with 'task: {task}'")
+    if data_file is None:
+        packaged = (base.get("dataset_kwargs") or {}).get("data_files", {}).get("test")
+        if not packaged or not (REPO / packaged).exists():
+            raise StageError(f"{src}: dataset_kwargs.data_files.test should name a file in the repo (found {packaged!r})")
+        data_file = REPO / packaged
+    spec = {"include": str(src), "task": name or task, "dataset_kwargs": {"data_files": {"test": str(data_file)}}}
+    if max_gen_tokens:
+        spec["generation_kwargs"] = dict(base.get("generation_kwargs") or {}, max_gen_toks=max_gen_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"include": str(src), "task": task, "dataset_kwargs": {"data_files": {"test": str(test_file)}},
-            "generation_kwargs": gen}
-    path = out_dir / f"{task}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (out_dir / f"{name or task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return out_dir
 
 
 def command_server(tasks: list[str], include: Path, base_url: str, model: str, concurrency: int,
-                   system_prompt: str, out: Path, limit: int, seed: int) -> list:
+                   system_prompt: str | None, out: Path, limit: int, seed: int) -> list:
     ml = env.venv("ml")
     args = ",".join([f"model={model}", f"base_url={base_url}/v1/chat/completions", f"num_concurrent={concurrency}",
                      "tokenized_requests=False", "tokenizer_backend=None", "max_retries=3", "timeout=600"])
@@ -42,7 +55,7 @@ def command_server(tasks: list[str], include: Path, base_url: str, model: str, c
     return cmd + _common(tasks, include, system_prompt, out, limit, seed)
 
 
-def command_hf(tasks: list[str], include: Path, model_dir: Path, system_prompt: str, out: Path, limit: int,
+def command_hf(tasks: list[str], include: Path, model_dir: Path, system_prompt: str | None, out: Path, limit: int,
                seed: int) -> list:
     ml = env.venv("ml")
     cmd = [ml.bin("lm_eval"), "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
@@ -52,8 +65,9 @@ def command_hf(tasks: list[str], include: Path, model_dir: Path, system_prompt: 
 
 def _common(tasks, include, system_prompt, out, limit, seed) -> list:
     cmd = ["--tasks", ",".join(tasks), "--include_path", include, "--apply_chat_template",
-           "--system_instruction", system_prompt, "--output_path", out, "--log_samples",
-           "--seed", f"{seed},{seed},{seed},{seed}"]
+           "--output_path", out, "--log_samples", "--seed", f"{seed},{seed},{seed},{seed}"]
+    if system_prompt:
+        cmd += ["--system_instruction", system_prompt]
     if limit:
         cmd += ["--limit", str(limit)]
     return cmd
@@ -69,8 +83,14 @@ def read_results(out: Path, task: str, log: Path) -> tuple[dict, list[dict]]:
     results = sorted(out.rglob("results_*.json"))
     if not results:
         raise StageError(f"lm-eval wrote no results under {out}", log=log)
-    agg = json.loads(results[-1].read_text())["results"][task]
+    all_results = json.loads(results[-1].read_text())["results"]
+    if task not in all_results:
+        raise StageError(f"lm-eval's results under {out} have no task '{task}' (it has: {', '.join(all_results)})",
+                         log=log)
+    agg = all_results[task]
     metrics = {k.split(",")[0]: v for k, v in agg.items() if "," in k and not k.split(",")[0].endswith("_stderr")}
-    samples_files = sorted(out.rglob(f"samples_{task}_*.jsonl"))
+    # samples_<task>_<timestamp>.jsonl: match the timestamp so task 'a' does not pick up task 'a_train'
+    samples_files = sorted(f for f in out.rglob(f"samples_{task}_*.jsonl")
+                           if re.fullmatch(rf"samples_{re.escape(task)}_\d{{4}}-.*\.jsonl", f.name))
     samples = [json.loads(line) for line in samples_files[-1].read_text().splitlines()] if samples_files else []
     return metrics, samples

@@ -1,25 +1,37 @@
-"""eval: score base and tuned models with lm-eval on the test split, through the serving engine.
+"""eval: score base and every fine-tuned model with lm-eval custom tasks, through the serving engine, and
+turn the per-sample logs into evidence: CIs, paired comparisons, breakdowns, failure cases, gates, quality.md.
 
 Each model is converted to GGUF f16 (llama.cpp's converter), served by llama-server on a free loopback
 port, and scored by lm-eval's local-chat-completions with concurrent requests: what is evaluated is what
-is deployed. backend: hf scores the HF folder in process instead (slow on CPU, for GPU users).
+is deployed. A fidelity check scores a few items of the HF model with lm-eval's `hf` backend and fails the
+stage when the two disagree beyond the recipe's tolerance. backend: hf scores the HF folders in process
+instead (slow on CPU, for GPU users).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 import time
 import urllib.request
 
-from runner import models
+from runner import eval_analysis as ea
+from runner import gates, models
 from runner.adapters import llama_cpp, lm_eval
+from runner.reports import quality
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
-CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "evals/invoice_extraction/utils.py",
-        "evals/invoice_extraction/invoice_extraction.yaml")
+CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "runner/eval_analysis.py", "runner/stats.py",
+        "runner/gates.py", "runner/reports/quality.py", "evals/invoice_extraction/utils.py",
+        "evals/invoice_extraction/invoice_extraction.yaml", "evals/general_instructions/utils.py",
+        "evals/general_instructions/general_instructions.yaml",
+        "evals/general_instructions/general_instructions.jsonl")
 TOOLS = ("ml", "llama")
+MAIN = "invoice_extraction"
+TRAIN_TASK = "invoice_extraction_train"
 
 
 def fingerprint(recipe: dict) -> str:
@@ -51,64 +63,233 @@ def scrape_tokens(url: str) -> dict:
     return out
 
 
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sample_train_split(train_file, out_file, n: int, seed: int):
+    rows = [x for x in train_file.read_text().splitlines() if x.strip()]
+    rows = random.Random(seed).sample(rows, min(n, len(rows)))
+    out_file.write_text("\n".join(rows) + "\n")
+    return out_file
+
+
+def plan(ctx: Context) -> list[dict]:
+    """The lm-eval invocations per model: test-split tasks (+ a training-split sample for fine-tuned models)
+    with the task's system prompt; the general task without one."""
+    cfg, data = ctx.section("eval"), ctx.inputs["data"]
+    tasks_dir = ctx.out / "tasks"
+    for task in cfg["tasks"]:
+        lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
+    runs = [{"name": "test", "tasks": list(cfg["tasks"]), "system": ctx.section("data")["system_prompt"],
+             "tuned_tasks": []}]
+    if cfg["train_sample"] and any(m != "base" for m in cfg["models"]):
+        sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
+        lm_eval.write_task(MAIN, tasks_dir, sample, cfg["max_gen_tokens"], name=TRAIN_TASK)
+        runs[0]["tuned_tasks"] = [TRAIN_TASK]
+    if cfg["general_task"]:
+        lm_eval.write_task(cfg["general_task"], tasks_dir)
+        runs.append({"name": "general", "tasks": [cfg["general_task"]], "system": None, "tuned_tasks": []})
+    return runs
+
+
+def score_served(ctx: Context, name: str, hf_dir, out, runs: list[dict]) -> dict:
+    cfg = ctx.section("eval")
+    t0 = time.time()
+    ctx.progress(f"{name}: converting to GGUF f16")
+    gguf = llama_cpp.convert(hf_dir, out / "model-f16.gguf", ctx.log(f"convert-{name}.log"))
+    timing = {"convert_s": round(time.time() - t0, 1), "model_sha256": sha256(gguf)}
+    with llama_cpp.serve(gguf, ctx.log(f"llama-server-{name}.log"), ctx.threads, parallel=cfg["concurrency"],
+                         ctx_size=cfg["ctx_size"], alias=name) as (server, ready_s):
+        timing["server_ready_s"] = round(ready_s, 2)
+        ctx.progress(f"{name}: llama-server ready in {ready_s:.1f}s; scoring")
+        for r in runs:
+            tasks = r["tasks"] + (r["tuned_tasks"] if name != "base" else [])
+            cmd = lm_eval.command_server(tasks, ctx.out / "tasks", server.url, name, cfg["concurrency"], r["system"],
+                                         out / "lm_eval" / r["name"], cfg["limit"], ctx.seed)
+            t1 = time.time()
+            log = ctx.log(f"lm-eval-{name}-{r['name']}.log")
+            try:
+                lm_eval.run(cmd, log, ctx.threads,
+                            on_line=lambda l, n=name: ctx.progress(f"{n}: {l[-90:]}") if "%" in l else None)
+            except StageError as e:
+                died = llama_cpp.crashed(server)
+                raise StageError(f"scoring model '{name}' failed (lm-eval log {log}; server log {server.log}): "
+                                 + (died or str(e)), log=log) from None
+            if died := llama_cpp.crashed(server):
+                raise StageError(f"scoring model '{name}': {died}", log=server.log)
+            timing[f"score_{r['name']}_s"] = round(time.time() - t1, 1)
+        timing.update(scrape_tokens(server.url))
+    timing["seconds"] = round(time.time() - t0, 1)
+    return timing
+
+
+def score_hf(ctx: Context, name: str, hf_dir, out, runs: list[dict], limit: int, tag: str = "") -> dict:
+    t0 = time.time()
+    for r in runs:
+        tasks = r["tasks"] + (r["tuned_tasks"] if name != "base" else [])
+        cmd = lm_eval.command_hf(tasks, ctx.out / "tasks", hf_dir, r["system"], out / "lm_eval" / r["name"], limit,
+                                 ctx.seed)
+        log = ctx.log(f"lm-eval-hf-{name}{tag}-{r['name']}.log" if tag else f"lm-eval-{name}-{r['name']}.log")
+        lm_eval.run(cmd, log, ctx.threads,
+                    on_line=lambda l, n=name: ctx.progress(f"{n} (hf{tag}): {l[-80:]}") if "%" in l else None)
+    return {"seconds": round(time.time() - t0, 1)}
+
+
+def collect(ctx: Context, name: str, out, runs: list[dict]) -> dict[str, dict]:
+    """task -> {"agg": lm-eval's aggregates, "samples": per-sample records}; empty answers fail loudly."""
+    got = {}
+    for r in runs:
+        for task in r["tasks"] + (r["tuned_tasks"] if name != "base" else []):
+            log = ctx.log(f"lm-eval-{name}-{r['name']}.log")
+            agg, samples = lm_eval.read_results(out / "lm_eval" / r["name"], task, log)
+            if samples and not any(ea.response(s).strip() for s in samples):
+                raise StageError(f"model '{name}' answered every {task} item with empty text; "
+                                 f"see {ctx.log(f'llama-server-{name}.log')}", log=log)
+            if not samples:
+                raise StageError(f"lm-eval logged no samples for model '{name}' on {task}", log=log)
+            got[task] = {"agg": agg, "samples": samples}
+    return got
+
+
+def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dict]) -> dict:
+    """Score the first N test items of the HF model in process (lm-eval hf) and compare with the served GGUF."""
+    fcfg = ctx.section("eval")["fidelity"]
+    out = ctx.out / name / "fidelity"
+    test_run = [dict(runs[0], tuned_tasks=[])]
+    ctx.progress(f"{name}: fidelity check, {fcfg['samples']} items through lm-eval's hf backend")
+    timing = score_hf(ctx, name, hf_dir, out, test_run, fcfg["samples"], tag="-fidelity")
+    _, hf_samples = lm_eval.read_results(out / "lm_eval" / "test", MAIN, ctx.log(f"lm-eval-hf-{name}-fidelity-test.log"))
+    utils = ea.task_utils(MAIN)
+    edges = ctx.section("eval")["length_buckets_chars"]
+    hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, utils, edges)}
+    gg_rows = {r["doc_id"]: r for r in ea.item_details(served, utils, edges) if r["doc_id"] in hf_rows}
+    pairs = mismatched = same_text = 0
+    items = []
+    for i, h in hf_rows.items():
+        g = gg_rows[i]
+        diff = [f for f in h["outcomes"] if (h["outcomes"][f] == "correct") != (g["outcomes"][f] == "correct")]
+        pairs += len(h["outcomes"])
+        mismatched += len(diff)
+        same_text += int(h["prediction"].strip() == g["prediction"].strip())
+        items.append({"doc_id": i, "fields_judged_differently": diff, "same_text": h["prediction"].strip() ==
+                      g["prediction"].strip(), "hf": h["prediction"], "gguf": g["prediction"]})
+    result = {"model": name, "items": len(hf_rows), "field_disagreement": round(mismatched / pairs, 4) if pairs else 0.0,
+              "identical_text": same_text, "tolerance": fcfg["max_field_disagreement"], "seconds": timing["seconds"],
+              "detail": items}
+    (out / "fidelity.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    if result["field_disagreement"] > fcfg["max_field_disagreement"]:
+        raise StageError(f"fidelity check failed for '{name}': the served f16 GGUF and the HF model judge "
+                         f"{result['field_disagreement']:.1%} of (item, field) pairs differently (tolerance "
+                         f"{fcfg['max_field_disagreement']:.0%}); details {out / 'fidelity.json'}")
+    return result
+
+
+def pii_in_outputs(rows: list[dict]) -> dict:
+    """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers: copied from the document or not."""
+    from runner.dataprep import pii
+    found = {"answers_with_pii": 0, "copied_from_document": 0, "not_in_document": 0, "by_type": {}, "examples": []}
+    for r in rows:
+        hits = pii.scan(r["prediction"])
+        if not hits:
+            continue
+        found["answers_with_pii"] += 1
+        for h in hits:
+            found["by_type"][h.type] = found["by_type"].get(h.type, 0) + 1
+            key = "copied_from_document" if h.value in r["document"] else "not_in_document"
+            found[key] += 1
+            if len(found["examples"]) < 5:
+                found["examples"].append({"id": r["id"], "type": h.type, "where": key})
+    return found
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("eval")
-    system_prompt = ctx.section("data")["system_prompt"]
-    test_file = ctx.inputs["data"].path("test")
-    task_dir = ctx.out / "tasks"
-    for task in cfg["tasks"]:
-        lm_eval.write_task(task, test_file, task_dir, cfg["max_gen_tokens"])
-    metrics: dict = {"models": {}, "backend": cfg["backend"]}
+    iters, seed = cfg["bootstrap_iters"], ctx.seed
+    runs = plan(ctx)
+    tuned = [m for m in cfg["models"] if m != "base"]
+    baseline = "base" if "base" in cfg["models"] else None
+    results: dict[str, dict] = {}
+    metrics: dict = {"backend": cfg["backend"], "models": {}, "dataset_version":
+                     ctx.inputs["data"].metrics.get("dataset_version")}
     artifacts: dict = {"tasks": "tasks"}
     for name in cfg["models"]:
         hf_dir = model_dir(ctx, name)
         out = ctx.out / name
         out.mkdir(parents=True)
-        t0 = time.time()
         if cfg["backend"] == "llama-server":
-            ctx.progress(f"{name}: converting to GGUF f16")
-            gguf = llama_cpp.convert(hf_dir, out / "model-f16.gguf", ctx.log(f"convert-{name}.log"))
+            timing = score_served(ctx, name, hf_dir, out, runs)
             artifacts[f"{name}-f16"] = f"{name}/model-f16.gguf"
-            convert_s = time.time() - t0
-            server_log = ctx.log(f"llama-server-{name}.log")
-            with llama_cpp.serve(gguf, server_log, ctx.threads, parallel=cfg["concurrency"], ctx_size=cfg["ctx_size"],
-                                 alias=name) as (server, ready_s):
-                ctx.progress(f"{name}: llama-server ready in {ready_s:.1f}s; scoring")
-                cmd = lm_eval.command_server(cfg["tasks"], task_dir, server.url, name, cfg["concurrency"],
-                                             system_prompt, out / "lm_eval", cfg["limit"], ctx.seed)
-                t1 = time.time()
-                lm_eval.run(cmd, ctx.log(f"lm-eval-{name}.log"), ctx.threads,
-                            on_line=lambda l, n=name: ctx.progress(f"{n}: {l[-90:]}") if "%" in l else None)
-                score_s = time.time() - t1
-                tokens = scrape_tokens(server.url)
-            timing = {"convert_s": round(convert_s, 1), "server_ready_s": round(ready_s, 2),
-                      "score_s": round(score_s, 1), **tokens}
         else:
-            cmd = lm_eval.command_hf(cfg["tasks"], task_dir, hf_dir, system_prompt, out / "lm_eval", cfg["limit"],
-                                     ctx.seed)
-            lm_eval.run(cmd, ctx.log(f"lm-eval-{name}.log"), ctx.threads)
-            timing = {"score_s": round(time.time() - t0, 1)}
-        per_task = {}
-        for task in cfg["tasks"]:
-            task_metrics, samples = lm_eval.read_results(out / "lm_eval", task, ctx.log(f"lm-eval-{name}.log"))
-            answers = [s.get("filtered_resps", [""])[0] if s.get("filtered_resps") else "" for s in samples]
-            if samples and not any(str(a).strip() for a in answers):
-                raise StageError(f"model '{name}' answered every {task} item with empty text; "
-                                 f"see {ctx.log(f'llama-server-{name}.log')}", log=ctx.log(f"lm-eval-{name}.log"))
-            per_task[task] = {**task_metrics, "samples": len(samples)}
-            (out / f"samples_{task}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            timing = score_hf(ctx, name, hf_dir, out, runs, cfg["limit"])
+        results[name] = collect(ctx, name, out, runs)
+        tasks = {}
+        for task, got in results[name].items():
+            (out / f"samples_{task}.jsonl").write_text(
+                "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in got["samples"]))
             artifacts[f"{name}-samples-{task}"] = f"{name}/samples_{task}.jsonl"
-        metrics["models"][name] = {"tasks": per_task, "seconds": round(time.time() - t0, 1), **timing}
-    # Differences against base, per task metric.
-    if "base" in metrics["models"]:
-        base = metrics["models"]["base"]["tasks"]
-        metrics["delta_vs_base"] = {
-            m: {t: {k: round(v - base[t][k], 4) for k, v in tm.items() if isinstance(v, (int, float)) and k in base[t]
-                    and k != "samples"} for t, tm in d["tasks"].items()}
-            for m, d in metrics["models"].items() if m != "base"}
+            ci = ea.summarize(task.replace(TRAIN_TASK, MAIN), got["samples"], got["agg"], iters, seed)
+            tasks[task] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
+        metrics["models"][name] = {"tasks": tasks, **timing}
+
+    # paired comparisons against the baseline, per task
+    comparisons = {}
+    if baseline:
+        for m in tuned:
+            comparisons[m] = {t: ea.compare(t, results[baseline][t]["samples"], results[m][t]["samples"], iters, seed)
+                              for t in results[baseline] if t in results[m]}
+    metrics["comparisons"] = comparisons
+
+    # invoice task: per-item detail, breakdowns, failure cases, PII in outputs, train/test gap
+    utils = ea.task_utils(MAIN)
+    edges = cfg["length_buckets_chars"]
+    details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in cfg["models"]
+               if MAIN in results[m]}
+    analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed) if details else {},
+                "failures": {}, "pii": {m: pii_in_outputs(rows) for m, rows in details.items()}, "gap": {}}
+    for m in tuned:
+        if m in details:
+            counts, cases = ea.failure_cases(details[m], details.get(baseline), utils, cfg["failure_cases"])
+            analysis["failures"][m] = {"counts": counts, "cases": cases}
+        tt = metrics["models"][m]["tasks"]
+        if TRAIN_TASK in tt and MAIN in tt:
+            analysis["gap"][m] = {k: {"train": tt[TRAIN_TASK]["ci"][k], "test": tt[MAIN]["ci"][k]}
+                                  for k in ("field_f1", "exact_match", "json_valid")}
+
+    # fidelity: served GGUF vs HF model
+    metrics["fidelity"] = {}
+    if cfg["backend"] == "llama-server" and cfg["fidelity"]["samples"]:
+        for m in cfg["fidelity"]["models"]:
+            if m in cfg["models"]:
+                metrics["fidelity"][m] = {k: v for k, v in fidelity(ctx, m, model_dir(ctx, m),
+                                          results[m][MAIN]["samples"], runs).items() if k != "detail"}
+                artifacts[f"{m}-fidelity"] = f"{m}/fidelity/fidelity.json"
+
+    # gates
+    verdicts = []
+    if cfg["gates"]:
+        if not baseline:
+            raise StageError("eval.gates compare against a baseline, but eval.models has no 'base'")
+        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get("field", {}), tuned, baseline)
+    metrics["gates"] = verdicts
+    (ctx.out / "analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False, default=str))
+    artifacts["analysis"] = "analysis.json"
+    written = quality.write(ctx.out, metrics, analysis, cfg, ctx.section("data"))
+    artifacts.update(written)
+
     notes = []
     for m, d in metrics["models"].items():
-        t = d["tasks"].get("invoice_extraction")
+        t = d["tasks"].get(MAIN)
         if t:
             notes.append(f"{m}: field_f1 {t['field_f1']:.3f} json_valid {t['json_valid']:.2f}")
+    failed = [v for v in verdicts if not v["passed"]]
+    if failed:
+        notes += [f"gate failed: {v['model']} {v['what']}: {'; '.join(v['reasons'])}" for v in failed]
+        metrics["gate_summary"] = "eval gates failed: " + " | ".join(
+            f"{v['model']} {v['what']}: {'; '.join(v['reasons'])}" for v in failed)
+        return Result(metrics=metrics, artifacts=artifacts, status="gated", notes=notes)
     return Result(metrics=metrics, artifacts=artifacts, notes=notes)

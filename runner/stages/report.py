@@ -84,18 +84,27 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             lines += ["", "Curves, checks, cost: [training.md](../train/training.md)"]
     ev = inputs.get("eval")
     if ev:
-        lines += ["", "## Quality (test split, lm-eval through llama-server)", ""]
-        metric_names = ["json_valid", "schema_valid", "field_accuracy", "field_f1", "exact_match", "grounding_rate"]
+        lines += ["", f"## Quality (test split, lm-eval through {ev.metrics.get('backend', 'llama-server')})", ""]
+        metric_names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
         lines += ["| model | samples | " + " | ".join(metric_names) + " | eval s |",
                   "|---|---|" + "---|" * len(metric_names) + "---|"]
         for name, m in ev.metrics["models"].items():
             t = m["tasks"].get("invoice_extraction", {})
             lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(_f(t.get(k)) for k in metric_names)
                          + f" | {_f(m.get('seconds'), 0)} |")
-        for name, d in (ev.metrics.get("delta_vs_base") or {}).items():
+        for name, d in (ev.metrics.get("comparisons") or {}).items():
             t = d.get("invoice_extraction", {})
-            lines.append("")
-            lines.append(f"{name} vs base: " + ", ".join(f"{k} {v:+.3f}" for k, v in t.items()))
+            lines += ["", f"{name} − base (paired bootstrap 95% CI): " + ", ".join(
+                f"{k} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" + (" ▲" if c.get("improved") else
+                                                                              " ▼" if c.get("worse") else "")
+                for k, c in t.items() if k in ("field_f1", "exact_match", "json_valid") and c.get("diff") is not None)]
+        failed = [g for g in ev.metrics.get("gates", []) if not g["passed"]]
+        if ev.metrics.get("gates"):
+            lines += ["", f"Gates: {len(ev.metrics['gates']) - len(failed)} of {len(ev.metrics['gates'])} passed"
+                      + ("; failed: " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") + "."]
+        if "quality" in ev.artifacts:
+            lines += ["", "CIs, breakdowns by field/layout/locale/length, failure cases, forgetting check, fidelity, "
+                      "risks: [quality.md](../eval/quality.md)"]
     q = inputs.get("quantize")
     if q:
         lines += ["", "## Quantization", "", "| type | MB | size vs f16 |", "|---|---|---|"]

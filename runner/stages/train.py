@@ -42,8 +42,9 @@ def variants(section: dict) -> dict[str, tuple[dict, dict]]:
 
 
 def curve_checks(curve: list[dict], warmup: int = 0) -> tuple[str, list[str]]:
-    """failed: NaN/inf loss, or divergence; suspect: loss not going down, or eval loss rising while train
-    loss falls (overfitting, the train/eval gap growing); else ok."""
+    """failed: NaN/inf loss, or divergence (the last quarter of the loss 1.5x above the first); suspect: a loss
+    spike (3x the first quarter) that came back, loss not going down, or eval loss rising while train loss
+    falls (overfitting, the train/eval gap growing); else ok."""
     losses = [r["loss"] for r in curve if "loss" in r]
     if any(v is None or not math.isfinite(v) for v in losses):
         return "failed", ["loss became NaN/inf"]
@@ -52,10 +53,15 @@ def curve_checks(curve: list[dict], warmup: int = 0) -> tuple[str, list[str]]:
         k = max(1, len(losses) // 4)
         first, last = statistics.mean(losses[:k]), statistics.mean(losses[-k:])
         after = losses[warmup:] or losses
-        if max(after) > 3 * first or last > 1.5 * first:
+        peak = max(after)
+        if last > 1.5 * first:
             return "failed", [f"diverged: loss {first:.3f} (first quarter) -> {last:.3f} (last quarter), "
-                              f"peak {max(after):.3f}"]
-        if last >= first:
+                              f"peak {peak:.3f}"]
+        if peak > 3 * first:
+            status = "suspect"
+            findings.append(f"unstable: loss spiked to {peak:.3f} ({peak / first:.1f}x the first quarter's "
+                            f"{first:.3f}) at step {losses.index(peak) + 1}, then came back to {last:.3f}")
+        elif last >= first:
             status = "suspect"
             findings.append(f"loss did not go down (first quarter {first:.3f}, last quarter {last:.3f})")
     evals = [(r["step"], r["eval_loss"]) for r in curve if isinstance(r.get("eval_loss"), (int, float))]

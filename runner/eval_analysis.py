@@ -1,0 +1,218 @@
+"""From lm-eval's per-sample logs to evidence: metrics with bootstrap CIs, paired comparisons against the
+baseline, breakdowns by field and slice, and harvested failure cases.
+
+How each metric aggregates is read from the task's own YAML (`aggregation: mean` or `!function
+utils.<name>`), so the intervals here are computed on exactly what lm-eval aggregates, and every point value
+is cross-checked against lm-eval's own result.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from runner import stats
+from runner.env import REPO
+from runner.stage import StageError
+
+# task-YAML aggregation -> how per-item values combine
+AGGREGATIONS = {"mean": None, "utils.micro_f1": stats.micro_f1, "utils.macro_f1": stats.macro_f1,
+                "utils.grounding_rate": stats.rate}
+OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spurious", "wrong_value")
+
+
+@functools.lru_cache(maxsize=None)
+def task_utils(task: str):
+    """The task's `!function` module (evals/<task>/utils.py), imported by path."""
+    path = REPO / "evals" / task / "utils.py"
+    spec = importlib.util.spec_from_file_location(f"evals_{task}_utils", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def task_metrics(task: str) -> dict[str, str]:
+    """metric name -> aggregation key, from evals/<task>/<task>.yaml."""
+    src = (REPO / "evals" / task / f"{task}.yaml").read_text().replace("!function ", "")
+    out = {}
+    for m in yaml.safe_load(src).get("metric_list", []):
+        agg = m.get("aggregation", "mean")
+        if agg not in AGGREGATIONS:
+            raise StageError(f"evals/{task}/{task}.yaml: metric '{m['metric']}' aggregates with '{agg}', which the "
+                             f"statistics do not know (known: {', '.join(AGGREGATIONS)})")
+        out[m["metric"]] = agg
+    return out
+
+
+def binary_metrics(task: str) -> set[str]:
+    """Metrics the task declares 0/1 per item (`BINARY_METRICS` in its utils): these also get McNemar's test."""
+    return set(getattr(task_utils(task), "BINARY_METRICS", ()))
+
+
+def fractional_metrics(task: str) -> set[str]:
+    return set(getattr(task_utils(task), "FRACTIONAL_METRICS", ()))
+
+
+def by_doc(samples: list[dict]) -> dict[int, dict]:
+    return {s["doc_id"]: s for s in samples}
+
+
+def response(sample: dict) -> str:
+    r = sample.get("filtered_resps") or sample.get("resps") or [""]
+    while isinstance(r, list):
+        r = r[0] if r else ""
+    return str(r)
+
+
+def metric_values(samples: list[dict], name: str, agg: str) -> stats.Metric:
+    vals = [s[name] for s in samples]
+    fn = AGGREGATIONS[agg]
+    if fn is None:
+        return stats.Metric(np.asarray(vals, dtype=float))
+    arr = np.asarray([np.ravel(v) for v in vals], dtype=float)
+    return stats.Metric(arr, fn)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return abs(a - b) < 1e-6
+
+
+def summarize(task: str, samples: list[dict], lm_eval_agg: dict, iters: int, seed: int) -> dict:
+    """metric -> {value, low, high, n}; the point value must equal lm-eval's aggregate."""
+    out = {}
+    for name, agg in task_metrics(task).items():
+        m = metric_values(samples, name, agg)
+        ci = stats.bootstrap(m, iters, seed)
+        theirs = lm_eval_agg.get(name)
+        ours = m.point() if len(samples) else None
+        if theirs is not None and ours is not None and not _same(float(theirs), ours):
+            raise StageError(f"{task}/{name}: re-aggregated per-sample value {ours} differs from lm-eval's {theirs}")
+        out[name] = ci
+    return out
+
+
+def compare(task: str, base: list[dict], other: list[dict], iters: int, seed: int) -> dict:
+    """metric -> paired difference (other - base) with CI and p-value; binary metrics add McNemar."""
+    a, b = by_doc(base), by_doc(other)
+    ids = sorted(a)
+    if sorted(b) != ids:
+        raise StageError(f"{task}: the models were scored on different items ({len(a)} vs {len(b)}); "
+                         "paired statistics need the same items")
+    sa, sb = [a[i] for i in ids], [b[i] for i in ids]
+    out = {}
+    for name, agg in task_metrics(task).items():
+        ma, mb = metric_values(sa, name, agg), metric_values(sb, name, agg)
+        cmp = stats.paired(ma, mb, iters, seed)
+        if name in binary_metrics(task) or (agg == "mean" and name not in fractional_metrics(task) and
+                                            set(np.unique(np.concatenate([ma.values, mb.values]))) <= {0.0, 1.0}):
+            cmp["mcnemar"] = stats.mcnemar(ma.values, mb.values)
+        cmp["improved"] = bool(stats.significant(cmp) and cmp["low"] > 0)
+        cmp["worse"] = bool(stats.significant(cmp) and cmp["high"] < 0)
+        out[name] = cmp
+    return out
+
+
+# ---- invoice task: per-item detail, breakdowns, failure cases -------------------------------------------
+
+def length_bucket(chars: int, edges: list[int]) -> str:
+    for i, e in enumerate(edges):
+        if chars < e:
+            return f"<{e}" if i == 0 else f"{edges[i - 1]}–{e - 1}"
+    return f">={edges[-1]}"
+
+
+def item_details(samples: list[dict], utils, edges: list[int]) -> list[dict]:
+    """One row per test item: slices, per-field outcome, the per-item (tp, fp, fn)."""
+    rows = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = s["doc"]
+        text = response(s)
+        gold = utils.gold_of(doc)
+        pred = utils.parse_prediction(text)
+        rows.append({
+            "doc_id": s["doc_id"], "id": doc.get("id"), "layout": doc.get("layout", "?"),
+            "locale": doc.get("locale", "?"), "length": length_bucket(len(doc["document"]), edges),
+            "outcomes": utils.field_outcomes(gold, pred, doc["document"]),
+            "counts": tuple(s["field_f1"]), "document": doc["document"], "gold": gold, "prediction": text,
+            "exact_match": s["exact_match"],
+        })
+    return rows
+
+
+def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: int) -> dict:
+    """Per field (accuracy) and per layout / locale / length bucket (micro field-F1): each model's value with
+    CI, and each model's paired difference against the baseline."""
+    models = list(details)
+    fields = list(next(iter(details.values()))[0]["outcomes"]) if details and next(iter(details.values())) else []
+    out: dict = {"field": {}, "layout": {}, "locale": {}, "length": {}}
+    for f in fields:
+        vals = {m: stats.Metric(np.asarray([r["outcomes"][f] == "correct" for r in rows], dtype=float))
+                for m, rows in details.items()}
+        out["field"][f] = _slice_stats(vals, baseline, iters, seed)
+    for dim in ("layout", "locale", "length"):
+        keys = sorted({r[dim] for r in details[models[0]]})
+        for k in keys:
+            vals = {m: stats.Metric(np.asarray([r["counts"] for r in rows if r[dim] == k], dtype=float),
+                                    stats.micro_f1) for m, rows in details.items()}
+            out[dim][k] = _slice_stats(vals, baseline, iters, seed)
+    return out
+
+
+def _slice_stats(vals: dict[str, stats.Metric], baseline: str, iters: int, seed: int) -> dict:
+    row = {m: stats.bootstrap(v, iters, seed) for m, v in vals.items()}
+    if baseline in vals:
+        for m, v in vals.items():
+            if m != baseline:
+                row[f"{m}-vs-{baseline}"] = stats.paired(vals[baseline], v, iters, seed)
+    return row
+
+
+def item_category(outcomes: dict[str, str]) -> str | None:
+    """The item's failure category: the most severe field outcome (None when every field is right)."""
+    seen = set(outcomes.values())
+    for cat in OUTCOME_ORDER:
+        if cat in seen:
+            return cat
+    return None
+
+
+def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, limit: int) -> tuple[dict, list]:
+    """(counts per category over fields and items, the harvested cases): every item the model got wrong,
+    those where it scored below the baseline first, then by how many fields it missed."""
+    base = {r["doc_id"]: r for r in base_rows or []}
+    field_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
+    item_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
+    cases = []
+    for r in model_rows:
+        for o in r["outcomes"].values():
+            if o != "correct":
+                field_counts[o] += 1
+        cat = item_category(r["outcomes"])
+        if cat is None:
+            continue
+        item_counts[cat] += 1
+        right = sum(o == "correct" for o in r["outcomes"].values())
+        b = base.get(r["doc_id"])
+        base_right = sum(o == "correct" for o in b["outcomes"].values()) if b else None
+        cases.append({
+            "id": r["id"], "doc_id": r["doc_id"], "category": cat, "layout": r["layout"], "locale": r["locale"],
+            "fields_right": right, "baseline_fields_right": base_right,
+            "worse_than_baseline": base_right is not None and right < base_right,
+            "wrong_fields": {f: o for f, o in r["outcomes"].items() if o != "correct"},
+            "document": r["document"], "gold": r["gold"], "prediction": r["prediction"],
+        })
+    cases.sort(key=lambda c: (not c["worse_than_baseline"], c["fields_right"], c["doc_id"]))
+    return {"fields": field_counts, "items": item_counts}, cases[:limit]
+
+
+def read_samples(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]

@@ -1,0 +1,58 @@
+"""Quality gates from the recipe, judged on the eval stage's paired comparisons.
+
+A gate names a task metric (or `per_field: true` for every field's accuracy) and a bound on the difference
+model - baseline: `min_gain` (the difference must reach it) and/or `max_drop` (it must not fall below
+-max_drop); `significant: true` also requires the CI of the difference to lie above zero. Each verdict says
+what was measured and by how much it passed or failed.
+"""
+from __future__ import annotations
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:+.4f}"
+
+
+def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str], baseline: str) -> list[dict]:
+    """comparisons: model -> task -> metric -> paired result; fields: field -> {"<m>-vs-<baseline>": paired}.
+    Returns one verdict per (gate, model)."""
+    verdicts = []
+    for i, g in enumerate(gates):
+        for m in g.get("models") or [x for x in models if x != baseline]:
+            if g.get("per_field"):
+                checks = [(f"{f} accuracy", row.get(f"{m}-vs-{baseline}")) for f, row in fields.items()]
+            else:
+                task = g.get("task", "invoice_extraction")
+                checks = [(f"{task}/{g['metric']}", comparisons.get(m, {}).get(task, {}).get(g["metric"]))]
+            for what, cmp in checks:
+                verdicts.append(_check(i, g, m, baseline, what, cmp))
+    return verdicts
+
+
+def _check(i: int, g: dict, model: str, baseline: str, what: str, cmp: dict | None) -> dict:
+    v = {"gate": i, "model": model, "baseline": baseline, "what": what, "passed": True, "reasons": []}
+    if not cmp or cmp.get("diff") is None:
+        v.update(passed=False, reasons=[f"no paired result for {model} vs {baseline} on {what}"])
+        return v
+    d, low, high = cmp["diff"], cmp.get("low"), cmp.get("high")
+    v.update(diff=d, low=low, high=high)
+    if "min_gain" in g and d < g["min_gain"]:
+        v["reasons"].append(f"gain {_fmt(d)} is below the required {g['min_gain']:+.4f} "
+                            f"(short by {g['min_gain'] - d:.4f})")
+    if "max_drop" in g and d < -g["max_drop"]:
+        v["reasons"].append(f"drop {-d:.4f} exceeds the allowed {g['max_drop']:.4f} (by {-d - g['max_drop']:.4f})")
+    if g.get("significant") and not (low is not None and low > 0):
+        v["reasons"].append(f"95% CI of the difference [{_fmt(low)}, {_fmt(high)}] does not lie above zero")
+    v["passed"] = not v["reasons"]
+    return v
+
+
+def describe(g: dict) -> str:
+    target = "every field's accuracy" if g.get("per_field") else f"{g.get('task', 'invoice_extraction')}/{g['metric']}"
+    parts = []
+    if "min_gain" in g:
+        parts.append(f"gain >= {g['min_gain']}")
+    if "max_drop" in g:
+        parts.append(f"drop <= {g['max_drop']}")
+    if g.get("significant"):
+        parts.append("CI of the gain above zero")
+    return f"{target}: " + ", ".join(parts)

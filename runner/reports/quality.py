@@ -1,0 +1,264 @@
+"""quality.md, the quality evidence pack, and its charts: written from the eval stage's metrics and analysis
+only (every number comes from lm-eval's per-sample logs of this run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner import gates as gates_mod
+
+MAIN = "invoice_extraction"
+TRAIN_TASK = "invoice_extraction_train"
+CATEGORY_TEXT = {"invalid_json": "no parsable JSON object", "format_error": "value breaks the schema's format",
+                 "hallucinated": "value not in the document", "missing": "null where the document has a value",
+                 "spurious": "a value where the document has none", "wrong_value": "wrong span of the document"}
+
+
+def _v(x, nd=3) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def _ci(c: dict | None, nd=3) -> str:
+    if not c or c.get("value") is None:
+        return "–"
+    if c.get("low") is None:
+        return _v(c["value"], nd)
+    return f"{c['value']:.{nd}f} [{c['low']:.{nd}f}, {c['high']:.{nd}f}]"
+
+
+def _diff(c: dict | None) -> str:
+    if not c or c.get("diff") is None:
+        return "–"
+    mark = " ▲" if c.get("improved") or (c.get("low") or 0) > 0 else (" ▼" if (c.get("high") or 0) < 0 else "")
+    p = f", p={c['p']:.3g}" if c.get("p") is not None else ""
+    return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{p}{mark}"
+
+
+def _pairs(row: dict) -> dict:
+    return {k.split("-vs-")[0]: v for k, v in row.items() if "-vs-" in k}
+
+
+def chart_metrics(metrics: dict, out: Path) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
+    models = [m for m, d in metrics["models"].items() if MAIN in d["tasks"]]
+    if not models:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        ci = metrics["models"][m]["tasks"][MAIN]["ci"]
+        vals = [ci[n]["value"] if ci.get(n) and ci[n]["value"] is not None else 0 for n in names]
+        err = [[max(0, v - (ci[n]["low"] if ci.get(n) and ci[n]["low"] is not None else v)) for v, n in zip(vals, names)],
+               [max(0, (ci[n]["high"] if ci.get(n) and ci[n]["high"] is not None else v) - v) for v, n in zip(vals, names)]]
+        ax.bar([x + i * width for x in range(len(names))], vals, width, yerr=err, capsize=2, label=m)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))], names, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("invoice_extraction on the test split (95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "quality_metrics.png", dpi=100)
+    plt.close(fig)
+    return "quality_metrics.png"
+
+
+def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dims = [d for d in ("field", "layout", "locale", "length") if breakdowns.get(d)]
+    if not dims:
+        return None
+    fig, axes = plt.subplots(1, len(dims), figsize=(4 * len(dims), 3.6), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        rows = breakdowns[dim]
+        keys = list(rows)
+        models = [m for m in next(iter(rows.values())) if "-vs-" not in m]
+        width = 0.8 / max(1, len(models))
+        for i, m in enumerate(models):
+            vals = [rows[k][m]["value"] or 0 for k in keys]
+            ax.bar([x + i * width for x in range(len(keys))], vals, width, label=m)
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))], keys, rotation=60, fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"by {dim} ({'accuracy' if dim == 'field' else 'field F1'})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "quality_breakdowns.png", dpi=100)
+    plt.close(fig)
+    return "quality_breakdowns.png"
+
+
+def _where(breakdowns: dict, model: str) -> list[str]:
+    """Sentences on where `model` changed against the baseline, from the paired breakdowns."""
+    lines = []
+    for dim, label in (("field", "field"), ("layout", "layout"), ("locale", "locale"), ("length", "length bucket")):
+        rows = breakdowns.get(dim, {})
+        diffs = [(k, _pairs(r).get(model)) for k, r in rows.items()]
+        diffs = [(k, c) for k, c in diffs if c and c.get("diff") is not None]
+        if not diffs:
+            continue
+        up = [(k, c) for k, c in diffs if c["low"] is not None and c["low"] > 0]
+        down = [(k, c) for k, c in diffs if c["high"] is not None and c["high"] < 0]
+        best = max(diffs, key=lambda kc: kc[1]["diff"])
+        worst = min(diffs, key=lambda kc: kc[1]["diff"])
+        lines.append(f"- By {label}: significantly better on {len(up)} of {len(diffs)}"
+                     + (f", worse on {', '.join(k for k, _ in down)}" if down else ", worse on none")
+                     + f"; largest change {best[0]} ({best[1]['diff']:+.3f}), smallest {worst[0]} "
+                       f"({worst[1]['diff']:+.3f}).")
+        if dim != "field":
+            vals = [(k, rows[k][model]["value"]) for k in rows if rows[k].get(model, {}).get("value") is not None]
+            if vals:
+                lo = min(vals, key=lambda kv: kv[1])
+                lines[-1] += f" Weakest {label} for {model}: {lo[0]} (F1 {lo[1]:.3f}, n={rows[lo[0]][model]['n']})."
+    return lines
+
+
+def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -> dict:
+    charts = {k: v for k, v in (("quality_metrics_png", chart_metrics(metrics, out)),
+                                 ("quality_breakdowns_png", chart_breakdowns(analysis.get("breakdowns", {}), out)))
+              if v}
+    models = list(metrics["models"])
+    base = "base" if "base" in models else None
+    tuned = [m for m in models if m != "base"]
+    L = ["# Quality evidence", "",
+         f"- dataset version `{metrics.get('dataset_version')}`; backend `{metrics['backend']}`; "
+         f"bootstrap {cfg['bootstrap_iters']} resamples, 95% percentile intervals; paired differences resample "
+         "the same items for both models.",
+         "- models: " + ", ".join(f"`{m}` ({metrics['models'][m].get('model_sha256', '–')[:12]})" for m in models),
+         ""]
+    # comparison table
+    main_metrics = ["json_valid", "schema_valid", "field_accuracy", "field_f1", "field_f1_macro", "exact_match",
+                    "grounding_rate"]
+    if any(MAIN in metrics["models"][m]["tasks"] for m in models):
+        n = next(metrics["models"][m]["tasks"][MAIN]["samples"] for m in models if MAIN in metrics["models"][m]["tasks"])
+        L += [f"## {MAIN} (test split, {n} items)", "", "| metric | " + " | ".join(models) + " | " +
+              " | ".join(f"{m} − {base}" for m in tuned if base) + " |",
+              "|---" * (1 + len(models) + (len(tuned) if base else 0)) + "|"]
+        for k in main_metrics:
+            row = [_ci(metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get(k)) for m in models]
+            if base:
+                row += [_diff(metrics["comparisons"].get(m, {}).get(MAIN, {}).get(k)) for m in tuned]
+            L.append(f"| {k} | " + " | ".join(row) + " |")
+        L += ["", "▲/▼: the 95% CI of the difference excludes zero (improved / worse). Binary metrics also get "
+              "McNemar's exact test:", ""]
+        for m in tuned:
+            for k, c in metrics["comparisons"].get(m, {}).get(MAIN, {}).items():
+                if "mcnemar" in c:
+                    mc = c["mcnemar"]
+                    L.append(f"- {m} vs {base}, {k}: {mc['b_only']} items right only for {m}, {mc['a_only']} only "
+                             f"for {base}; p={mc['p']:.3g}")
+        L += [""]
+        if "quality_metrics_png" in charts:
+            L += [f"![metrics]({charts['quality_metrics_png']})", ""]
+    # where
+    bd = analysis.get("breakdowns", {})
+    if bd and base:
+        L += ["## Where it changed", ""]
+        for m in tuned:
+            L += [f"**{m} vs {base}**", ""] + _where(bd, m) + [""]
+        for dim in ("field", "layout", "locale", "length"):
+            rows = bd.get(dim, {})
+            if not rows:
+                continue
+            label = "accuracy" if dim == "field" else "micro field-F1"
+            L += [f"### By {dim} ({label})", "", f"| {dim} | n | " + " | ".join(models) + " | " +
+                  " | ".join(f"{m} − {base}" for m in tuned) + " |", "|---" * (2 + len(models) + len(tuned)) + "|"]
+            for k, r in rows.items():
+                n = r[models[0]]["n"]
+                L.append(f"| {k} | {n} | " + " | ".join(_ci(r.get(m), 2) for m in models) + " | " +
+                         " | ".join(_diff(_pairs(r).get(m)) for m in tuned) + " |")
+            L += [""]
+        if "quality_breakdowns_png" in charts:
+            L += [f"![breakdowns]({charts['quality_breakdowns_png']})", ""]
+    # failures
+    for m, f in analysis.get("failures", {}).items():
+        counts = f["counts"]
+        total_fields = sum(counts["fields"].values())
+        L += [f"## Failure cases of {m}", "",
+              f"Wrong fields by category ({total_fields} wrong (item, field) pairs); items by their most severe "
+              "category:", "", "| category | meaning | fields | items |", "|---|---|---|---|"]
+        for c, text in CATEGORY_TEXT.items():
+            L.append(f"| {c} | {text} | {counts['fields'][c]} | {counts['items'][c]} |")
+        worse = sum(c["worse_than_baseline"] for c in f["cases"])
+        top = max(counts["fields"], key=counts["fields"].get) if total_fields else None
+        L += ["", (f"Most wrong fields are **{top}** ({counts['fields'][top]} of {total_fields}). " if top else "")
+              + f"{len(f['cases'])} cases harvested; {worse} where {m} got fewer fields right than {base} come first.",
+              ""]
+        for c in f["cases"]:
+            flag = f" — worse than {base} ({c['baseline_fields_right']} → {c['fields_right']} fields right)" \
+                if c["worse_than_baseline"] else f" ({c['fields_right']}/9 fields right)"
+            L += [f"<details><summary><code>{c['id']}</code> {c['category']}, {c['layout']}/{c['locale']}{flag}"
+                  "</summary>", "", "Wrong fields: " + ", ".join(f"{k} ({v})" for k, v in c["wrong_fields"].items()),
+                  "", "```text", c["document"], "```", "", "gold: `" + _compact(c["gold"]) + "`", "",
+                  "prediction: `" + c["prediction"].replace("`", "'").replace("\n", " ")[:600] + "`", "", "</details>"]
+        L += [""]
+    # general capability
+    gen = cfg.get("general_task")
+    if gen and any(gen in metrics["models"][m]["tasks"] for m in models):
+        L += [f"## General capability ({gen}: forgetting check)", "", "| model | accuracy | answered as JSON |",
+              "|---|---|---|"]
+        for m in models:
+            t = metrics["models"][m]["tasks"].get(gen)
+            if t:
+                L.append(f"| {m} | {_ci(t['ci'].get('accuracy'))} | {_ci(t['ci'].get('answered_as_json'))} |")
+        for m in tuned:
+            c = metrics["comparisons"].get(m, {}).get(gen, {}).get("accuracy")
+            if c:
+                verdict = ("forgetting: significantly worse" if c["high"] is not None and c["high"] < 0 else
+                           "no significant change" if not (c["low"] is not None and c["low"] > 0) else
+                           "significantly better")
+                L.append(f"\n{m} − {base}: {_diff(c)}: {verdict} on {c['n']} items.")
+        L += [""]
+    # gates
+    if metrics.get("gates") is not None and cfg.get("gates"):
+        L += ["## Gates", "", "| gate | model | measured | verdict |", "|---|---|---|---|"]
+        for v in metrics["gates"]:
+            g = cfg["gates"][v["gate"]]
+            measured = f"{v['what']}: {_diff(v) if 'diff' in v else '–'}"
+            L.append(f"| {gates_mod.describe(g)} | {v['model']} | {measured} | "
+                     + ("pass" if v["passed"] else "**FAIL**: " + "; ".join(v["reasons"])) + " |")
+        L += [""]
+    # fidelity
+    if metrics.get("fidelity"):
+        L += ["## Fidelity: served f16 GGUF vs the HF model", ""]
+        for m, f in metrics["fidelity"].items():
+            L.append(f"- {m}: {f['items']} items through lm-eval's hf backend; {f['identical_text']} identical "
+                     f"answers; {f['field_disagreement']:.1%} of (item, field) pairs judged differently "
+                     f"(tolerance {f['tolerance']:.0%}); {f['seconds']} s.")
+        L += [""]
+    # cost
+    L += ["## Cost of the evaluation", "", "| model | wall s | prompt tokens | generated tokens |", "|---|---|---|---|"]
+    for m in models:
+        d = metrics["models"][m]
+        L.append(f"| {m} | {d.get('seconds', '–')} | {int(d['prompt_tokens_total']) if 'prompt_tokens_total' in d else '–'}"
+                 f" | {int(d['tokens_predicted_total']) if 'tokens_predicted_total' in d else '–'} |")
+    L += [""]
+    # risks
+    L += ["## Risks", ""]
+    for m, g in analysis.get("gap", {}).items():
+        tr, te = g["field_f1"]["train"], g["field_f1"]["test"]
+        if tr.get("value") is not None and te.get("value") is not None:
+            gap = tr["value"] - te["value"]
+            L.append(f"- Overfitting ({m}): field F1 on {tr['n']} training items {_ci(tr)} vs {te['n']} test items "
+                     f"{_ci(te)}: gap {gap:+.3f}" + (" — the intervals do not overlap" if tr["low"] is not None and
+                                                    te["high"] is not None and tr["low"] > te["high"] else "") + ".")
+    for m in models:
+        gr = metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate")
+        if gr:
+            L.append(f"- Hallucination ({m}): grounding rate {_ci(gr)} (share of predicted values found in the "
+                     "document)" + ("; no values predicted" if gr.get("value") is None else "") + ".")
+    for m, p in analysis.get("pii", {}).items():
+        L.append(f"- Sensitive content ({m}): {p['answers_with_pii']} answers contain PII-like spans "
+                 f"({', '.join(f'{k}: {v}' for k, v in p['by_type'].items()) or 'none'}); "
+                 f"{p['not_in_document']} not copied from the document.")
+    L += [""]
+    (out / "quality.md").write_text("\n".join(L) + "\n")
+    return {"quality": "quality.md", **charts}
+
+
+def _compact(obj) -> str:
+    import json
+    return json.dumps(obj, ensure_ascii=False)

@@ -1,0 +1,113 @@
+"""Confidence intervals and paired tests for per-item eval scores.
+
+A metric is a per-item array plus how items aggregate: `mean` (accuracy-like 0/1 or fractions) or `ratio`
+(per-item count tuples such as (tp, fp, fn) aggregated as micro F1). Intervals are percentile bootstrap over
+items; comparisons of two models on the same items resample the *same* items for both (paired bootstrap),
+and binary metrics also get McNemar's exact test.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Metric:
+    """values: shape (n,) for mean metrics, (n, k) count columns for ratio metrics; agg maps the column
+    sums (or the mean) of a resample to the metric."""
+    values: np.ndarray
+    agg: Callable[[np.ndarray], np.ndarray] | None = None  # column sums (B, k) -> (B,); None = mean
+
+    def point(self) -> float:
+        return float(self._of(self.values[None, ...])[0])
+
+    def _of(self, sample: np.ndarray) -> np.ndarray:
+        """sample: (B, n) or (B, n, k) -> (B,) metric values."""
+        if self.agg is None:
+            return sample.mean(axis=1)
+        return self.agg(sample.sum(axis=1))
+
+
+def micro_f1(sums: np.ndarray) -> np.ndarray:
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def rate(sums: np.ndarray) -> np.ndarray:
+    """hits / total; NaN where total is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[..., 1] > 0, sums[..., 0] / np.maximum(sums[..., 1], 1), np.nan)
+
+
+def macro_f1(sums: np.ndarray) -> np.ndarray:
+    """sums: (B, fields*3) flattened (tp, fp, fn) per field -> mean of the per-field F1 over fields seen."""
+    s = sums.reshape(sums.shape[0], -1, 3)
+    denom = 2 * s[..., 0] + s[..., 1] + s[..., 2]
+    f1 = np.where(denom > 0, 2 * s[..., 0] / np.maximum(denom, 1), np.nan)
+    with np.errstate(invalid="ignore"):
+        out = np.nanmean(np.where(denom > 0, f1, np.nan), axis=1)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _indices(n: int, iters: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(iters, n))
+
+
+def _interval(draws: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    d = draws[np.isfinite(draws)]
+    if not len(d):
+        return None, None
+    a = (1 - level) / 2
+    return float(np.quantile(d, a)), float(np.quantile(d, 1 - a))
+
+
+def bootstrap(metric: Metric, iters: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """{value, low, high, n}: the metric and its percentile bootstrap interval over items."""
+    n = len(metric.values)
+    value = metric.point() if n else None
+    if n == 0 or value is None or not math.isfinite(value):
+        return {"value": None if value is None or not math.isfinite(value) else value, "low": None, "high": None,
+                "n": n}
+    draws = metric._of(metric.values[_indices(n, iters, seed)])
+    low, high = _interval(draws, level)
+    return {"value": value, "low": low, "high": high, "n": n}
+
+
+def paired(a: Metric, b: Metric, iters: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """b minus a on the same items: {diff, low, high, p, n}. p is the two-sided paired-bootstrap p-value
+    (share of resamples on the other side of zero, doubled, with the +1 correction)."""
+    n = len(a.values)
+    if n != len(b.values):
+        raise ValueError(f"paired comparison needs the same items: {n} vs {len(b.values)}")
+    if n == 0:
+        return {"diff": None, "low": None, "high": None, "p": None, "n": 0}
+    diff = b.point() - a.point()
+    if not math.isfinite(diff):
+        return {"diff": None, "low": None, "high": None, "p": None, "n": n}
+    idx = _indices(n, iters, seed)
+    draws = b._of(b.values[idx]) - a._of(a.values[idx])
+    draws = draws[np.isfinite(draws)]
+    low, high = _interval(draws, level)
+    below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
+    p = min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1)) if len(draws) else None
+    if low == high == 0.0:  # identical on every resample: no evidence of a difference
+        p = 1.0
+    return {"diff": diff, "low": low, "high": high, "p": p, "n": n}
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
+    """Exact McNemar test on paired 0/1 outcomes: b_only = items only b got right, a_only = only a."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    b_only, a_only = int((b & ~a).sum()), int((a & ~b).sum())
+    k, m = min(a_only, b_only), a_only + b_only
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+    return {"b_only": b_only, "a_only": a_only, "p": p}
+
+
+def significant(cmp: dict) -> bool:
+    """'Improved' or 'worse' means the interval of the difference excludes zero."""
+    return cmp.get("low") is not None and (cmp["low"] > 0 or cmp["high"] < 0)

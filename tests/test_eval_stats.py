@@ -1,0 +1,166 @@
+"""Statistics, gates and per-item analysis of the eval stage, on hand-built per-sample records."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from runner import eval_analysis as ea
+from runner import gates, stats
+from runner.stage import StageError
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    small = stats.Metric(rng.binomial(1, 0.7, 40).astype(float))
+    large = stats.Metric(rng.binomial(1, 0.7, 4000).astype(float))
+    a, b = stats.bootstrap(small, 2000, 0), stats.bootstrap(large, 2000, 0)
+    assert a["low"] <= a["value"] <= a["high"] and b["low"] <= b["value"] <= b["high"]
+    assert (b["high"] - b["low"]) < (a["high"] - a["low"]) / 5
+    assert abs(b["value"] - 0.7) < 0.03
+
+
+def test_micro_f1_ratio_metric_matches_its_definition():
+    counts = np.array([[3, 1, 0], [0, 2, 2], [5, 0, 1]], dtype=float)
+    m = stats.Metric(counts, stats.micro_f1)
+    tp, fp, fn = counts.sum(axis=0)
+    assert m.point() == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # all-wrong resamples give 0, never NaN
+    assert stats.Metric(np.array([[0, 1, 1]], dtype=float), stats.micro_f1).point() == 0.0
+
+
+def test_paired_bootstrap_detects_a_real_gain_and_not_a_null_one():
+    rng = np.random.default_rng(2)
+    base = rng.binomial(1, 0.3, 200).astype(float)
+    better = np.maximum(base, rng.binomial(1, 0.5, 200)).astype(float)
+    gain = stats.paired(stats.Metric(base), stats.Metric(better), 2000, 0)
+    assert gain["low"] > 0 and gain["p"] < 0.01 and stats.significant(gain)
+    same = stats.paired(stats.Metric(base), stats.Metric(base.copy()), 2000, 0)
+    assert same["diff"] == 0 and same["p"] == 1.0 and not stats.significant(same)
+    noise = stats.paired(stats.Metric(base), stats.Metric(rng.permutation(base)), 2000, 0)
+    assert noise["low"] < 0 < noise["high"]
+
+
+def test_mcnemar_exact_p_values():
+    a = np.array([1] * 10 + [0] * 10)
+    b = np.array([1] * 10 + [1] * 10)  # b fixes 10 items, breaks none
+    r = stats.mcnemar(a, b)
+    assert (r["b_only"], r["a_only"]) == (10, 0)
+    assert r["p"] == pytest.approx(2 / 2 ** 10)
+    assert stats.mcnemar(a, a)["p"] == 1.0
+    # 3 vs 2 discordant pairs: nowhere near significant
+    assert stats.mcnemar(np.array([1, 1, 0, 0, 0]), np.array([0, 0, 1, 1, 1]))["p"] == pytest.approx(1.0)
+
+
+def test_rate_is_nan_without_predictions_and_intervals_say_so():
+    m = stats.Metric(np.array([[0, 0], [0, 0]], dtype=float), stats.rate)
+    assert math.isnan(m.point())
+    assert stats.bootstrap(m, 100, 0) == {"value": None, "low": None, "high": None, "n": 2}
+
+
+def _sample(doc_id, doc, text, utils):
+    rec = {"doc_id": doc_id, "doc": doc, "filtered_resps": [text]}
+    rec.update(utils.process_results(doc, [text]))
+    return rec
+
+
+@pytest.fixture(scope="module")
+def invoice_items():
+    from runner.datagen import invoice
+    utils = ea.task_utils("invoice_extraction")
+    recs = invoice.generate(3, 30)
+    docs = [{"id": r["id"], "document": r["document"], "gold": json.dumps(r["gold"]), "layout": r["layout"],
+             "locale": r["locale"]} for r in recs]
+    return utils, docs, recs
+
+
+def test_summary_cross_checks_lm_eval_and_compare_pairs_items(invoice_items):
+    utils, docs, recs = invoice_items
+    base = [_sample(i, d, "no idea", utils) for i, d in enumerate(docs)]
+    tuned = [_sample(i, d, json.dumps(r["gold"]), utils) for i, (d, r) in enumerate(zip(docs, recs))]
+    agg = {"field_f1": 1.0, "json_valid": 1.0, "exact_match": 1.0}
+    s = ea.summarize("invoice_extraction", tuned, agg, 500, 0)
+    assert s["field_f1"]["value"] == 1.0 and s["exact_match"]["value"] == 1.0
+    assert s["grounding_rate"]["value"] == 1.0
+    with pytest.raises(StageError, match="differs from lm-eval"):
+        ea.summarize("invoice_extraction", tuned, {"field_f1": 0.5}, 100, 0)
+    assert ea.summarize("invoice_extraction", base, {}, 100, 0)["grounding_rate"]["value"] is None
+    cmp = ea.compare("invoice_extraction", base, tuned, 500, 0)
+    assert cmp["field_f1"]["improved"] and cmp["json_valid"]["mcnemar"]["b_only"] == 30
+    with pytest.raises(StageError, match="different items"):
+        ea.compare("invoice_extraction", base[:10], tuned, 100, 0)
+
+
+def test_failure_categories_and_worse_than_baseline_first(invoice_items):
+    utils, docs, recs = invoice_items
+    base_rows, tuned_rows = [], []
+    for i, (d, r) in enumerate(zip(docs[:6], recs[:6])):
+        g = r["gold"]
+        base_rows.append(_sample(i, d, json.dumps(g), utils))  # base perfect
+        answers = [
+            "not json",
+            json.dumps(dict(g, total=999999.99)),                    # hallucinated
+            json.dumps(dict(g, invoice_date="03/02/2024")),           # format error
+            json.dumps(dict(g, seller=None)),                         # missing
+            json.dumps(dict(g, seller=g["buyer"])) if g["buyer"] else json.dumps(dict(g, seller=None)),
+            json.dumps(g),
+        ]
+        tuned_rows.append(_sample(i, d, answers[i], utils))
+    edges = [250, 400]
+    bd = ea.item_details(base_rows, utils, edges)
+    td = ea.item_details(tuned_rows, utils, edges)
+    counts, cases = ea.failure_cases(td, bd, utils, 10)
+    cats = [c["category"] for c in cases]
+    assert cats[0] == "invalid_json" and "hallucinated" in cats and "format_error" in cats and "missing" in cats
+    assert all(c["worse_than_baseline"] for c in cases)
+    assert counts["items"]["invalid_json"] == 1 and counts["fields"]["hallucinated"] >= 1
+    assert len(cases) == 5  # the perfect answer is not a failure case
+    bdn = ea.breakdowns({"base": bd, "tuned": td}, "base", 200, 0)
+    assert set(bdn) == {"field", "layout", "locale", "length"}
+    assert bdn["field"]["total"]["tuned-vs-base"]["diff"] < 0
+    assert bdn["field"]["currency"]["base"]["value"] == 1.0
+
+
+def test_gates_pass_fail_and_say_by_how_much():
+    cmp = {"tuned": {"invoice_extraction": {"field_f1": {"diff": 0.15, "low": 0.05, "high": 0.25}}}}
+    fields = {"total": {"tuned-vs-base": {"diff": -0.08, "low": -0.2, "high": 0.02}},
+              "seller": {"tuned-vs-base": {"diff": 0.3, "low": 0.1, "high": 0.5}}}
+    spec = [{"metric": "field_f1", "min_gain": 0.20, "significant": True},
+            {"per_field": True, "max_drop": 0.05},
+            {"metric": "field_f1", "min_gain": 0.10, "significant": True}]
+    v = gates.judge(spec, cmp, fields, ["base", "tuned"], "base")
+    assert [x["passed"] for x in v] == [False, False, True, True]
+    assert "short by 0.0500" in v[0]["reasons"][0]
+    assert v[1]["what"] == "total accuracy" and "exceeds the allowed 0.0500 (by 0.0300)" in v[1]["reasons"][0]
+    missing = gates.judge([{"task": "general_instructions", "metric": "accuracy", "max_drop": 0.1}], cmp, {},
+                          ["base", "tuned"], "base")
+    assert not missing[0]["passed"] and "no paired result" in missing[0]["reasons"][0]
+
+
+def test_general_task_scoring():
+    utils = ea.task_utils("general_instructions")
+    doc = {"question": "What is 2 plus 3?", "answers": ["5", "five"]}
+    assert utils.process_results(doc, ["The answer is 5."])["accuracy"] == 1
+    assert utils.process_results(doc, ["It is 15."])["accuracy"] == 0
+    assert utils.process_results(doc, ["FIVE"])["accuracy"] == 1
+    assert utils.process_results(doc, ['{"total": 5}'])["answered_as_json"] == 1
+    rows = [json.loads(x) for x in (ea.REPO / "evals/general_instructions/general_instructions.jsonl").read_text().splitlines()]
+    assert len(rows) >= 40 and len({r["id"] for r in rows}) == len(rows)
+    assert all(r["answers"] and r["category"] for r in rows)
+
+
+def test_macro_f1_statistic_equals_the_task_aggregation(invoice_items):
+    utils, docs, recs = invoice_items
+    rows = []
+    for i, (d, r) in enumerate(zip(docs, recs)):
+        g = dict(r["gold"])
+        if i % 3 == 0:
+            g["seller"] = "Someone Else"
+        if i % 4 == 0:
+            g["tax"] = None
+        rows.append(_sample(i, d, json.dumps(g), utils))
+    theirs = {"field_f1_macro": utils.macro_f1([s["field_f1_macro"] for s in rows]),
+              "field_f1": utils.micro_f1([s["field_f1"] for s in rows])}
+    ours = ea.summarize("invoice_extraction", rows, theirs, 200, 0)  # raises if the two disagree
+    assert 0.5 < ours["field_f1_macro"]["value"] < 1.0
+    assert ours["field_f1_macro"]["value"] < ours["field_f1"]["value"] + 0.1
