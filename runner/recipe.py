@@ -166,8 +166,9 @@ def fill_defaults(instance: dict, schema: dict, base: dict, schemas) -> dict:
     """Add every schema default the instance leaves out (mappings of named entries get none)."""
     for key, (sub, sub_base) in _properties(schema, base, schemas).items():
         resolved, resolved_base = _resolve(sub, sub_base, schemas)
+        has_default = "default" in sub or (isinstance(resolved, dict) and "default" in resolved)
         default = sub.get("default", resolved.get("default") if isinstance(resolved, dict) else None)
-        if key not in instance and default is not None:
+        if key not in instance and has_default:
             instance[key] = copy.deepcopy(default)
         if isinstance(instance.get(key), dict) and isinstance(resolved, dict):
             fill_defaults(instance[key], resolved, resolved_base, schemas)
@@ -213,6 +214,8 @@ def _dotted(path) -> str:
 
 def _expected(err) -> str:
     v, s = err.validator, err.schema
+    if v in ("anyOf", "oneOf", "allOf", "not") and "x-expected" in s:
+        return s["x-expected"]
     if v == "type":
         t = s["type"]
         return f"{t if isinstance(t, str) else ' or '.join(t)}"

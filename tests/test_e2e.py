@@ -70,6 +70,17 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     # quantize: each requested type written, smaller than f16
     files = st["quantize"]["metrics"]["files"]
     assert set(files) == {"f16", "q8_0", "q4_k_m"} and files["q4_k_m"]["bytes"] < files["f16"]["bytes"]
+    # ... each benchmarked by llama-bench and scored on the same test items as f16, gated on its paired drop
+    qm = st["quantize"]["metrics"]
+    for t in ("f16", "q8_0", "q4_k_m"):
+        assert files[t]["bench"]["gen_tokens_per_s"] > 0 and 2 < files[t]["bench"]["bits_per_weight"] < 17
+    for t in ("q8_0", "q4_k_m"):
+        assert qm["quality"][t]["ci"]["field_f1"]["n"] == 6 and files[t]["peak_rss_mb"] > 0
+        assert qm["quality"][t]["vs_f16"]["field_f1"]["n"] == 6 and "passed" in qm["verdicts"][t]
+    passing = [t for t in ("q8_0", "q4_k_m") if qm["verdicts"][t]["passed"]]
+    assert qm["chosen"] == (min(passing, key=lambda t: files[t]["bytes"]) if passing else "f16")
+    assert st["serve"]["metrics"]["model_type"] == qm["chosen"]
+    assert "**Deployment model:" in (run_dir / "stages" / "quantize" / "quantization.md").read_text()
     # serve: primary and fallback came up and answered
     assert {e["role"] for e in st["serve"]["metrics"]["endpoints"]} == {"primary", "fallback"}
     # loadtest: GuideLLM measured each level of the ladder

@@ -164,3 +164,35 @@ def test_macro_f1_statistic_equals_the_task_aggregation(invoice_items):
     ours = ea.summarize("invoice_extraction", rows, theirs, 200, 0)  # raises if the two disagree
     assert 0.5 < ours["field_f1_macro"]["value"] < 1.0
     assert ours["field_f1_macro"]["value"] < ours["field_f1"]["value"] + 0.1
+
+
+def test_task_files_with_errors_are_named(tmp_path, monkeypatch):
+    from runner.adapters import lm_eval
+    evals = tmp_path / "evals"
+    (evals / "broken").mkdir(parents=True)
+    (evals / "broken" / "broken.yaml").write_text("task: broken\nmetric_list: [\n")
+    (evals / "nodata").mkdir()
+    (evals / "nodata" / "nodata.yaml").write_text("task: nodata\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n")
+    monkeypatch.setattr(lm_eval, "EVALS", evals)
+    with pytest.raises(StageError, match=r"broken\.yaml: not valid YAML"):
+        lm_eval.write_task("broken", tmp_path / "out")
+    with pytest.raises(StageError, match=r"no lm-eval task 'missing'.*tasks there: broken, nodata"):
+        lm_eval.write_task("missing", tmp_path / "out")
+    with pytest.raises(StageError, match=r"nodata\.yaml: dataset_kwargs\.data_files\.test should name a file"):
+        lm_eval.write_task("nodata", tmp_path / "out")
+    # the packaged general task resolves its own data file
+    monkeypatch.setattr(lm_eval, "EVALS", ea.REPO / "evals")
+    spec = (lm_eval.write_task("general_instructions", tmp_path / "out") / "general_instructions.yaml").read_text()
+    assert str(ea.REPO / "evals/general_instructions/general_instructions.jsonl") in spec
+
+
+def test_eval_recipe_gates_are_validated(tmp_path):
+    from runner.recipe import RecipeError, load
+    p = tmp_path / "r.yaml"
+    p.write_text("name: g\neval:\n  gates:\n    - {metric: field_f1}\n")
+    with pytest.raises(RecipeError, match=r"eval.gates\[0\]: expected a gate with min_gain and/or max_drop"):
+        load(p)
+    p.write_text("name: g\neval:\n  gates:\n    - {metric: field_f1, min_gain: 0.2, significant: true}\n"
+                 "    - {per_field: true, max_drop: 0.05}\n")
+    g = load(p).data["eval"]["gates"]
+    assert g[0]["task"] == "invoice_extraction" and g[1]["per_field"] is True

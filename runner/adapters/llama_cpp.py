@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,42 @@ def crashed(server: Server) -> str | None:
         return None
     return (f"llama-server for {server.gguf.name} (alias {server.alias}) exited with code {p.returncode}; "
             f"its log {server.log}:\n{proc.tail(server.log) if server.log else ''}")
+
+
+def peak_rss_mb(server: Server) -> float | None:
+    """The running server's peak resident memory (VmHWM), in MB; None where /proc cannot tell."""
+    try:
+        for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, AttributeError, ValueError):
+        pass
+    return None
+
+
+def bench(gguf: Path, log: Path, threads: int, prompt_tokens: int, gen_tokens: int, repetitions: int) -> dict:
+    """llama-bench prompt-processing and generation speed (tokens/s, mean and stddev over repetitions)."""
+    cmd = [env.llama_cpp().bin("llama-bench"), "-m", gguf, "-p", str(prompt_tokens), "-n", str(gen_tokens),
+           "-t", str(threads), "-r", str(repetitions), "-o", "json"]
+    out_file = log.with_suffix(".json")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err, open(out_file, "w") as out:
+        err.write("$ " + " ".join(map(str, cmd)) + "\n")
+        err.flush()
+        rc = subprocess.run([str(c) for c in cmd], stdout=out, stderr=err).returncode
+    if rc != 0:
+        raise StageError(f"llama-bench could not run {gguf.name} (exit code {rc})\n{proc.tail(log)}", log=log)
+    try:
+        rows = json.loads(out_file.read_text())
+    except json.JSONDecodeError:
+        raise StageError(f"llama-bench printed no JSON for {gguf.name}; see {out_file}", log=log) from None
+    res = {"model_bytes": rows[0]["model_size"], "params": rows[0]["model_n_params"],
+           "bits_per_weight": round(rows[0]["model_size"] * 8 / rows[0]["model_n_params"], 3), "threads": threads}
+    for r in rows:
+        kind = "prompt" if r["n_prompt"] and not r["n_gen"] else "gen"
+        res[f"{kind}_tokens_per_s"] = round(r["avg_ts"], 2)
+        res[f"{kind}_tokens_per_s_std"] = round(r["stddev_ts"], 2)
+    return res
 
 
 def free_port() -> int:

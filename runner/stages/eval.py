@@ -12,19 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
-import urllib.request
 
 from runner import eval_analysis as ea
-from runner import gates, models
+from runner import gates, models, served_eval
 from runner.adapters import llama_cpp, lm_eval
 from runner.reports import quality
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
-CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "runner/eval_analysis.py", "runner/stats.py",
+CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "runner/served_eval.py", "runner/eval_analysis.py", "runner/stats.py",
         "runner/gates.py", "runner/reports/quality.py", "evals/invoice_extraction/utils.py",
         "evals/invoice_extraction/invoice_extraction.yaml", "evals/general_instructions/utils.py",
         "evals/general_instructions/general_instructions.yaml",
@@ -46,21 +44,6 @@ def model_dir(ctx: Context, name: str):
         raise StageError(f"eval.models names '{name}', which the train stage did not produce "
                          f"(trained: {', '.join(sorted(k for k in train.metrics))}; add it to train.variants)")
     return train.path(name)
-
-
-def scrape_tokens(url: str) -> dict:
-    """Prompt/predicted token counters from llama-server's Prometheus /metrics."""
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for key in ("prompt_tokens_total", "tokens_predicted_total"):
-        m = re.search(rf"^llamacpp:{key}\s+([\d.e+]+)", text, re.M)
-        if m:
-            out[key] = float(m.group(1))
-    return out
 
 
 def sha256(path) -> str:
@@ -97,43 +80,30 @@ def plan(ctx: Context) -> list[dict]:
     return runs
 
 
+def tasks_for(name: str, runs: list[dict]) -> list[dict]:
+    """The lm-eval invocations for one model: fine-tuned models also score the training-split sample."""
+    return [{"name": r["name"], "tasks": r["tasks"] + (r["tuned_tasks"] if name != "base" else []),
+             "system": r["system"]} for r in runs]
+
+
 def score_served(ctx: Context, name: str, hf_dir, out, runs: list[dict]) -> dict:
     cfg = ctx.section("eval")
     t0 = time.time()
     ctx.progress(f"{name}: converting to GGUF f16")
     gguf = llama_cpp.convert(hf_dir, out / "model-f16.gguf", ctx.log(f"convert-{name}.log"))
     timing = {"convert_s": round(time.time() - t0, 1), "model_sha256": sha256(gguf)}
-    with llama_cpp.serve(gguf, ctx.log(f"llama-server-{name}.log"), ctx.threads, parallel=cfg["concurrency"],
-                         ctx_size=cfg["ctx_size"], alias=name) as (server, ready_s):
-        timing["server_ready_s"] = round(ready_s, 2)
-        ctx.progress(f"{name}: llama-server ready in {ready_s:.1f}s; scoring")
-        for r in runs:
-            tasks = r["tasks"] + (r["tuned_tasks"] if name != "base" else [])
-            cmd = lm_eval.command_server(tasks, ctx.out / "tasks", server.url, name, cfg["concurrency"], r["system"],
-                                         out / "lm_eval" / r["name"], cfg["limit"], ctx.seed)
-            t1 = time.time()
-            log = ctx.log(f"lm-eval-{name}-{r['name']}.log")
-            try:
-                lm_eval.run(cmd, log, ctx.threads,
-                            on_line=lambda l, n=name: ctx.progress(f"{n}: {l[-90:]}") if "%" in l else None)
-            except StageError as e:
-                died = llama_cpp.crashed(server)
-                raise StageError(f"scoring model '{name}' failed (lm-eval log {log}; server log {server.log}): "
-                                 + (died or str(e)), log=log) from None
-            if died := llama_cpp.crashed(server):
-                raise StageError(f"scoring model '{name}': {died}", log=server.log)
-            timing[f"score_{r['name']}_s"] = round(time.time() - t1, 1)
-        timing.update(scrape_tokens(server.url))
+    timing.update(served_eval.score(gguf, name, tasks_for(name, runs), ctx.out / "tasks", out, ctx.log, ctx.progress,
+                                    threads=ctx.threads, concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"],
+                                    limit=cfg["limit"], seed=ctx.seed))
     timing["seconds"] = round(time.time() - t0, 1)
     return timing
 
 
 def score_hf(ctx: Context, name: str, hf_dir, out, runs: list[dict], limit: int, tag: str = "") -> dict:
     t0 = time.time()
-    for r in runs:
-        tasks = r["tasks"] + (r["tuned_tasks"] if name != "base" else [])
-        cmd = lm_eval.command_hf(tasks, ctx.out / "tasks", hf_dir, r["system"], out / "lm_eval" / r["name"], limit,
-                                 ctx.seed)
+    for r in tasks_for(name, runs):
+        cmd = lm_eval.command_hf(r["tasks"], ctx.out / "tasks", hf_dir, r["system"], out / "lm_eval" / r["name"],
+                                 limit, ctx.seed)
         log = ctx.log(f"lm-eval-hf-{name}{tag}-{r['name']}.log" if tag else f"lm-eval-{name}-{r['name']}.log")
         lm_eval.run(cmd, log, ctx.threads,
                     on_line=lambda l, n=name: ctx.progress(f"{n} (hf{tag}): {l[-80:]}") if "%" in l else None)
@@ -143,8 +113,8 @@ def score_hf(ctx: Context, name: str, hf_dir, out, runs: list[dict], limit: int,
 def collect(ctx: Context, name: str, out, runs: list[dict]) -> dict[str, dict]:
     """task -> {"agg": lm-eval's aggregates, "samples": per-sample records}; empty answers fail loudly."""
     got = {}
-    for r in runs:
-        for task in r["tasks"] + (r["tuned_tasks"] if name != "base" else []):
+    for r in tasks_for(name, runs):
+        for task in r["tasks"]:
             log = ctx.log(f"lm-eval-{name}-{r['name']}.log")
             agg, samples = lm_eval.read_results(out / "lm_eval" / r["name"], task, log)
             if samples and not any(ea.response(s).strip() for s in samples):

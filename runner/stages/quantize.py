@@ -1,43 +1,135 @@
-"""quantize: llama-quantize the chosen model's f16 GGUF (from the eval stage) to each recipe type,
-and the base model's too (the deployment's fallback model)."""
+"""quantize: llama-quantize the tuned model's f16 GGUF (from the eval stage) to each recipe type, score every
+quant on the eval stage's test task served the same way (same prompts, same items), gate each quant on its
+paired drop against f16, measure size / bits per weight / load time / llama-bench speed / peak RSS, and pick
+the smallest passing quant as the deployment model. The base model is quantized too: the fallback model.
+"""
 from __future__ import annotations
 
+import json
 import time
 
-from runner.adapters import llama_cpp
+from runner import eval_analysis as ea
+from runner import served_eval
+from runner.adapters import llama_cpp, lm_eval
+from runner.reports import quantization as report
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("quantize", "threads")
-INPUTS = ("eval",)
-CODE = ("runner/adapters/llama_cpp.py",)
-TOOLS = ("llama",)
+SECTIONS = ("quantize", "threads", "seed", "eval", "data")
+INPUTS = ("data", "eval")
+CODE = ("runner/adapters/llama_cpp.py", "runner/adapters/lm_eval.py", "runner/served_eval.py",
+        "runner/eval_analysis.py", "runner/stats.py", "runner/reports/quantization.py",
+        "evals/invoice_extraction/utils.py", "evals/invoice_extraction/invoice_extraction.yaml")
+TOOLS = ("llama", "ml")
+TASK = "invoice_extraction"
+
+
+def gate(cmp: dict, gate_cfg: dict) -> dict:
+    """Each gated metric's drop (f16 - quant) must have a 95% CI upper bound <= max_drop."""
+    reasons, checks = [], {}
+    for m in gate_cfg["metrics"]:
+        c = cmp.get(m)
+        if not c or c.get("diff") is None:
+            reasons.append(f"{m}: no paired result")
+            continue
+        drop, drop_high = -c["diff"], -c["low"]
+        checks[m] = {"drop": round(drop, 4) + 0.0, "drop_ci_high": round(drop_high, 4) + 0.0}
+        if drop_high > gate_cfg["max_drop"]:
+            reasons.append(f"{m}: drop {drop:+.4f}, CI upper bound {drop_high:+.4f} > allowed {gate_cfg['max_drop']}")
+    return {"passed": not reasons, "reasons": reasons, "checks": checks}
 
 
 def run(ctx: Context) -> Result:
-    cfg = ctx.section("quantize")
+    cfg, ecfg = ctx.section("quantize"), ctx.section("eval")
     ev = ctx.inputs["eval"]
-    if f"{cfg['model']}-f16" not in ev.artifacts:
-        raise StageError(f"quantize.model '{cfg['model']}' has no f16 GGUF from the eval stage; "
+    model = cfg["model"]
+    if f"{model}-f16" not in ev.artifacts:
+        raise StageError(f"quantize.model '{model}' has no f16 GGUF from the eval stage; "
                          f"add it to eval.models (and use eval.backend: llama-server)")
-    f16 = ev.path(f"{cfg['model']}-f16")
-    files = {"f16": {"path": str(f16), "bytes": f16.stat().st_size}}
-    artifacts = {}
+    unknown = [t for t in cfg["types"] if t not in llama_cpp.QUANT_TYPES]
+    if unknown:
+        raise StageError(f"quantize.types: unknown type(s) {', '.join(unknown)} for {ev.path(f'{model}-f16')}; "
+                         f"supported: {', '.join(llama_cpp.QUANT_TYPES)}")
+    f16 = ev.path(f"{model}-f16")
+    f16_samples = ea.read_samples(ev.path(f"{model}-samples-{TASK}"))
+    system = ctx.section("data")["system_prompt"]
+    variants = {"f16": f16}
+    served = ev.metrics["models"].get(model, {})
+    files = {"f16": {"path": str(f16), "bytes": f16.stat().st_size, "load_s": served.get("server_ready_s"),
+                     "peak_rss_mb": served.get("server_peak_rss_mb")}}
+    artifacts: dict = {}
     for qtype in cfg["types"]:
-        ctx.progress(f"{cfg['model']} -> {qtype}")
-        dst = ctx.out / f"{cfg['model']}-{qtype}.gguf"
+        ctx.progress(f"{model} -> {qtype}")
+        dst = ctx.out / f"{model}-{qtype}.gguf"
         t0 = time.time()
         llama_cpp.quantize(f16, dst, qtype, ctx.log(f"quantize-{qtype}.log"), ctx.threads)
         files[qtype] = {"path": dst.name, "bytes": dst.stat().st_size, "seconds": round(time.time() - t0, 2),
                         "ratio_vs_f16": round(dst.stat().st_size / f16.stat().st_size, 3)}
         artifacts[qtype] = dst.name
-    fallback = None
+        variants[qtype] = dst
+
+    # speed: llama-bench, same threads for all
+    bcfg = cfg["bench"]
+    for name, path in variants.items():
+        if bcfg["repetitions"]:
+            ctx.progress(f"llama-bench {name}")
+            files[name]["bench"] = llama_cpp.bench(path, ctx.log(f"llama-bench-{name}.log"), ctx.threads,
+                                                   bcfg["prompt_tokens"], bcfg["gen_tokens"], bcfg["repetitions"])
+
+    # quality: every quant on the eval stage's test task, same prompts and items, paired against f16
+    quality: dict = {"f16": {"ci": ea.summarize(TASK, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
+    details = {"f16": ea.item_details(f16_samples, ea.task_utils(TASK), ecfg["length_buckets_chars"])}
+    verdicts = {}
+    if cfg["evaluate"]:
+        tasks_dir = ev.path("tasks")
+        f16_ids = sorted(s["doc_id"] for s in f16_samples)
+        for qtype in cfg["types"]:
+            out = ctx.out / qtype
+            out.mkdir()
+            timing = served_eval.score(variants[qtype], qtype, [{"name": "test", "tasks": [TASK], "system": system}],
+                                       tasks_dir, out, ctx.log, ctx.progress, threads=ctx.threads,
+                                       concurrency=ecfg["concurrency"], ctx_size=ecfg["ctx_size"],
+                                       limit=ecfg["limit"], seed=ctx.seed)
+            agg, samples = lm_eval.read_results(out / "lm_eval" / "test", TASK, ctx.log(f"lm-eval-{qtype}-test.log"))
+            if sorted(s["doc_id"] for s in samples) != f16_ids:
+                raise StageError(f"{qtype} was scored on different items than f16 (eval.limit changed?)")
+            (out / f"samples_{TASK}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            artifacts[f"{qtype}-samples"] = f"{qtype}/samples_{TASK}.jsonl"
+            quality[qtype] = {"ci": ea.summarize(TASK, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
+                              "vs_f16": ea.compare(TASK, f16_samples, samples, ecfg["bootstrap_iters"], ctx.seed),
+                              **timing}
+            files[qtype]["load_s"] = timing["server_ready_s"]
+            files[qtype]["peak_rss_mb"] = timing["server_peak_rss_mb"]
+            details[qtype] = ea.item_details(samples, ea.task_utils(TASK), ecfg["length_buckets_chars"])
+            verdicts[qtype] = gate(quality[qtype]["vs_f16"], cfg["gate"])
+            v = verdicts[qtype]
+            ctx.progress(f"{qtype}: {'passes' if v['passed'] else 'fails'} the regression gate")
+
+    # choose the deployment model: the smallest quant that passes (f16 when none does)
+    passing = [t for t in cfg["types"] if verdicts.get(t, {"passed": not cfg["evaluate"]})["passed"]]
+    chosen = min(passing, key=lambda t: files[t]["bytes"]) if passing else "f16"
     smallest = min(cfg["types"], key=lambda t: files[t]["bytes"])
+    why = (f"{chosen} is the smallest of the quants that pass the gate ({', '.join(passing)})" if passing and
+           cfg["evaluate"] else f"{chosen} is the smallest quant (quantize.evaluate is off: not gated)" if passing
+           else f"no quant passes the gate ({'; '.join(t + ': ' + ', '.join(v['reasons']) for t, v in verdicts.items())}); "
+                "deploying f16")
+
+    fallback = None
     if "base-f16" in ev.artifacts:
-        dst = ctx.out / f"base-{smallest}.gguf"
-        ctx.progress(f"base -> {smallest} (fallback model)")
-        llama_cpp.quantize(ev.path("base-f16"), dst, smallest, ctx.log(f"quantize-base-{smallest}.log"), ctx.threads)
+        ftype = cfg["fallback_type"] or smallest
+        dst = ctx.out / f"base-{ftype}.gguf"
+        ctx.progress(f"base -> {ftype} (fallback model)")
+        llama_cpp.quantize(ev.path("base-f16"), dst, ftype, ctx.log(f"quantize-base-{ftype}.log"), ctx.threads)
         artifacts["fallback"] = dst.name
-        fallback = {"path": dst.name, "type": smallest, "bytes": dst.stat().st_size}
-    return Result(metrics={"model": cfg["model"], "files": files, "smallest": smallest, "fallback": fallback},
-                  artifacts=artifacts,
-                  notes=[f"{t}: {files[t]['bytes'] / 1e6:.1f} MB" for t in cfg["types"]])
+        fallback = {"path": dst.name, "type": ftype, "bytes": dst.stat().st_size}
+
+    analysis = report.analysis(details, quality, ecfg["bootstrap_iters"], ctx.seed) if cfg["evaluate"] else {}
+    metrics = {"model": model, "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
+               "gate": cfg["gate"], "verdicts": verdicts, "chosen": chosen, "chosen_why": why, "smallest": smallest,
+               "fallback": fallback}
+    artifacts.update(report.write(ctx.out, metrics, analysis))
+    (ctx.out / "quant_analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False))
+    artifacts["analysis"] = "quant_analysis.json"
+    notes = [f"{t}: {files[t]['bytes'] / 1e6:.1f} MB" + (f", {'pass' if verdicts[t]['passed'] else 'FAIL'}"
+                                                         if t in verdicts else "") for t in cfg["types"]]
+    notes.append(f"deploy {chosen}")
+    return Result(metrics=metrics, artifacts=artifacts, notes=notes)

@@ -107,9 +107,20 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       "risks: [quality.md](../eval/quality.md)"]
     q = inputs.get("quantize")
     if q:
-        lines += ["", "## Quantization", "", "| type | MB | size vs f16 |", "|---|---|---|"]
-        for t, f in q.metrics["files"].items():
-            lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_f(f.get('ratio_vs_f16', 1.0))} |")
+        qm = q.metrics
+        lines += ["", "## Quantization", "", "| type | MB | size vs f16 | decode tok/s | field F1 | gate |",
+                  "|---|---|---|---|---|---|"]
+        for t, f in qm["files"].items():
+            ci = (qm.get("quality", {}).get(t) or {}).get("ci", {}).get("field_f1", {})
+            v = (qm.get("verdicts") or {}).get(t)
+            lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_f(f.get('ratio_vs_f16', 1.0))} | "
+                         f"{_f(f.get('bench', {}).get('gen_tokens_per_s'), 1)} | {_f(ci.get('value'))} | "
+                         + ("–" if v is None else "pass" if v["passed"] else "fail") + " |")
+        if qm.get("chosen"):
+            lines += ["", f"Deployment model: **{qm['chosen']}**: {qm['chosen_why']}."]
+        if "report" in q.artifacts:
+            lines += ["", "Trade-off chart, per-field losses, failures new after quantization: "
+                      "[quantization.md](../quantize/quantization.md)"]
     s = inputs.get("serve")
     if s:
         lines += ["", "## Serving", "", f"Model `{s.metrics['model']}` as `{s.metrics['model_type']}` on "

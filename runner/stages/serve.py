@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from runner import deploy
 from runner.adapters import llama_cpp
@@ -17,13 +18,15 @@ TOOLS = ("llama",)
 
 def choose_model(cfg: dict, quant) -> tuple[str, object]:
     choice = cfg["model"]
+    if choice == "chosen":
+        choice = quant.metrics.get("chosen", quant.metrics["smallest"])
     if choice == "smallest":
         choice = quant.metrics["smallest"]
     if choice == "f16":
-        return "f16", quant.metrics["files"]["f16"]["path"]
-    if choice not in quant.artifacts:
+        return "f16", Path(quant.metrics["files"]["f16"]["path"])
+    if choice not in quant.metrics["files"]:
         raise StageError(f"serve.model '{cfg['model']}' is not among the quantized models "
-                         f"({', '.join(t for t in quant.artifacts if t != 'fallback')}, f16, smallest)")
+                         f"({', '.join(quant.metrics['files'])}, chosen, smallest)")
     return choice, quant.path(choice)
 
 

@@ -1,0 +1,32 @@
+"""The quantization regression gate, the choice of quant types, and a GGUF that cannot load."""
+import pytest
+
+from runner.adapters import llama_cpp
+from runner.stage import StageError
+from runner.stages import quantize
+
+
+def test_gate_uses_the_upper_bound_of_the_paired_drop():
+    cfg = {"metrics": ["field_f1", "exact_match"], "max_drop": 0.02}
+    same = {"field_f1": {"diff": 0.0, "low": -0.01, "high": 0.01}, "exact_match": {"diff": 0.0, "low": 0.0, "high": 0.0}}
+    assert quantize.gate(same, cfg)["passed"]
+    # the point drop is small, but the interval allows a 5-point drop: fails, and says so
+    wide = dict(same, exact_match={"diff": -0.015, "low": -0.05, "high": 0.02})
+    v = quantize.gate(wide, cfg)
+    assert not v["passed"] and v["checks"]["exact_match"] == {"drop": 0.015, "drop_ci_high": 0.05}
+    assert "exact_match: drop +0.0150, CI upper bound +0.0500 > allowed 0.02" in v["reasons"][0]
+    assert not quantize.gate({"field_f1": same["field_f1"]}, cfg)["passed"]  # a metric with no result fails
+
+
+def test_unknown_quant_type_names_the_file_and_the_choices(tmp_path):
+    with pytest.raises(StageError, match=r"unknown quant type 'q4_k_xl' for model\.gguf; supported: q8_0, q6_k"):
+        llama_cpp.quantize(tmp_path / "model.gguf", tmp_path / "out.gguf", "q4_k_xl", tmp_path / "q.log", 2)
+
+
+def test_a_gguf_that_cannot_load_is_named_with_its_log(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(StageError, match=r"llama-server for broken\.gguf exited with code") as e:
+        with llama_cpp.serve(bad, tmp_path / "server.log", threads=1, timeout=60):
+            pass
+    assert e.value.log == tmp_path / "server.log" and (tmp_path / "server.log").exists()
