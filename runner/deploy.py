@@ -55,3 +55,53 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
 
 def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, served_model: str) -> dict:
+    """The gateway's config: its upstreams (the engines just started) plus the recipe's limits."""
+    return {
+        "served_model": served_model,
+        "upstreams": [{"name": f"{e.role}-{i}", "role": e.role, "url": e.url, "model": e.model}
+                      for i, e in enumerate(endpoints)],
+        "limits": {k: gw[k] for k in ("max_in_flight", "max_queue", "queue_timeout_s", "upstream_timeout_s",
+                                      "max_tokens", "max_body_bytes")},
+        "breaker": gw["breaker"],
+        "auth": {"api_keys_env": gw["api_keys_env"], "required": True},
+        "task": task,
+    }
+
+
+@contextlib.contextmanager
+def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str | None = None,
+                  timeout: float = 30.0) -> Iterator[str]:
+    """Run the gateway (gateway venv) on a loopback port until the block exits; yields its base URL."""
+    import os
+    import time
+    import urllib.request
+
+    from runner import env, proc
+    port = port or llama_cpp.free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "gateway.json").write_text(json.dumps(cfg, indent=2))
+    e = {**os.environ, "PYTHONPATH": str(env.REPO)}
+    if api_keys is not None:
+        e[cfg["auth"]["api_keys_env"]] = api_keys
+    cmd = [env.venv("gateway").python, "-m", "runner.gateway", logs / "gateway.json", "--port", str(port),
+           "--log", logs / "gateway-requests.jsonl"]
+    with proc.background(cmd, logs / "gateway.log", env=e, cwd=env.REPO) as p:
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.time()
+        while True:
+            if p.poll() is not None:
+                raise StageError(f"the gateway exited with code {p.returncode} before it was up\n"
+                                 f"{proc.tail(logs / 'gateway.log')}", log=logs / "gateway.log")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() - t0 > timeout:
+                raise StageError(f"the gateway did not answer /healthz within {timeout:.0f}s", log=logs / "gateway.log")
+            time.sleep(0.1)
+        yield url

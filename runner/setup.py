@@ -2,7 +2,7 @@
 
 Idempotent: every product is keyed by its versions and marked complete only after it is whole,
 so a second call does nothing and an interrupted one starts that product over.
-Stdlib only (it runs before the venvs exist). Usage: python3 -m runner.setup [core|ml|loadtest|llama|models|all]...
+Stdlib only (it runs before the venvs exist). Usage: python3 -m runner.setup [core|ml|loadtest|gateway|llama|models|all]...
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runner import env
 
-PARTS = ("core", "ml", "loadtest", "llama", "models")
+PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models")
 
 
 def log(msg: str) -> None:
@@ -127,6 +127,24 @@ def ensure_llama_cpp() -> env.LlamaCpp:
     return lc
 
 
+def ensure_llama_target(target: str) -> Path:
+    """An extra llama.cpp tool (e.g. llama-imatrix) built on first use, incrementally in the cached build tree
+    (the shared libraries are already compiled, so this takes seconds to a minute)."""
+    lc = ensure_llama_cpp()
+    binary = lc.bin(target)
+    if binary.exists():
+        return binary
+    with locked(f"llama-cpp-{lc.key}"):
+        if not binary.exists():
+            logfile = env.cache_root() / "logs" / f"llama-cpp-{lc.key}-{target}.log"
+            log(f"building llama.cpp target {target} (log: {logfile})")
+            run_logged(["cmake", "--build", lc.path / "build", "--config", "Release", "-j", str(os.cpu_count() or 2),
+                        "--target", target], logfile)
+            if not binary.exists():
+                raise SystemExit(f"[setup] llama.cpp target {target} built but {binary} is missing; log: {logfile}")
+    return binary
+
+
 def ensure_base_model(name: str) -> env.BaseModel:
     bm = env.base_models()[name]
     if env.is_complete(bm.path):
@@ -157,7 +175,7 @@ def ensure(parts: list[str]) -> None:
     if "all" in parts:
         parts = list(PARTS)
     for part in parts:
-        if part in ("core", "ml", "loadtest"):
+        if part in ("core", "ml", "loadtest", "gateway"):
             ensure_venv(part)
         elif part == "llama":
             ensure_llama_cpp()

@@ -59,6 +59,9 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     cmp = ev["comparisons"]["tuned"]["invoice_extraction"]["field_f1"]
     assert cmp["n"] == 6 and cmp["low"] <= cmp["diff"] <= cmp["high"] and 0 <= cmp["p"] <= 1
     assert "general_instructions" in ev["comparisons"]["tuned"]
+    # the variant trained too and was compared with base on the same items
+    assert st["train"]["metrics"]["tuned-v2"]["steps"] == 2
+    assert ev["comparisons"]["tuned-v2"]["invoice_extraction"]["field_f1"]["n"] == 6
     assert ev["fidelity"]["tuned"]["items"] == 2
     quality_md = (run_dir / "stages" / "eval" / "quality.md").read_text()
     for section in ("## invoice_extraction (test split, 6 items)", "### By field", "### By layout",
@@ -81,6 +84,8 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert qm["chosen"] == (min(passing, key=lambda t: files[t]["bytes"]) if passing else "f16")
     assert st["serve"]["metrics"]["model_type"] == qm["chosen"]
     assert "**Deployment model:" in (run_dir / "stages" / "quantize" / "quantization.md").read_text()
+    assert (run_dir / "stages" / "quantize" / "imatrix.gguf").stat().st_size > 0
+    assert "--imatrix" in (run_dir / "logs" / "quantize" / "quantize-q4_k_m.log").read_text()
     # serve: primary and fallback came up and answered
     assert {e["role"] for e in st["serve"]["metrics"]["endpoints"]} == {"primary", "fallback"}
     # loadtest: GuideLLM measured each level of the ladder

@@ -36,12 +36,24 @@ def convert(hf_dir: Path, out_file: Path, log: Path, outtype: str = "f16") -> Pa
     return out_file
 
 
-def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int) -> Path:
+def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int, imatrix: Path | None = None) -> Path:
     if qtype not in QUANT_TYPES:
         raise StageError(f"unknown quant type '{qtype}' for {src.name}; supported: {', '.join(QUANT_TYPES)}")
-    proc.run([env.llama_cpp().bin("llama-quantize"), src, dst, qtype.upper(), str(threads)], log,
+    extra = ["--imatrix", imatrix] if imatrix else []
+    proc.run([env.llama_cpp().bin("llama-quantize"), *extra, src, dst, qtype.upper(), str(threads)], log,
              what=f"llama-quantize {qtype}")
     return dst
+
+
+def imatrix(gguf: Path, text_file: Path, out: Path, log: Path, threads: int, chunks: int, ctx_size: int) -> Path:
+    """An importance matrix of `gguf` over calibration text (llama-imatrix, built on first use)."""
+    from runner import setup
+    binary = setup.ensure_llama_target("llama-imatrix")
+    proc.run([binary, "-m", gguf, "-f", text_file, "-o", out, "-t", str(threads), "--chunks", str(chunks),
+              "-c", str(ctx_size), "--no-ppl"], log, what="llama-imatrix")
+    if not out.exists():
+        raise StageError(f"llama-imatrix wrote no {out}", log=log)
+    return out
 
 
 def crashed(server: Server) -> str | None:

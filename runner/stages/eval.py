@@ -61,7 +61,13 @@ def sample_train_split(train_file, out_file, n: int, seed: int):
     return out_file
 
 
-def plan(ctx: Context) -> list[dict]:
+def models_of(ctx: Context) -> list[str]:
+    """eval.models, or (when empty) base plus every model the train stage produced (tuned, tuned-v2, ...)."""
+    return ctx.section("eval")["models"] or ["base"] + [m for m in ctx.inputs["train"].metrics
+                                                        if m in ctx.inputs["train"].artifacts]
+
+
+def plan(ctx: Context, names: list[str]) -> list[dict]:
     """The lm-eval invocations per model: test-split tasks (+ a training-split sample for fine-tuned models)
     with the task's system prompt; the general task without one."""
     cfg, data = ctx.section("eval"), ctx.inputs["data"]
@@ -70,7 +76,7 @@ def plan(ctx: Context) -> list[dict]:
         lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
     runs = [{"name": "test", "tasks": list(cfg["tasks"]), "system": ctx.section("data")["system_prompt"],
              "tuned_tasks": []}]
-    if cfg["train_sample"] and any(m != "base" for m in cfg["models"]):
+    if cfg["train_sample"] and any(m != "base" for m in names):
         sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
         lm_eval.write_task(MAIN, tasks_dir, sample, cfg["max_gen_tokens"], name=TRAIN_TASK)
         runs[0]["tuned_tasks"] = [TRAIN_TASK]
@@ -180,14 +186,15 @@ def pii_in_outputs(rows: list[dict]) -> dict:
 def run(ctx: Context) -> Result:
     cfg = ctx.section("eval")
     iters, seed = cfg["bootstrap_iters"], ctx.seed
-    runs = plan(ctx)
-    tuned = [m for m in cfg["models"] if m != "base"]
-    baseline = "base" if "base" in cfg["models"] else None
+    names = models_of(ctx)
+    runs = plan(ctx, names)
+    tuned = [m for m in names if m != "base"]
+    baseline = "base" if "base" in names else None
     results: dict[str, dict] = {}
     metrics: dict = {"backend": cfg["backend"], "models": {}, "dataset_version":
                      ctx.inputs["data"].metrics.get("dataset_version")}
     artifacts: dict = {"tasks": "tasks"}
-    for name in cfg["models"]:
+    for name in names:
         hf_dir = model_dir(ctx, name)
         out = ctx.out / name
         out.mkdir(parents=True)
@@ -217,7 +224,7 @@ def run(ctx: Context) -> Result:
     # invoice task: per-item detail, breakdowns, failure cases, PII in outputs, train/test gap
     utils = ea.task_utils(MAIN)
     edges = cfg["length_buckets_chars"]
-    details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in cfg["models"]
+    details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in names
                if MAIN in results[m]}
     analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed) if details else {},
                 "failures": {}, "pii": {m: pii_in_outputs(rows) for m, rows in details.items()}, "gap": {}}
@@ -234,7 +241,7 @@ def run(ctx: Context) -> Result:
     metrics["fidelity"] = {}
     if cfg["backend"] == "llama-server" and cfg["fidelity"]["samples"]:
         for m in cfg["fidelity"]["models"]:
-            if m in cfg["models"]:
+            if m in names:
                 metrics["fidelity"][m] = {k: v for k, v in fidelity(ctx, m, model_dir(ctx, m),
                                           results[m][MAIN]["samples"], runs).items() if k != "detail"}
                 artifacts[f"{m}-fidelity"] = f"{m}/fidelity/fidelity.json"

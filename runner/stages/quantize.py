@@ -23,6 +23,13 @@ TOOLS = ("llama", "ml")
 TASK = "invoice_extraction"
 
 
+def calibration_text(train_file, out):
+    """The training split as plain text (document, then the answer), the calibration data for llama-imatrix."""
+    rows = [json.loads(x) for x in train_file.read_text().splitlines() if x.strip()]
+    out.write_text("\n\n".join(m["content"] for r in rows for m in r["messages"] if m["role"] != "system") + "\n")
+    return out
+
+
 def gate(cmp: dict, gate_cfg: dict) -> dict:
     """Each gated metric's drop (f16 - quant) must have a 95% CI upper bound <= max_drop."""
     reasons, checks = [], {}
@@ -57,11 +64,20 @@ def run(ctx: Context) -> Result:
     files = {"f16": {"path": str(f16), "bytes": f16.stat().st_size, "load_s": served.get("server_ready_s"),
                      "peak_rss_mb": served.get("server_peak_rss_mb")}}
     artifacts: dict = {}
+    imatrix = None
+    if cfg["imatrix"]["enabled"]:
+        ctx.progress("llama-imatrix over the training split")
+        t0 = time.time()
+        imatrix = llama_cpp.imatrix(f16, calibration_text(ctx.inputs["data"].path("train"), ctx.out / "calibration.txt"),
+                                    ctx.out / "imatrix.gguf", ctx.log("llama-imatrix.log"), ctx.threads,
+                                    cfg["imatrix"]["chunks"], cfg["imatrix"]["ctx_size"])
+        files["f16"]["imatrix_s"] = round(time.time() - t0, 1)
+        artifacts["imatrix"] = "imatrix.gguf"
     for qtype in cfg["types"]:
         ctx.progress(f"{model} -> {qtype}")
         dst = ctx.out / f"{model}-{qtype}.gguf"
         t0 = time.time()
-        llama_cpp.quantize(f16, dst, qtype, ctx.log(f"quantize-{qtype}.log"), ctx.threads)
+        llama_cpp.quantize(f16, dst, qtype, ctx.log(f"quantize-{qtype}.log"), ctx.threads, imatrix)
         files[qtype] = {"path": dst.name, "bytes": dst.stat().st_size, "seconds": round(time.time() - t0, 2),
                         "ratio_vs_f16": round(dst.stat().st_size / f16.stat().st_size, 3)}
         artifacts[qtype] = dst.name

@@ -1,0 +1,407 @@
+"""The gateway: an OpenAI-compatible front for the engines (llama-server on CPU, SGLang on GPU) with auth,
+admission control, least-outstanding routing, circuit breakers, fallback, a task endpoint validated against the
+task's JSON Schema, health, Prometheus metrics and one JSON log line per request.
+
+Config (written by the serve stage, see `runner/deploy.py`): upstreams, limits, breaker, auth, task, log.
+Every bad request gets a 4xx with an OpenAI-style error body; no stack trace ever reaches a client.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import importlib.util
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import prometheus_client as prom
+from jsonschema import Draft202012Validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from runner.gateway.admission import Admission, Rejected
+from runner.gateway.resilience import CircuitBreaker, Router, Upstream
+
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+STATE_CODE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        self.status, self.type, self.param, self.code, self.headers = status, type_, param, code, headers or {}
+        super().__init__(message)
+
+    def response(self, request_id: str) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers={"X-Request-Id": request_id, **self.headers})
+
+
+class Metrics:
+    def __init__(self, gw: "Gateway"):
+        r = self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter("forge_requests", "Requests by route, model and status",
+                                     ["route", "model", "status"], registry=r)
+        self.latency = prom.Histogram("forge_request_latency_seconds", "Request latency", ["route"], registry=r,
+                                      buckets=(.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120))
+        self.ttft = prom.Histogram("forge_time_to_first_token_seconds", "Time to first streamed token", ["route"],
+                                   registry=r, buckets=(.05, .1, .25, .5, 1, 2, 4, 8, 15, 30))
+        self.tokens = prom.Counter("forge_tokens", "Tokens in and out", ["direction", "model"], registry=r)
+        self.fallbacks = prom.Counter("forge_fallbacks", "Requests answered by the fallback model",
+                                      ["route", "reason"], registry=r)
+        self.upstream_errors = prom.Counter("forge_upstream_errors", "Upstream failures", ["upstream", "kind"],
+                                            registry=r)
+        self.rejected = prom.Counter("forge_rejected", "Requests refused by admission control", ["status"],
+                                     registry=r)
+        prom.Gauge("forge_in_flight", "Requests being served", registry=r).set_function(
+            lambda: gw.admission.in_flight)
+        prom.Gauge("forge_queued", "Requests waiting for a slot", registry=r).set_function(
+            lambda: gw.admission.queued)
+        circuit = prom.Gauge("forge_circuit_state", "0 closed, 1 half-open, 2 open", ["upstream"], registry=r)
+        for u in gw.router.upstreams:
+            circuit.labels(u.name).set_function(lambda u=u: STATE_CODE[u.breaker.state])
+
+
+def _task_utils(task: str):
+    path = Path(__file__).resolve().parents[2] / "evals" / task / "utils.py"
+    spec = importlib.util.spec_from_file_location(f"gateway_{task}_utils", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Gateway:
+    def __init__(self, cfg: dict, client: httpx.AsyncClient | None = None):
+        self.cfg = cfg
+        lim = cfg["limits"]
+        br = cfg.get("breaker", {})
+        self.router = Router([Upstream(u["name"], u["role"], u["url"], u["model"],
+                                       CircuitBreaker(br.get("threshold", 3), br.get("reset_s", 10.0)))
+                              for u in cfg["upstreams"]])
+        self.admission = Admission(lim["max_in_flight"], lim["max_queue"], lim["queue_timeout_s"])
+        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(lim["upstream_timeout_s"], connect=2.0))
+        self.metrics = Metrics(self)
+        keys_env = cfg.get("auth", {}).get("api_keys_env", "FORGE_API_KEYS")
+        self.keys = [k.strip().encode() for k in os.environ.get(keys_env, "").split(",") if k.strip()]
+        if cfg.get("auth", {}).get("required", True) and not self.keys:
+            raise SystemExit(f"gateway: no API keys in ${keys_env} (comma-separated); refusing to start open")
+        task = cfg.get("task") or {}
+        self.task_cfg = task
+        if task:
+            self.task_utils = _task_utils(task["name"])
+            self.task_validator = Draft202012Validator(json.loads(Path(task["schema"]).read_text()))
+        self.names = {cfg.get("served_model", "model")} | {u.model for u in self.router.upstreams} | \
+            {"primary", "fallback"}
+        self.log = logging.getLogger("forge.gateway")      # one JSON line per request
+        self.errors = logging.getLogger("forge.errors")     # tracebacks: stderr (the gateway's process log)
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+
+    def authorize(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip().encode() if header.lower().startswith("bearer ") else \
+            request.headers.get("x-api-key", "").encode()
+        if not given or not any(hmac.compare_digest(given, k) for k in self.keys):
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error",
+                           code="invalid_api_key")
+
+    async def body(self, request: Request) -> dict:
+        limit = self.cfg["limits"]["max_body_bytes"]
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}", code="body_too_large")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise ApiError(413, f"request body of {len(raw)} bytes is over the limit of {limit}", code="body_too_large")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+        return data
+
+    def check_chat(self, body: dict) -> dict:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise ApiError(400, "'messages' must be a non-empty array", param="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise ApiError(400, f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role")
+            c = m.get("content")
+            if not isinstance(c, (str, list)) or (isinstance(c, list) and not all(isinstance(p, dict) for p in c)):
+                raise ApiError(400, f"messages[{i}].content must be a string or an array of content parts",
+                               param=f"messages[{i}].content")
+        model = body.get("model")
+        if model is not None and (not isinstance(model, str) or model not in self.names):
+            raise ApiError(404, f"model {model!r} does not exist; available: {sorted(self.names)}", param="model",
+                           code="model_not_found")
+        cap = self.cfg["limits"]["max_tokens"]
+        for key in ("max_tokens", "max_completion_tokens"):
+            v = body.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1 or v > cap):
+                raise ApiError(400, f"'{key}' must be an integer from 1 to {cap}", param=key)
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise ApiError(400, "'stream' must be a boolean", param="stream")
+        for key in ("temperature", "top_p"):
+            if key in body and (not isinstance(body[key], (int, float)) or isinstance(body[key], bool)):
+                raise ApiError(400, f"'{key}' must be a number", param=key)
+        out = dict(body)
+        out.setdefault("max_tokens", min(cap, self.cfg["limits"].get("default_max_tokens", cap)))
+        return out
+
+    async def forward(self, route: str, payload: dict, request_id: str,
+                      roles: tuple[str, ...] = ("primary", "fallback")) -> tuple[Upstream, dict, str]:
+        """First upstream that answers: (upstream, JSON body, fallback reason or '')."""
+        reason = ""
+        for u in self.router.candidates(roles):
+            for attempt in (0, 1):
+                u.outstanding += 1
+                try:
+                    r = await self.client.post(u.url + "/v1/chat/completions", json=dict(payload, model=u.model),
+                                               headers={"X-Request-Id": request_id})
+                except httpx.ConnectError:
+                    self.metrics.upstream_errors.labels(u.name, "connect").inc()
+                    if attempt == 0:
+                        continue  # nothing was sent: one retry on the same upstream
+                    u.breaker.failure()
+                    reason = reason or f"{u.name}: connection refused"
+                    break
+                except httpx.TimeoutException:
+                    self.metrics.upstream_errors.labels(u.name, "timeout").inc()
+                    u.breaker.failure()
+                    reason = reason or f"{u.name}: timed out"
+                    break
+                finally:
+                    u.outstanding -= 1
+                if r.status_code >= 500:
+                    self.metrics.upstream_errors.labels(u.name, f"http_{r.status_code}").inc()
+                    u.breaker.failure()
+                    reason = reason or f"{u.name}: HTTP {r.status_code}"
+                    break
+                u.breaker.success()
+                try:
+                    data = r.json()
+                except json.JSONDecodeError:
+                    raise ApiError(502, f"upstream {u.name} answered with non-JSON", "upstream_error") from None
+                if r.status_code >= 400:  # the request's fault (e.g. prompt over the context): say so
+                    msg = (data.get("error") or {}).get("message") if isinstance(data.get("error"), dict) else None
+                    raise ApiError(400 if r.status_code != 404 else 404, msg or json.dumps(data)[:300],
+                                   code=(data.get("error") or {}).get("type") if isinstance(data.get("error"), dict)
+                                   else None)
+                return u, data, (reason if u.role == "fallback" else "")
+        if not any(u.role in roles for u in self.router.upstreams):
+            raise ApiError(503, f"no {' or '.join(roles)} upstream is configured", "upstream_error",
+                           code="upstream_unavailable")
+        raise ApiError(503, f"no upstream could answer ({reason or 'every circuit is open'})", "upstream_error",
+                       code="upstream_unavailable", headers={"Retry-After": "5"})
+
+    # ---- routes ----------------------------------------------------------------------------------------------
+
+    async def chat(self, request: Request, ctx: dict) -> Response:
+        body = self.check_chat(await self.body(request))
+        ctx["prompt_chars"] = sum(len(json.dumps(m.get("content"))) for m in body["messages"])
+        ctx["prompt_hash"] = hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()[:12]
+        async with self.admission.slot():
+            if body.get("stream"):
+                return await self.stream(body, ctx)
+            u, data, reason = await self.forward("chat", body, ctx["request_id"])
+        self.account(ctx, u, data.get("usage") or {}, reason, "chat")
+        return JSONResponse(data, headers=self.headers(ctx, u, reason))
+
+    async def stream(self, body: dict, ctx: dict) -> Response:
+        """Streaming goes to the first upstream whose circuit allows it; fallback only before the first byte."""
+        t0 = time.monotonic()
+        last_error = None
+        for u in self.router.candidates():
+            u.outstanding += 1
+            try:
+                req = self.client.build_request("POST", u.url + "/v1/chat/completions",
+                                                json=dict(body, model=u.model, stream=True))
+                resp = await self.client.send(req, stream=True)
+            except (httpx.ConnectError, httpx.TimeoutException) as e:
+                u.outstanding -= 1
+                u.breaker.failure()
+                self.metrics.upstream_errors.labels(u.name, type(e).__name__).inc()
+                last_error = f"{u.name}: {type(e).__name__}"
+                continue
+            if resp.status_code >= 400:
+                text = (await resp.aread()).decode(errors="replace")
+                await resp.aclose()
+                u.outstanding -= 1
+                if resp.status_code >= 500:
+                    u.breaker.failure()
+                    last_error = f"{u.name}: HTTP {resp.status_code}"
+                    continue
+                raise ApiError(400, text[:300])
+            u.breaker.success()
+            reason = last_error if u.role == "fallback" else ""
+            metrics, route = self.metrics, "chat_stream"
+
+            async def relay(u=u, resp=resp):
+                first = True
+                try:
+                    async for chunk in resp.aiter_raw():
+                        if first:
+                            metrics.ttft.labels(route).observe(time.monotonic() - t0)
+                            first = False
+                        yield chunk
+                finally:
+                    await resp.aclose()
+                    u.outstanding -= 1
+
+            self.account(ctx, u, {}, reason, "chat_stream")
+            return StreamingResponse(relay(), media_type="text/event-stream", headers=self.headers(ctx, u, reason))
+        raise ApiError(503, f"no upstream could answer ({last_error or 'every circuit is open'})", "upstream_error",
+                       code="upstream_unavailable", headers={"Retry-After": "5"})
+
+    async def task(self, request: Request, ctx: dict) -> Response:
+        if not self.task_cfg:
+            raise ApiError(404, "this deployment has no task endpoint")
+        body = await self.body(request)
+        doc = body.get("document")
+        if not isinstance(doc, str) or not doc.strip():
+            raise ApiError(400, "'document' must be a non-empty string", param="document")
+        if len(doc) > self.task_cfg.get("max_document_chars", 20000):
+            raise ApiError(400, f"'document' is over {self.task_cfg.get('max_document_chars', 20000)} characters",
+                           param="document")
+        ctx["prompt_chars"] = len(doc)
+        ctx["prompt_hash"] = hashlib.sha256(doc.encode()).hexdigest()[:12]
+        payload = {"messages": [{"role": "system", "content": self.task_cfg["system_prompt"]},
+                                {"role": "user", "content": doc}],
+                   "max_tokens": self.task_cfg["max_tokens"], "temperature": 0}
+        if self.task_cfg.get("constrained"):
+            payload["response_format"] = {"type": "json_object", "schema": self.task_validator.schema}
+        failures = []
+        async with self.admission.slot():
+            for role in ("primary", "fallback"):
+                try:
+                    u, data, reason = await self.forward("task", payload, ctx["request_id"], (role,))
+                except ApiError as e:
+                    if e.status >= 500:
+                        failures.append(str(e))
+                        continue
+                    raise
+                text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+                fields = self.task_utils.parse_prediction(text)
+                if fields is not None and self.task_validator.is_valid(fields):
+                    why = "; ".join(failures) or reason
+                    self.account(ctx, u, data.get("usage") or {}, why, "task")
+                    return JSONResponse({"fields": fields, "model": u.model, "upstream": u.name,
+                                         "fallback": u.role == "fallback", "fallback_reason": why or None,
+                                         "usage": data.get("usage")}, headers=self.headers(ctx, u, why))
+                self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
+                failures.append(f"{u.name}: output failed the task schema")
+        raise ApiError(502, "no model produced output that passes the task schema (" + "; ".join(failures) + ")",
+                       "upstream_error", code="task_schema_failed")
+
+    async def models(self, request: Request, ctx: dict) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": n, "object": "model", "owned_by": "finetune-forge"} for n in sorted(self.names)]})
+
+    async def readyz(self, request: Request, ctx: dict) -> Response:
+        async def probe(u: Upstream):
+            try:
+                r = await self.client.post(u.url + "/v1/chat/completions", timeout=10.0, json={
+                    "model": u.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+                return r.status_code == 200
+            except httpx.HTTPError:
+                return False
+        ups = self.router.upstreams
+        results = await asyncio.gather(*(probe(u) for u in ups))
+        status = {u.name: {**u.info(), "up": ok} for u, ok in zip(ups, results)}
+        primary_up = any(ok for u, ok in zip(ups, results) if u.role == "primary")
+        any_up = any(results)
+        state = "ready" if primary_up else "degraded" if any_up else "down"
+        return JSONResponse({"status": state, "upstreams": status}, status_code=200 if any_up else 503)
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+
+    def headers(self, ctx: dict, u: Upstream, reason: str) -> dict:
+        h = {"X-Request-Id": ctx["request_id"], "X-Forge-Model": u.model, "X-Forge-Upstream": u.name}
+        if u.role == "fallback":
+            h["X-Forge-Fallback"] = "true"
+        return h
+
+    def account(self, ctx: dict, u: Upstream, usage: dict, reason: str, route: str) -> None:
+        ctx["model"] = u.model
+        ctx["prompt_tokens"] = usage.get("prompt_tokens")
+        ctx["completion_tokens"] = usage.get("completion_tokens")
+        if usage:
+            self.metrics.tokens.labels("in", u.model).inc(usage.get("prompt_tokens") or 0)
+            self.metrics.tokens.labels("out", u.model).inc(usage.get("completion_tokens") or 0)
+        if u.role == "fallback":
+            ctx["fallback"] = True
+            self.metrics.fallbacks.labels(route, (reason or "primary unavailable")[:60].split(":")[-1].strip()).inc()
+
+
+def build(cfg: dict) -> Starlette:
+    gw = Gateway(cfg)
+
+    def endpoint(route: str, handler, auth: bool = True):
+        async def run(request: Request) -> Response:
+            ctx = {"request_id": request.headers.get("x-request-id") or uuid.uuid4().hex[:16], "route": route,
+                   "model": None}
+            t0 = time.monotonic()
+            try:
+                if auth:
+                    gw.authorize(request)
+                resp = await handler(request, ctx)
+            except ApiError as e:
+                resp = e.response(ctx["request_id"])
+            except Rejected as e:
+                gw.metrics.rejected.labels(str(e.status)).inc()
+                resp = ApiError(e.status, str(e), "rate_limit_error" if e.status == 429 else "server_busy",
+                                headers={"Retry-After": str(e.retry_after)}).response(ctx["request_id"])
+            except Exception as e:  # never a stack trace to the client; the log has the type
+                gw.errors.exception(f"unhandled error in request {ctx['request_id']}")
+                ctx["error"] = type(e).__name__
+                resp = ApiError(500, "internal error; see the gateway log with this request id",
+                                "server_error").response(ctx["request_id"])
+            latency = time.monotonic() - t0
+            gw.metrics.requests.labels(route, ctx.get("model") or "-", str(resp.status_code)).inc()
+            gw.metrics.latency.labels(route).observe(latency)
+            line = {"ts": round(time.time(), 3), "request_id": ctx["request_id"], "route": route,
+                    "status": resp.status_code, "latency_ms": round(latency * 1000, 1), "model": ctx.get("model"),
+                    "fallback": ctx.get("fallback", False), "prompt_tokens": ctx.get("prompt_tokens"),
+                    "completion_tokens": ctx.get("completion_tokens"), "prompt_chars": ctx.get("prompt_chars"),
+                    "prompt_sha256": ctx.get("prompt_hash")}
+            if "error" in ctx:
+                line["error"] = ctx["error"]
+            gw.log.info(json.dumps(line))
+            return resp
+        return run
+
+    async def healthz(request: Request, ctx: dict) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def metrics(request: Request, ctx: dict) -> Response:
+        return Response(prom.generate_latest(gw.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/v1/chat/completions", endpoint("chat", gw.chat), methods=["POST"]),
+        Route("/v1/models", endpoint("models", gw.models), methods=["GET"]),
+        Route("/v1/tasks/invoice", endpoint("task", gw.task), methods=["POST"]),
+        Route("/healthz", endpoint("healthz", healthz, auth=False), methods=["GET"]),
+        Route("/readyz", endpoint("readyz", gw.readyz, auth=False), methods=["GET"]),
+        Route("/metrics", endpoint("metrics", metrics, auth=False), methods=["GET"]),
+    ]
+
+    async def not_found(request: Request, exc) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return ApiError(status, f"{request.method} {request.url.path}: "
+                        + ("method not allowed" if status == 405 else "no such route"),
+                        code="not_found" if status == 404 else "method_not_allowed").response(uuid.uuid4().hex[:16])
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.gateway = gw
+    return app
