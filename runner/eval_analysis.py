@@ -130,6 +130,12 @@ def length_bucket(chars: int, edges: list[int]) -> str:
     return f">={edges[-1]}"
 
 
+def _bucket_order(label: str):
+    """'<250' < '250–399' < '>=400': by the first number in the label, '<' first."""
+    digits = "".join(c if c.isdigit() else " " for c in label).split()
+    return (0 if label.startswith("<") else 2 if label.startswith(">") else 1, int(digits[0]) if digits else 0)
+
+
 def item_details(samples: list[dict], utils, edges: list[int]) -> list[dict]:
     """One row per test item: slices, per-field outcome, the per-item (tp, fp, fn)."""
     rows = []
@@ -159,7 +165,7 @@ def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: 
                 for m, rows in details.items()}
         out["field"][f] = _slice_stats(vals, baseline, iters, seed)
     for dim in ("layout", "locale", "length"):
-        keys = sorted({r[dim] for r in details[models[0]]})
+        keys = sorted({r[dim] for r in details[models[0]]}, key=_bucket_order if dim == "length" else str)
         for k in keys:
             vals = {m: stats.Metric(np.asarray([r["counts"] for r in rows if r[dim] == k], dtype=float),
                                     stats.micro_f1) for m, rows in details.items()}
@@ -191,11 +197,13 @@ def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, l
     base = {r["doc_id"]: r for r in base_rows or []}
     field_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
     item_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
+    by_field: dict[str, dict[str, int]] = {c: {} for c in OUTCOME_ORDER}
     cases = []
     for r in model_rows:
-        for o in r["outcomes"].values():
+        for f, o in r["outcomes"].items():
             if o != "correct":
                 field_counts[o] += 1
+                by_field[o][f] = by_field[o].get(f, 0) + 1
         cat = item_category(r["outcomes"])
         if cat is None:
             continue
@@ -211,7 +219,7 @@ def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, l
             "document": r["document"], "gold": r["gold"], "prediction": r["prediction"],
         })
     cases.sort(key=lambda c: (not c["worse_than_baseline"], c["fields_right"], c["doc_id"]))
-    return {"fields": field_counts, "items": item_counts}, cases[:limit]
+    return {"fields": field_counts, "items": item_counts, "by_field": by_field}, cases[:limit]
 
 
 def read_samples(path: Path) -> list[dict]:

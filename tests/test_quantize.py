@@ -30,3 +30,14 @@ def test_a_gguf_that_cannot_load_is_named_with_its_log(tmp_path):
         with llama_cpp.serve(bad, tmp_path / "server.log", threads=1, timeout=60):
             pass
     assert e.value.log == tmp_path / "server.log" and (tmp_path / "server.log").exists()
+
+
+def test_quant_mix_reads_what_llama_quantize_wrote(tmp_path):
+    log = tmp_path / "q.log"
+    log.write_text(
+        "warning: blk.0.attn_k.weight - ncols 576 not divisible by 256 (required for type q4_K) -> falling back to q5_0\n"
+        "[   1/ 272] output_norm.weight - [   576,      1,      1,      1], type =    f32, size =    0.002 MiB\n"
+        "[   2/ 272] token_embd.weight - [   576,  49152, 1, 1], type =    f16, converting to q8_0 .. size = 54.00 MiB\n"
+        "[   3/ 272] blk.0.attn_k.weight - [   576,    192, 1, 1], type =    f16, converting to q5_0 .. size = 0.21 MiB\n"
+        "[   4/ 272] blk.0.ffn_down.weight - [  1536,    576, 1, 1], type =    f16, converting to q4_K .. size = 1 MiB\n")
+    assert llama_cpp.quant_mix(log) == {"tensor_types": {"f32": 1, "q8_0": 1, "q5_0": 1, "q4_K": 1}, "fallbacks": 1}

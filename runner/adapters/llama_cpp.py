@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -43,6 +44,20 @@ def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int, imatrix:
     proc.run([env.llama_cpp().bin("llama-quantize"), *extra, src, dst, qtype.upper(), str(threads)], log,
              what=f"llama-quantize {qtype}")
     return dst
+
+
+def quant_mix(log: Path) -> dict:
+    """What llama-quantize actually wrote, from its log: tensors per type (f32 norms kept as they are) and how
+    many fell back from the requested k-quant (rows not divisible by 256: SmolLM2's 576-wide layers)."""
+    types: dict[str, int] = {}
+    fallbacks = 0
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"converting to (\w+)", line) or re.search(r"type =\s+(\w+), size", line)
+        if line.startswith("[") and m:
+            types[m.group(1)] = types.get(m.group(1), 0) + 1
+        if "falling back to" in line:
+            fallbacks += 1
+    return {"tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])), "fallbacks": fallbacks}
 
 
 def imatrix(gguf: Path, text_file: Path, out: Path, log: Path, threads: int, chunks: int, ctx_size: int) -> Path:

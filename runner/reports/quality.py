@@ -142,8 +142,9 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
             if base:
                 row += [_diff(metrics["comparisons"].get(m, {}).get(MAIN, {}).get(k)) for m in tuned]
             L.append(f"| {k} | " + " | ".join(row) + " |")
-        L += ["", "▲/▼: the 95% CI of the difference excludes zero (improved / worse). Binary metrics also get "
-              "McNemar's exact test:", ""]
+        L += ["", f"▲/▼: the 95% CI of the difference excludes zero (improved / worse). Paired-bootstrap p-values "
+              f"cannot go below 2/(B+1) = {2 / (cfg['bootstrap_iters'] + 1):.4f}. Binary metrics also get McNemar's "
+              "exact test:", ""]
         for m in tuned:
             for k, c in metrics["comparisons"].get(m, {}).get(MAIN, {}).items():
                 if "mcnemar" in c:
@@ -187,6 +188,11 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         L += ["", (f"Most wrong fields are **{top}** ({counts['fields'][top]} of {total_fields}). " if top else "")
               + f"{len(f['cases'])} cases harvested; {worse} where {m} got fewer fields right than {base} come first.",
               ""]
+        for c in sorted(counts["fields"], key=counts["fields"].get, reverse=True):
+            hit = counts.get("by_field", {}).get(c) or {}
+            if hit:
+                L.append(f"- {c}: " + ", ".join(f"{k} {v}" for k, v in sorted(hit.items(), key=lambda kv: -kv[1])))
+        L += [""]
         for c in f["cases"]:
             flag = f" — worse than {base} ({c['baseline_fields_right']} → {c['fields_right']} fields right)" \
                 if c["worse_than_baseline"] else f" ({c['fields_right']}/9 fields right)"

@@ -95,6 +95,13 @@ def write(out: Path, metrics: dict, analysis: dict) -> dict:
                  f"{_ci(ci.get('field_f1'))} | {_ci(ci.get('exact_match'))} | "
                  + (f"{chk['drop']:+.3f} ({chk['drop_ci_high']:+.3f})" if chk else "–") + " | "
                  + ("–" if v is None else "pass" if v["passed"] else "**fail**: " + "; ".join(v["reasons"])) + " |")
+    mixes = [(t, f) for t, f in files.items() if f.get("tensor_types")]
+    if mixes:
+        L += ["", "What llama-quantize wrote (tensors per type, from its log):", ""]
+        for t, f in mixes:
+            L.append(f"- {t}: " + ", ".join(f"{n} {k}" for k, n in f["tensor_types"].items())
+                     + (f"; {f['fallbacks']} tensors fell back from the requested k-quant (row width not divisible "
+                        "by 256)" if f.get("fallbacks") else ""))
     L += ["", "Load s: llama-server start until its first completion. f16's load time and RSS come from the eval stage's "
           "server. llama-bench runs every file with the same thread count (mean ± stddev over repetitions).", ""]
     if png:

@@ -165,12 +165,16 @@ def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dic
     return result
 
 
-def pii_in_outputs(rows: list[dict]) -> dict:
-    """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers: copied from the document or not."""
+def pii_in_outputs(rows: list[dict], utils) -> dict:
+    """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers, copied from the document or
+    not. When the answer parses, only its string values are scanned: amounts are numbers by the task schema,
+    and a phone recognizer reads "16890.21" as a phone number."""
     from runner.dataprep import pii
     found = {"answers_with_pii": 0, "copied_from_document": 0, "not_in_document": 0, "by_type": {}, "examples": []}
     for r in rows:
-        hits = pii.scan(r["prediction"])
+        pred = utils.parse_prediction(r["prediction"])
+        texts = [v for v in pred.values() if isinstance(v, str)] if pred else [r["prediction"]]
+        hits = [h for t in texts for h in pii.scan(t)]
         if not hits:
             continue
         found["answers_with_pii"] += 1
@@ -178,8 +182,9 @@ def pii_in_outputs(rows: list[dict]) -> dict:
             found["by_type"][h.type] = found["by_type"].get(h.type, 0) + 1
             key = "copied_from_document" if h.value in r["document"] else "not_in_document"
             found[key] += 1
-            if len(found["examples"]) < 5:
-                found["examples"].append({"id": r["id"], "type": h.type, "where": key})
+            if len(found["examples"]) < 5:  # masked: a report must not spread what it warns about
+                found["examples"].append({"id": r["id"], "type": h.type, "where": key,
+                                          "masked": h.value[:2] + "…" + f"({len(h.value)} chars)"})
     return found
 
 
@@ -227,7 +232,7 @@ def run(ctx: Context) -> Result:
     details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in names
                if MAIN in results[m]}
     analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed) if details else {},
-                "failures": {}, "pii": {m: pii_in_outputs(rows) for m, rows in details.items()}, "gap": {}}
+                "failures": {}, "pii": {m: pii_in_outputs(rows, utils) for m, rows in details.items()}, "gap": {}}
     for m in tuned:
         if m in details:
             counts, cases = ea.failure_cases(details[m], details.get(baseline), utils, cfg["failure_cases"])

@@ -79,7 +79,8 @@ def run(ctx: Context) -> Result:
         t0 = time.time()
         llama_cpp.quantize(f16, dst, qtype, ctx.log(f"quantize-{qtype}.log"), ctx.threads, imatrix)
         files[qtype] = {"path": dst.name, "bytes": dst.stat().st_size, "seconds": round(time.time() - t0, 2),
-                        "ratio_vs_f16": round(dst.stat().st_size / f16.stat().st_size, 3)}
+                        "ratio_vs_f16": round(dst.stat().st_size / f16.stat().st_size, 3),
+                        **llama_cpp.quant_mix(ctx.log(f"quantize-{qtype}.log"))}
         artifacts[qtype] = dst.name
         variants[qtype] = dst
 
