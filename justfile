@@ -28,3 +28,7 @@ setup *parts:
 # Re-render a run's report from its stored artifacts (run folder or run id)
 report run:
     python3 -m runner report {{run}}
+
+# Start a recipe's deployment (llama-server engines + gateway) from its last run; Ctrl-C stops it
+serve recipe *flags:
+    python3 -m runner serve {{recipe}} {{flags}}

@@ -5,6 +5,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from runner import recipe as recipes
 from runner.env import REPO
@@ -62,6 +63,45 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    """Start the deployment a recipe's last serve stage described (engines + gateway) and keep it up until
+    Ctrl-C. API keys come from the gateway's api_keys_env; without one a key is made up and printed."""
+    import os
+    import secrets
+    import signal
+    import time
+
+    from runner import deploy, pipeline
+    r = _load_or_exit(a.recipe)
+    keys = pipeline.plan(r.data)
+    out = pipeline.cached("serve", keys["serve"])
+    if not out:
+        print(f"no serve stage output for {a.recipe} at its current key: run `just run {a.recipe}` first "
+              f"(or `--until serve`)", file=sys.stderr)
+        return 1
+    serving = deploy.load(out.path("serving"))
+    gw = serving.get("gateway") or {}
+    key = os.environ.get(gw.get("api_keys_env", "FORGE_API_KEYS"), "").split(",")[0].strip() or None
+    if gw and not key:
+        key = secrets.token_urlsafe(24)
+        print(f"no ${gw.get('api_keys_env', 'FORGE_API_KEYS')} set: using a key made up for this session: {key}")
+    logs = Path(pipeline.runs_root()) / r.name / ("serve-" + time.strftime("%Y%m%d-%H%M%S"))
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        with deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port")) as dep:
+            for e in dep.endpoints:
+                print(f"engine  {e.role:<8} {e.url}  ({e.model}, ready in {e.ready_s:.1f}s)")
+            if dep.gateway_url:
+                print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, POST /v1/tasks/invoice, /readyz, "
+                      f"/metrics); logs: {logs}")
+            print("serving; Ctrl-C stops everything")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped")
+    return 0
+
+
 def cmd_test(a) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *a.args], cwd=REPO)
 
@@ -83,6 +123,10 @@ def main(argv: list[str]) -> int:
     rep = sub.add_parser("report", help="re-render a run's report from its stored artifacts")
     rep.add_argument("run", help="run folder or run id")
     rep.set_defaults(fn=cmd_report)
+    sv = sub.add_parser("serve", help="start a recipe's deployment (engines + gateway) in the foreground")
+    sv.add_argument("recipe")
+    sv.add_argument("--port", type=int, default=None, help="gateway port (default: serve.gateway.port)")
+    sv.set_defaults(fn=cmd_serve)
     t = sub.add_parser("test", help="run the test suite (pytest)")
     t.add_argument("args", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_test)

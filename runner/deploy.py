@@ -20,14 +20,45 @@ class Endpoint:
     ready_s: float
 
 
-def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | None, threads: int) -> dict:
-    """The serving config: engine, models, and the per-replica settings an operator would tune."""
+def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | None, threads: int,
+         task: dict | None = None) -> dict:
+    """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway."""
+    gw = serve_cfg["gateway"]
     return {
         "engine": serve_cfg["engine"], "replicas": serve_cfg["replicas"], "parallel": serve_cfg["parallel"],
         "ctx_size": serve_cfg["ctx_size"], "threads": threads, "ready_timeout_s": serve_cfg["ready_timeout_s"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
         "fallback": {"gguf": str(fallback), "alias": "fallback"} if fallback else None,
+        "gateway": gw if gw["enabled"] else None,
+        "task": task,
     }
+
+
+@dataclass
+class Deployment:
+    endpoints: list[Endpoint]
+    gateway_url: str | None
+    api_key: str | None
+
+    @property
+    def primary(self) -> Endpoint:
+        return next(e for e in self.endpoints if e.role == "primary")
+
+
+@contextlib.contextmanager
+def up(serving: dict, logs: Path, api_key: str | None = None, port: int | None = None) -> Iterator[Deployment]:
+    """Engines, then the gateway in front of them (when configured), with `api_key` (default: a fresh random
+    key for this deployment only)."""
+    import secrets
+    with start(serving, logs) as endpoints:
+        gw = serving.get("gateway")
+        if not gw:
+            yield Deployment(endpoints, None, None)
+            return
+        key = api_key or secrets.token_urlsafe(24)
+        cfg = gateway_config(endpoints, gw, serving.get("task"), serving.get("served_model", "model"))
+        with start_gateway(cfg, logs, port=port, api_keys=key) as url:
+            yield Deployment(endpoints, url, key)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,17 +41,26 @@ def tail(path: Path, n: int = 20) -> str:
 
 
 def run(cmd: list, log: Path, env: dict | None = None, cwd: Path | None = None,
-        on_line: Callable[[str], None] | None = None, what: str = "") -> dict:
-    """Run to completion; every output line goes to `log` and to `on_line`. Raise StageError on failure.
-    Returns {"seconds", "max_rss_mb"} of the process (its own peak resident memory, from wait4)."""
+        on_line: Callable[[str], None] | None = None, what: str = "", redact: tuple[str, ...] = (),
+        timeout: float | None = None) -> dict:
+    """Run to completion; every output line goes to `log` and to `on_line`. Raise StageError on failure, and
+    on running past `timeout` seconds (the process group is stopped). Returns {"seconds", "max_rss_mb"} of the
+    process (its own peak resident memory, from wait4)."""
     t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(c) for c in cmd]
     with open(log, "a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
+        shown = " ".join(cmd)
+        for secret in redact:
+            shown = shown.replace(secret, "***")
+        out.write(f"$ {shown}\n")
         out.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 text=True, errors="replace", bufsize=1, start_new_session=True)
+        timer = threading.Timer(timeout, terminate, (proc,)) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
             for line in proc.stdout:
                 out.write(line)
@@ -62,6 +72,12 @@ def run(cmd: list, log: Path, env: dict | None = None, cwd: Path | None = None,
         except BaseException:
             terminate(proc)
             raise
+        finally:
+            if timer:
+                timer.cancel()
+    if timeout and time.time() - t0 >= timeout:
+        raise StageError(f"{what or Path(cmd[0]).name} ran past its {timeout:.0f} s limit and was stopped\n"
+                         f"{tail(log)}", log=log)
     if rc != 0:
         raise StageError(f"{what or Path(cmd[0]).name} failed with exit code {rc}\n{tail(log)}", log=log)
     return {"seconds": round(time.time() - t0, 2), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}

@@ -86,10 +86,16 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert "**Deployment model:" in (run_dir / "stages" / "quantize" / "quantization.md").read_text()
     assert (run_dir / "stages" / "quantize" / "imatrix.gguf").stat().st_size > 0
     assert "--imatrix" in (run_dir / "logs" / "quantize" / "quantize-q4_k_m.log").read_text()
-    # serve: primary and fallback came up and answered
+    # serve: primary and fallback came up and answered, behind the gateway (which refuses bad requests)
     assert {e["role"] for e in st["serve"]["metrics"]["endpoints"]} == {"primary", "fallback"}
+    gw = st["serve"]["metrics"]["gateway"]
+    assert gw["readyz"]["status"] == "ready" and gw["refused"] == {"no_key": 401, "malformed_json": 400}
+    assert gw["task"]["status"] in (200, 502)  # the random model's output may fail the task schema: 502 says so
     # loadtest: GuideLLM measured each level of the ladder
     levels = st["loadtest"]["metrics"]["levels"]
+    assert st["loadtest"]["metrics"]["through"] == "gateway"
+    assert [o["streams"] for o in st["loadtest"]["metrics"]["gateway_overhead"]] == [1, 2]
+    assert all(lv["requests"]["successful"] > 0 for lv in st["loadtest"]["metrics"]["direct_levels"])
     assert [lv["streams"] for lv in levels] == [1, 2]
     assert all(lv["requests"]["successful"] > 0 and lv["latency_s"]["p99"] > 0 for lv in levels)
     # report rendered from the artifacts

@@ -144,3 +144,16 @@ def test_manifest_records_what_a_run_needs_to_be_reproduced(fake, runs_dir):
     assert index[-1]["stages"] == {"first": "ok", "second": "ok", "third": "ok"}
     # stage outputs are reachable from the run folder
     assert (run_dir / "stages" / "third" / "out.txt").read_text() == "6"
+
+
+def test_a_tool_that_runs_past_its_limit_is_stopped_and_named(tmp_path):
+    import sys
+    import time
+
+    from runner import proc
+    from runner.stage import StageError
+    t0 = time.time()
+    with pytest.raises(StageError, match=r"sleeper ran past its 1 s limit"):
+        proc.run([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                 tmp_path / "t.log", what="sleeper", timeout=1)
+    assert time.time() - t0 < 15 and "started" in (tmp_path / "t.log").read_text()

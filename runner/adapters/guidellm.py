@@ -13,10 +13,11 @@ from runner.stage import StageError
 
 
 def command(target: str, model: str, tokenizer_dir: Path, levels: list[int], seconds: float, prompt_tokens: int,
-            output_tokens: int, out_json: Path, seed: int) -> list:
+            output_tokens: int, out_json: Path, seed: int, api_key: str | None = None) -> list:
     lt = env.venv("loadtest")
+    backend = f"kind=openai_http,target={target},model={model}" + (f",api_key={api_key}" if api_key else "")
     return [lt.bin("guidellm"), "run",
-            "--backend", f"kind=openai_http,target={target},model={model}",
+            "--backend", backend,
             "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
             "--data", f"kind=synthetic_text,prompt_tokens={prompt_tokens},output_tokens={output_tokens}",
             "--profile", f"kind=concurrent,streams={levels[0]}",
@@ -27,9 +28,19 @@ def command(target: str, model: str, tokenizer_dir: Path, levels: list[int], sec
             "--disable-console-interactive"]
 
 
-def run(cmd: list, log: Path, threads: int, on_line=None) -> None:
-    proc.run(cmd, log, env=proc.tool_env(threads, {"GUIDELLM__LOGGING__DISABLED": "true"}), on_line=on_line,
-             what="guidellm")
+def run(cmd: list, log: Path, threads: int, on_line=None, secret: str | None = None,
+        timeout: float | None = None) -> None:
+    """Run GuideLLM within `timeout`; one retry when it is stopped for running over (seen once here: a run
+    that sat idle at start-up with no connection open, while the same command had just run fine)."""
+    e = proc.tool_env(threads, {"GUIDELLM__LOGGING__DISABLED": "true"})
+    try:
+        proc.run(cmd, log, env=e, on_line=on_line, what="guidellm", redact=(secret,) if secret else (),
+                 timeout=timeout)
+    except StageError as err:
+        if not timeout or "ran past" not in str(err):
+            raise
+        proc.run(cmd, log, env=e, on_line=on_line, what="guidellm (retry)", redact=(secret,) if secret else (),
+                 timeout=timeout)
 
 
 def _dist(d: dict | None) -> dict:

@@ -392,6 +392,7 @@ def build(cfg: dict) -> Starlette:
         Route("/v1/models", endpoint("models", gw.models), methods=["GET"]),
         Route("/v1/tasks/invoice", endpoint("task", gw.task), methods=["POST"]),
         Route("/healthz", endpoint("healthz", healthz, auth=False), methods=["GET"]),
+        Route("/health", endpoint("healthz", healthz, auth=False), methods=["GET"]),  # what GuideLLM probes
         Route("/readyz", endpoint("readyz", gw.readyz, auth=False), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics, auth=False), methods=["GET"]),
     ]

@@ -128,6 +128,13 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                   "| endpoint | ready s | task latency s | answer is JSON |", "|---|---|---|---|"]
         for e in s.metrics["endpoints"]:
             lines.append(f"| {e['role']} | {e['ready_s']} | {e['task_latency_s']} | {e['answer_is_json']} |")
+        g = s.metrics.get("gateway")
+        if g:
+            t = g["task"]
+            lines += ["", f"Gateway: /readyz **{g['readyz']['status']}**; `POST /v1/tasks/invoice` answered HTTP "
+                      f"{t['status']} in {t['latency_s']} s from `{t.get('model')}`"
+                      + (" (fallback)" if t.get("fallback") else "") + f"; without a key: HTTP {g['refused']['no_key']}; "
+                      f"malformed JSON: HTTP {g['refused']['malformed_json']}."]
     lt = inputs.get("loadtest")
     if lt:
         m = lt.metrics
@@ -141,6 +148,13 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                          f"{_f(r['latency_s'].get('p50'), 2)} | {_f(r['latency_s'].get('p95'), 2)} | "
                          f"{_f(r['latency_s'].get('p99'), 2)} | {_f(r['ttft_ms'].get('p95'), 0)} | "
                          f"{_f(r['error_rate'], 3)} | {r['meets_slo']} | {_f(r['usd_per_1m_output_tokens'], 3)} |")
+        if m.get("gateway_overhead"):
+            lines += ["", f"Measured through the {m.get('through', 'gateway')}. Gateway overhead against the primary "
+                      "engine alone, same run:", "", "| streams | added p50 ms | added p95 ms | throughput ratio |",
+                      "|---|---|---|---|"]
+            for o in m["gateway_overhead"]:
+                lines.append(f"| {o['streams']} | {_f(o['added_latency_p50_ms'], 1)} | "
+                             f"{_f(o['added_latency_p95_ms'], 1)} | {_f(o['throughput_ratio'])} |")
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

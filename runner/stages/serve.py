@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 
 from runner import deploy
+from runner.env import REPO
 from runner.adapters import llama_cpp
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("serve", "threads", "data")
+SECTIONS = ("serve", "threads", "data", "name")
 INPUTS = ("data", "train", "eval", "quantize")
-CODE = ("runner/deploy.py", "runner/adapters/llama_cpp.py", "runner/adapters/sglang.py")
-TOOLS = ("llama",)
+CODE = ("runner/deploy.py", "runner/adapters/llama_cpp.py", "runner/adapters/sglang.py", "runner/gateway/app.py",
+        "runner/gateway/admission.py", "runner/gateway/resilience.py", "runner/gateway/__main__.py")
+TOOLS = ("llama", "gateway")
 
 
 def choose_model(cfg: dict, quant) -> tuple[str, object]:
@@ -30,6 +32,29 @@ def choose_model(cfg: dict, quant) -> tuple[str, object]:
     return choice, quant.path(choice)
 
 
+def gateway_checks(dep: deploy.Deployment, doc: dict) -> dict:
+    """Through the gateway: readiness, one task request, one refused request (no key), one malformed request."""
+    import httpx
+    auth = {"Authorization": f"Bearer {dep.api_key}"}
+    url = dep.gateway_url
+    ready = httpx.get(url + "/readyz", timeout=30)
+    t0 = time.time()
+    task = httpx.post(url + "/v1/tasks/invoice", headers=auth, json={"document": doc["document"]}, timeout=120)
+    latency = round(time.time() - t0, 2)
+    body = task.json()
+    no_key = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    malformed = httpx.post(url + "/v1/chat/completions", headers=auth, content=b"{oops")
+    if ready.status_code != 200:
+        raise StageError(f"the gateway's /readyz answered {ready.status_code}: {ready.text[:300]}")
+    if no_key.status_code != 401 or malformed.status_code != 400:
+        raise StageError(f"the gateway let bad requests through: no key -> {no_key.status_code}, "
+                         f"malformed JSON -> {malformed.status_code}")
+    return {"readyz": ready.json(), "task": {"status": task.status_code, "latency_s": latency,
+                                             "model": body.get("model"), "fallback": body.get("fallback"),
+                                             "fields": body.get("fields"), "error": body.get("error")},
+            "refused": {"no_key": no_key.status_code, "malformed_json": malformed.status_code}}
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("serve")
     quant = ctx.inputs["quantize"]
@@ -37,14 +62,19 @@ def run(ctx: Context) -> Result:
     model_name = quant.metrics["model"]
     hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
     fallback = quant.path("fallback") if "fallback" in quant.artifacts else None
-    serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads)
+    task = {"name": "invoice_extraction", "schema": str(REPO / "schemas" / "tasks" / "invoice.schema.json"),
+            "system_prompt": ctx.section("data")["system_prompt"], "max_tokens": cfg["gateway"]["task_max_tokens"],
+            "constrained": cfg["gateway"]["constrained_task"]}
+    serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads, task)
     serving["model_type"] = qtype
+    serving["served_model"] = ctx.recipe["name"]
     serving["system_prompt"] = ctx.section("data")["system_prompt"]
     (ctx.out / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
     doc = json.loads(ctx.inputs["data"].path("test").read_text().splitlines()[0])
     checks = []
-    with deploy.start(serving, ctx.logs) as endpoints:
-        for ep in endpoints:
+    gateway = None
+    with deploy.up(serving, ctx.logs) as dep:
+        for ep in dep.endpoints:
             t0 = time.time()
             status, body = llama_cpp.http_json(ep.url + "/v1/chat/completions", {
                 "messages": [{"role": "system", "content": serving["system_prompt"]},
@@ -62,7 +92,11 @@ def run(ctx: Context) -> Result:
                            "task_latency_s": round(latency, 2), "answer_is_json": parsed,
                            "completion_tokens": body.get("usage", {}).get("completion_tokens")})
             ctx.progress(f"{ep.role} ready in {ep.ready_s:.1f}s, task answered in {latency:.1f}s")
-    return Result(metrics={"model_type": qtype, "model": model_name, "endpoints": checks,
+        if dep.gateway_url:
+            gateway = gateway_checks(dep, doc)
+            ctx.progress(f"gateway: /readyz {gateway['readyz']['status']}, task endpoint HTTP "
+                         f"{gateway['task']['status']} in {gateway['task']['latency_s']}s")
+    return Result(metrics={"model_type": qtype, "model": model_name, "endpoints": checks, "gateway": gateway,
                            "engine": cfg["engine"], "replicas": cfg["replicas"], "parallel": cfg["parallel"]},
                   artifacts={"serving": "serving.json"},
                   notes=[f"{model_name} {qtype} on {cfg['engine']} x{cfg['replicas']}"])
