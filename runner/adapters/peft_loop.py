@@ -23,8 +23,9 @@ def main(path: str) -> None:
     model = get_peft_model(model, LoraConfig(r=c["r"], lora_alpha=c["alpha"], lora_dropout=c["dropout"],
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     rows = [json.loads(x) for x in open(c["data"])]
-    seqs = [tok.apply_chat_template(r["messages"], tokenize=True)[: c["sequence_len"]] for r in rows]
-    seqs = [s["input_ids"] if isinstance(s, dict) else s for s in seqs]
+    # text first, then ids: apply_chat_template(tokenize=True) returns different types across versions
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    seqs = [list(tok(t, add_special_tokens=False)["input_ids"])[: c["sequence_len"]] for t in texts]
     if c["packing"]:  # greedy concatenation into sequence_len bins
         packed, cur = [], []
         for s in seqs:
