@@ -35,14 +35,13 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=8)
     a = ap.parse_args()
     r = recipe.load(a.recipe)
-    keys = pipeline.plan(r.data)
-    data = pipeline.cached("data", keys["data"])
+    data = pipeline.cached_stage(r.data, "data")
     if not data:
         raise SystemExit(f"no cached data stage for {a.recipe}: run `just run {a.recipe} --until data` first")
     if a.model == "base":
         hf_dir = models.base_model_dir(r.data["base_model"])
     else:
-        tr = pipeline.cached("train", keys["train"])
+        tr = pipeline.cached_stage(r.data, "train")
         if not tr:
             raise SystemExit(f"no cached train stage for {a.recipe}: run `just run {a.recipe} --until train` first")
         hf_dir = tr.path(a.model)

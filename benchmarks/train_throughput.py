@@ -57,8 +57,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     a = ap.parse_args()
     r = recipe.load(a.recipe)
-    keys = pipeline.plan(r.data)
-    data_out = pipeline.cached("data", keys["data"])
+    data_out = pipeline.cached_stage(r.data, "data")
     if not data_out:
         raise SystemExit(f"no cached data stage for {a.recipe}: run `just run {a.recipe} --until data` first")
     base = models.base_model_dir(r.data["base_model"])

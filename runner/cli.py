@@ -73,8 +73,7 @@ def cmd_serve(a) -> int:
 
     from runner import deploy, pipeline
     r = _load_or_exit(a.recipe)
-    keys = pipeline.plan(r.data)
-    out = pipeline.cached("serve", keys["serve"])
+    out = pipeline.cached_stage(r.data, "serve")
     if not out:
         print(f"no serve stage output for {a.recipe} at its current key: run `just run {a.recipe}` first "
               f"(or `--until serve`)", file=sys.stderr)

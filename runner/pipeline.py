@@ -74,6 +74,11 @@ def cached(name: str, key: str) -> Output | None:
     return None
 
 
+def cached_stage(recipe: dict, stage: str) -> Output | None:
+    """The stored output of `stage` for this resolved recipe at the current code, if there is one."""
+    return cached(stage, plan(recipe)[stage])
+
+
 class RunFailed(Exception):
     def __init__(self, stage: str, status: str, message: str):
         self.stage, self.status = stage, status

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from runner import eval_analysis as ea
+from runner.reports.quality import _ci
 
 
 def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: int) -> dict:
@@ -60,12 +61,6 @@ def chart(metrics: dict, out: Path) -> str | None:
     fig.savefig(out / "quantization.png", dpi=100)
     plt.close(fig)
     return "quantization.png"
-
-
-def _ci(c: dict | None) -> str:
-    if not c or c.get("value") is None:
-        return "–"
-    return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else f"{c['value']:.3f}"
 
 
 def _n(x, nd=1) -> str:
