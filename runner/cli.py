@@ -93,9 +93,16 @@ def cmd_serve(a) -> int:
             if dep.gateway_url:
                 print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, POST /v1/tasks/invoice, /readyz, "
                       f"/metrics); logs: {logs}")
-            print("serving; Ctrl-C stops everything")
+            print("serving; engines that exit are restarted (with backoff); Ctrl-C stops everything")
+            seen = 0
             while True:
-                time.sleep(3600)
+                time.sleep(1)
+                events = dep.restarts()
+                for ev in events[seen:]:
+                    print(f"engine  {ev['engine']} exited (code {ev['exit_code']}): " +
+                          (f"restarted, serving again after {ev['recovered_s']} s" if "recovered_s" in ev
+                           else f"restart failed: {ev.get('error')}"), flush=True)
+                seen = len(events)
     except KeyboardInterrupt:
         print("stopped")
     return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from runner import supervisor
 from runner.adapters import llama_cpp, sglang
 from runner.stage import StageError
 
@@ -18,6 +19,7 @@ class Endpoint:
     url: str
     model: str
     ready_s: float
+    engine: supervisor.SupervisedServer | None = None   # restarts it when it exits
 
 
 def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | None, threads: int,
@@ -27,6 +29,7 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path
     return {
         "engine": serve_cfg["engine"], "replicas": serve_cfg["replicas"], "parallel": serve_cfg["parallel"],
         "ctx_size": serve_cfg["ctx_size"], "threads": threads, "ready_timeout_s": serve_cfg["ready_timeout_s"],
+        "sglang": serve_cfg["sglang"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
         "fallback": {"gguf": str(fallback), "alias": "fallback"} if fallback else None,
         "gateway": gw if gw["enabled"] else None,
@@ -39,10 +42,15 @@ class Deployment:
     endpoints: list[Endpoint]
     gateway_url: str | None
     api_key: str | None
+    gateway_pid: int | None = None
 
     @property
     def primary(self) -> Endpoint:
         return next(e for e in self.endpoints if e.role == "primary")
+
+    def restarts(self) -> list[dict]:
+        return [{"engine": f"{e.role}-{i}", **ev} for i, e in enumerate(self.endpoints) if e.engine
+                for ev in e.engine.events]
 
 
 @contextlib.contextmanager
@@ -57,18 +65,16 @@ def up(serving: dict, logs: Path, api_key: str | None = None, port: int | None =
             return
         key = api_key or secrets.token_urlsafe(24)
         cfg = gateway_config(endpoints, gw, serving.get("task"), serving.get("served_model", "model"))
-        with start_gateway(cfg, logs, port=port, api_keys=key) as url:
-            yield Deployment(endpoints, url, key)
+        with start_gateway(cfg, logs, port=port, api_keys=key) as (url, process):
+            yield Deployment(endpoints, url, key, process.pid)
 
 
 @contextlib.contextmanager
 def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
     if serving["engine"] == "sglang":
-        cmd = sglang.launch_command(serving, port=30000)
-        if not sglang.available():
-            raise StageError("serve.engine is sglang, which needs a CUDA GPU and the sglang package; this machine "
-                             f"has neither. The generated launch command is: {' '.join(cmd)}")
-        raise StageError("sglang serving runs on GPU machines only; launch: " + " ".join(cmd))  # pragma: no cover
+        with start_sglang(serving, logs) as endpoints:
+            yield endpoints
+        return
     with contextlib.ExitStack() as stack:
         endpoints = []
         roles = [("primary", serving["primary"], serving["replicas"])]
@@ -76,11 +82,54 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
             roles.append(("fallback", serving["fallback"], 1))
         for role, model, replicas in roles:
             for i in range(replicas):
-                server, ready_s = stack.enter_context(llama_cpp.serve(
-                    Path(model["gguf"]), logs / f"llama-server-{role}-{i}.log", serving["threads"],
-                    parallel=serving["parallel"], ctx_size=serving["ctx_size"], alias=model["alias"],
-                    timeout=serving["ready_timeout_s"]))
-                endpoints.append(Endpoint(role, server.url, model["alias"], ready_s))
+                engine = supervisor.supervise(Path(model["gguf"]), logs / f"llama-server-{role}-{i}.log",
+                                              serving["threads"], serving["parallel"], serving["ctx_size"],
+                                              model["alias"], serving["ready_timeout_s"])
+                ready_s = engine.start()
+                stack.callback(engine.stop)
+                endpoints.append(Endpoint(role, engine.server.url, model["alias"], ready_s, engine))
+        yield endpoints
+
+
+@contextlib.contextmanager
+def start_sglang(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
+    """SGLang replicas (and the router before several) as the primary; the fallback stays a CPU llama-server."""
+    import os
+    import time
+
+    from runner import proc
+    try:
+        plan = sglang.plan(serving, [llama_cpp.free_port() for _ in range(serving["replicas"])], llama_cpp.free_port())
+    except ValueError as e:
+        raise StageError(f"serve.engine sglang: {e}") from None
+    shown = "\n".join(" ".join(r["command"]) for r in plan["replicas"] + ([plan["router"]] if plan["router"] else []))
+    if not sglang.available():
+        raise StageError("serve.engine is sglang, which needs CUDA GPUs and the sglang package; this machine has "
+                         f"neither. The deployment would run:\n{shown}")
+    with contextlib.ExitStack() as stack:
+        for i, r in enumerate(plan["replicas"] + ([plan["router"]] if plan["router"] else [])):
+            stack.enter_context(proc.background(r["command"], logs / f"sglang-{i}.log",
+                                                env={**os.environ, **r.get("env", {})}))
+        t0 = time.time()
+        while True:  # ready when the endpoint (router or single replica) generates
+            try:
+                status, _ = llama_cpp.http_json(plan["endpoint"] + "/v1/chat/completions", {
+                    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}, timeout=30)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() - t0 > serving["ready_timeout_s"]:
+                raise StageError(f"SGLang not ready after {serving['ready_timeout_s']} s; logs in {logs}")
+            time.sleep(1)
+        endpoints = [Endpoint("primary", plan["endpoint"], serving["primary"]["alias"], time.time() - t0)]
+        if serving.get("fallback"):
+            fb = serving["fallback"]
+            engine = supervisor.supervise(Path(fb["gguf"]), logs / "llama-server-fallback-0.log", serving["threads"],
+                                          1, serving["ctx_size"], fb["alias"], serving["ready_timeout_s"])
+            ready_s = engine.start()
+            stack.callback(engine.stop)
+            endpoints.append(Endpoint("fallback", engine.server.url, fb["alias"], ready_s, engine))
         yield endpoints
 
 
@@ -104,8 +153,8 @@ def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, serve
 
 @contextlib.contextmanager
 def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str | None = None,
-                  timeout: float = 30.0) -> Iterator[str]:
-    """Run the gateway (gateway venv) on a loopback port until the block exits; yields its base URL."""
+                  timeout: float = 30.0) -> Iterator[tuple[str, object]]:
+    """Run the gateway (gateway venv) on a loopback port until the block exits; yields (base URL, process)."""
     import os
     import time
     import urllib.request
@@ -135,4 +184,4 @@ def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str 
             if time.time() - t0 > timeout:
                 raise StageError(f"the gateway did not answer /healthz within {timeout:.0f}s", log=logs / "gateway.log")
             time.sleep(0.1)
-        yield url
+        yield url, p

@@ -98,6 +98,22 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert all(lv["requests"]["successful"] > 0 for lv in st["loadtest"]["metrics"]["direct_levels"])
     assert [lv["streams"] for lv in levels] == [1, 2]
     assert all(lv["requests"]["successful"] > 0 and lv["latency_s"]["p99"] > 0 for lv in levels)
+    # ... with the resources of each process sampled per level and a bottleneck read from them
+    lt = st["loadtest"]["metrics"]
+    assert all(lv["resources"]["samples"] >= 2 and lv["resources"]["primary-0"]["rss_mb"]["max"] > 0
+               and "gateway_in_flight" in lv["resources"]["gateway"] for lv in levels)
+    assert lt["bottleneck"]["verdict"] in {"cpu", "slots", "gateway_admission", "none"}
+    # the optimization's before/after, the fault drills (all passed: the stage would be gated otherwise)
+    assert lt["baseline"]["before_settings"]["parallel"] == 1 and lt["baseline"]["comparison"][0]["streams"] == 2
+    assert set(lt["drills"]) == {"malformed", "overload", "kill_primary"}
+    assert all(d["passed"] for d in lt["drills"].values()), lt["drills"]
+    assert lt["engine_restarts"] and lt["engine_restarts"][0]["engine"] == "primary-0"
+    perf_md = (run_dir / "stages" / "loadtest" / "perf_cost.md").read_text()
+    assert "## Fault drills" in perf_md and "## Optimization, measured in this run" in perf_md
+    assert (run_dir / "stages" / "loadtest" / "perf_cost.png").stat().st_size > 0
+    # serve measured constrained decoding on the deployed model
+    dc = st["serve"]["metrics"]["decoding_check"]
+    assert dc["free"]["n"] + dc["free"]["error_count"] == 2 and set(dc) == {"free", "json_schema"}
     # report rendered from the artifacts
     readme = (run_dir / "stages" / "report" / "README.md").read_text()
     assert man["dataset_version"] in readme and "| q4_k_m |" in readme

@@ -40,7 +40,7 @@ def stack(tiny_gguf, tmp_path_factory):
     with llama_cpp.serve(tiny_gguf, logs / "primary.log", 1, parallel=2, ctx_size=1024, alias="tuned") as (p, _), \
             llama_cpp.serve(tiny_gguf, logs / "fallback.log", 1, parallel=1, ctx_size=1024, alias="base") as (f, _):
         eps = [deploy.Endpoint("primary", p.url, "tuned", 0), deploy.Endpoint("fallback", f.url, "base", 0)]
-        with deploy.start_gateway(config(eps), logs, api_keys=KEY) as url:
+        with deploy.start_gateway(config(eps), logs, api_keys=KEY) as (url, _):
             yield url, logs
 
 
@@ -135,7 +135,7 @@ def test_admission_refuses_beyond_the_queue_with_429_and_retry_after(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
-        with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as url:
+        with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as (url, _):
             with cf.ThreadPoolExecutor(12) as ex:
                 t0 = time.time()
                 rs = list(ex.map(lambda i: chat(url, f"request {i}"), range(12)))
@@ -169,7 +169,7 @@ def test_fallback_when_the_primary_dies_and_recovery_when_it_returns(tiny_gguf, 
         port = llama_cpp.free_port()
         primary = llama_cpp.Server(tiny_gguf, port, 1, 1, 1024, "tuned")
         eps = [deploy.Endpoint("primary", primary.url, "tuned", 0), deploy.Endpoint("fallback", f.url, "base", 0)]
-        with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as url:
+        with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as (url, _):
             # primary not running yet: connection refused -> fallback answers, and says so
             r = chat(url)
             assert r.status_code == 200 and r.headers["x-forge-fallback"] == "true"

@@ -13,9 +13,11 @@ from runner.stage import StageError
 
 
 def command(target: str, model: str, tokenizer_dir: Path, levels: list[int], seconds: float, prompt_tokens: int,
-            output_tokens: int, out_json: Path, seed: int, api_key: str | None = None) -> list:
+            output_tokens: int, out_json: Path, seed: int, api_key: str | None = None, validate: bool = True) -> list:
+    """validate=False: skip GuideLLM's GET /health probe (servers without that route, e.g. llama-cpp-python's)."""
     lt = env.venv("loadtest")
-    backend = f"kind=openai_http,target={target},model={model}" + (f",api_key={api_key}" if api_key else "")
+    backend = f"kind=openai_http,target={target},model={model}" + (f",api_key={api_key}" if api_key else "") \
+        + ("" if validate else ",validate_backend=false")
     return [lt.bin("guidellm"), "run",
             "--backend", backend,
             "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
@@ -72,6 +74,7 @@ def parse(report: Path) -> list[dict]:
             "itl_ms": _dist(m.get("inter_token_latency_ms")),
             "requests": {"successful": totals.get("successful"), "errored": totals.get("errored"),
                          "incomplete": totals.get("incomplete"), "total": totals.get("total")},
+            "start_time": b.get("start_time"), "end_time": b.get("end_time"),
         })
     if not rows:
         raise StageError(f"guidellm report {report} holds no benchmarks")

@@ -181,6 +181,11 @@ class Gateway:
                     u.breaker.failure()
                     reason = reason or f"{u.name}: timed out"
                     break
+                except httpx.TransportError as e:  # the engine died mid-request (connection reset, EOF)
+                    self.metrics.upstream_errors.labels(u.name, "transport").inc()
+                    u.breaker.failure()
+                    reason = reason or f"{u.name}: {type(e).__name__}"
+                    break
                 finally:
                     u.outstanding -= 1
                 if r.status_code >= 500:
@@ -228,7 +233,7 @@ class Gateway:
                 req = self.client.build_request("POST", u.url + "/v1/chat/completions",
                                                 json=dict(body, model=u.model, stream=True))
                 resp = await self.client.send(req, stream=True)
-            except (httpx.ConnectError, httpx.TimeoutException) as e:
+            except httpx.TransportError as e:
                 u.outstanding -= 1
                 u.breaker.failure()
                 self.metrics.upstream_errors.labels(u.name, type(e).__name__).inc()

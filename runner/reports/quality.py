@@ -127,6 +127,10 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
          f"- dataset version `{metrics.get('dataset_version')}`; backend `{metrics['backend']}`; "
          f"bootstrap {cfg['bootstrap_iters']} resamples, 95% percentile intervals; paired differences resample "
          "the same items for both models.",
+         "- answers are " + ("bit-exact reproducible (one llama-server slot)" if metrics.get("bit_reproducible")
+                             else f"scored {cfg['concurrency']} at a time, batched by llama-server, whose kernels "
+                             "are not batch-invariant: a rerun can change a few greedy answers in their last tokens "
+                             "(set eval.concurrency: 1 for bit-exact reruns)") + ".",
          "- models: " + ", ".join(f"`{m}` ({metrics['models'][m].get('model_sha256', '–')[:12]})" for m in models),
          ""]
     # comparison table

@@ -258,6 +258,9 @@ def run(ctx: Context) -> Result:
             raise StageError("eval.gates compare against a baseline, but eval.models has no 'base'")
         verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get("field", {}), tuned, baseline)
     metrics["gates"] = verdicts
+    # llama-server batches concurrent requests across its slots and its kernels are not batch-invariant, so
+    # greedy answers are bit-exact from run to run only with one slot (llama.cpp issues #6950, #7052)
+    metrics["bit_reproducible"] = cfg["backend"] != "llama-server" or cfg["concurrency"] == 1
     (ctx.out / "analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False, default=str))
     artifacts["analysis"] = "analysis.json"
     written = quality.write(ctx.out, metrics, analysis, cfg, ctx.section("data"))

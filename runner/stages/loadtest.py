@@ -1,38 +1,30 @@
-"""loadtest: bring the deployment up from serving.json, drive the gateway (and, for comparison, the primary
-engine directly) over the recipe's concurrency ladder with GuideLLM, judge each level against the SLO, derive
-cost per 1M output tokens and the gateway's overhead."""
+"""loadtest: bring the deployment up from serving.json and measure it.
+
+1. GuideLLM's concurrency ladder through the gateway and, for its overhead, straight to the primary engine,
+   while CPU/RSS of every process and both /metrics endpoints are sampled (runner/resources.py);
+2. the fault drills (runner/drills.py) against the live deployment;
+3. with the deployment down, the baseline engine settings at the same load (an optimization's before/after);
+4. the SLO verdict per level, the concurrency ceiling, the bottleneck, cost per 1M output tokens, and
+   perf_cost.md with its plots."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from runner import deploy, models
-from runner.adapters import guidellm
-from runner.stage import Context, Result
+import psutil
+
+from runner import deploy, drills, models, perf_analysis, resources
+from runner.adapters import guidellm, llama_cpp, vegeta
+from runner.reports import perf_cost
+from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
-INPUTS = ("serve",)
-CODE = ("runner/deploy.py", "runner/adapters/guidellm.py", "runner/gateway/app.py", "runner/gateway/admission.py",
-        "runner/gateway/resilience.py")
+INPUTS = ("serve", "data")
+CODE = ("runner/deploy.py", "runner/supervisor.py", "runner/drills.py", "runner/resources.py",
+        "runner/perf_analysis.py", "runner/adapters/guidellm.py", "runner/adapters/vegeta.py",
+        "runner/gateway/app.py",
+        "runner/gateway/admission.py", "runner/gateway/resilience.py", "runner/reports/perf_cost.py")
 TOOLS = ("loadtest", "llama", "gateway")
-
-
-def judge(rows: list[dict], slo: dict) -> list[dict]:
-    for r in rows:
-        total = r["requests"]["total"] or 0
-        errors = (r["requests"]["errored"] or 0)
-        r["error_rate"] = errors / total if total else 1.0
-        p99 = r["latency_s"].get("p99")
-        p95_ttft = r["ttft_ms"].get("p95")
-        r["meets_slo"] = bool(total and p99 is not None and p99 <= slo["p99_latency_s"]
-                              and p95_ttft is not None and p95_ttft / 1000 <= slo["p95_ttft_s"]
-                              and r["error_rate"] <= slo["max_error_rate"])
-    return rows
-
-
-def cost_per_million(tokens_per_s: float | None, price_per_hour: float) -> float | None:
-    if not tokens_per_s:
-        return None
-    return round(price_per_hour / (tokens_per_s * 3600) * 1e6, 4)
 
 
 def ladder(ctx: Context, cfg: dict, target: str, model: str, tokenizer, name: str, api_key: str | None) -> list[dict]:
@@ -42,53 +34,124 @@ def ladder(ctx: Context, cfg: dict, target: str, model: str, tokenizer, name: st
     ctx.progress(f"{name}: ladder {cfg['concurrency']} x {cfg['seconds_per_level']}s against {target}")
     budget = len(cfg["concurrency"]) * (cfg["seconds_per_level"] + 30) + 120
     guidellm.run(cmd, ctx.log(f"guidellm-{name}.log"), ctx.threads, secret=api_key, timeout=budget)
-    rows = judge(guidellm.parse(report), cfg["slo"])
+    rows = perf_analysis.judge(guidellm.parse(report), cfg["slo"])
     for r in rows:
-        r["usd_per_1m_output_tokens"] = cost_per_million(r["output_tokens_per_s"], cfg["price_per_hour_usd"])
+        r["usd_per_1m_output_tokens"] = perf_analysis.cost_per_million(r["output_tokens_per_s"],
+                                                                       cfg["price_per_hour_usd"])
     return rows
 
 
-def overhead(gateway: list[dict], direct: list[dict]) -> list[dict]:
-    """Per level: the gateway's added latency (p50, p95) and its throughput relative to the engine alone."""
-    out = []
-    for g, d in zip(gateway, direct):
-        row = {"streams": g["streams"]}
-        for q in ("p50", "p95"):
-            gv, dv = g["latency_s"].get(q), d["latency_s"].get(q)
-            row[f"added_latency_{q}_ms"] = round((gv - dv) * 1000, 1) if gv is not None and dv is not None else None
-        gt, dt = g["output_tokens_per_s"], d["output_tokens_per_s"]
-        row["throughput_ratio"] = round(gt / dt, 3) if gt and dt else None
-        out.append(row)
-    return out
+def attach_resources(rows: list[dict] | None, sampler: resources.Sampler, parallel: int) -> None:
+    """Each level gets what was sampled during it, and the bottleneck read from that."""
+    for r in rows or []:
+        if r.get("start_time") and r.get("end_time"):
+            r["resources"] = sampler.window(r["start_time"], r["end_time"])
+            r["bottleneck"] = perf_analysis.bottleneck(r["resources"], psutil.cpu_count() or 1, parallel)
+
+
+def measure_baseline(ctx: Context, cfg: dict, serving: dict, tokenizer) -> tuple[dict, list[dict]]:
+    """The primary engine alone with the baseline settings, at the baseline's load levels."""
+    b = cfg["baseline"]
+    missing = [s for s in b["streams"] if s not in cfg["concurrency"]]
+    if missing:
+        raise StageError(f"loadtest.baseline.streams {missing} are not in loadtest.concurrency "
+                         f"{cfg['concurrency']}: there would be no 'after' to compare with")
+    settings = {"parallel": b["parallel"] or serving["parallel"], "threads": b["threads"] or serving["threads"]}
+    ctx.progress(f"baseline ({b['label']}): {settings} at {b['streams']} streams")
+    with llama_cpp.serve(Path(serving["primary"]["gguf"]), ctx.log("llama-server-baseline.log"), settings["threads"],
+                         parallel=settings["parallel"], ctx_size=serving["ctx_size"], alias=serving["primary"]["alias"],
+                         timeout=serving["ready_timeout_s"]) as (server, _):
+        sampler_procs = {"primary-0": lambda: server.process.pid}
+        with resources.Sampler(sampler_procs, {"primary-0": server.url}, cfg["sample_interval_s"]) as sampler:
+            rows = ladder(ctx, {**cfg, "concurrency": b["streams"]}, server.url, server.alias, tokenizer,
+                          "baseline", None)
+        attach_resources(rows, sampler, settings["parallel"])
+    return settings, rows
+
+
+def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment) -> list[dict] | None:
+    """vegeta attacks on the task endpoint, one per rate, when vegeta is wanted and present."""
+    v = cfg["vegeta"]
+    if v["enabled"] is False or not dep.gateway_url:
+        return None
+    if not vegeta.available():
+        if v["enabled"] is True:
+            raise StageError("loadtest.vegeta.enabled is true but `vegeta` is not on PATH "
+                             "(https://github.com/tsenart/vegeta/releases)")
+        return None
+    lines = ctx.inputs["data"].path("test").read_text().splitlines()[:v["documents"]]
+    docs = [json.loads(line)["document"] for line in lines]
+    rows = []
+    for rate in v["rates"]:
+        ctx.progress(f"vegeta: {rate:g} task requests/s for {v['seconds']:g}s")
+        rows.append(vegeta.attack(dep.gateway_url + "/v1/tasks/invoice", dep.api_key, docs, rate, v["seconds"],
+                                  v["timeout_s"], ctx.out, ctx.log(f"vegeta-{rate:g}.log")))
+    return rows
 
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("loadtest")
     serving = deploy.load(ctx.inputs["serve"].path("serving"))
     tokenizer = models.base_model_dir(ctx.section("base_model"))
-    direct = None
+    direct = drill_results = None
     with deploy.up(serving, ctx.logs) as dep:
+        procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None)
+                 for i, e in enumerate(dep.endpoints)}
+        urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
         if dep.gateway_url:
-            rows = ladder(ctx, cfg, dep.gateway_url, serving.get("served_model", dep.primary.model), tokenizer,
-                          "gateway", dep.api_key)
-            if cfg["direct_comparison"]:
-                direct = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
-        else:
-            rows = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
+            procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+        with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
+            if dep.gateway_url:
+                rows = ladder(ctx, cfg, dep.gateway_url, serving.get("served_model", dep.primary.model), tokenizer,
+                              "gateway", dep.api_key)
+                if cfg["direct_comparison"]:
+                    direct = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
+            else:
+                rows = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
+        attach_resources(rows, sampler, serving["parallel"])
+        attach_resources(direct, sampler, serving["parallel"])
+        (ctx.out / "resource_samples.json").write_text(json.dumps(sampler.samples) + "\n")
+        task_attacks = constant_rate(ctx, cfg, dep)
+        if cfg["drills"]["enabled"] and dep.gateway_url:
+            drill_results = drills.run_all(dep, serving, cfg["drills"], ctx.progress)
+        restarts = dep.restarts()
+    baseline = None
+    if cfg["baseline"]["enabled"]:
+        settings, before = measure_baseline(ctx, cfg, serving, tokenizer)
+        after = direct or rows
+        baseline = {"label": cfg["baseline"]["label"], "before_settings": settings,
+                    "after_settings": {"parallel": serving["parallel"], "threads": serving["threads"]},
+                    "levels": before, "comparison": perf_analysis.before_after(before, after)}
+
     passing = [r for r in rows if r["meets_slo"]]
     ceiling = max((r["streams"] for r in passing), default=None)
     best = max(rows, key=lambda r: r["output_tokens_per_s"] or 0)
-    (ctx.out / "levels.json").write_text(json.dumps({"through": "gateway" if dep.gateway_url else "direct",
-                                                     "levels": rows, "direct": direct}, indent=2) + "\n")
-    metrics = {"through": "gateway" if dep.gateway_url else "direct", "levels": rows, "direct_levels": direct,
-               "gateway_overhead": overhead(rows, direct) if direct else None,
-               "concurrency_ceiling": ceiling, "slo": cfg["slo"],
+    knee = perf_analysis.knee(rows)
+    at = next((r for r in rows if r["streams"] == (knee or rows[-1]["streams"])), rows[-1])
+    through = "gateway" if dep.gateway_url else "direct"
+    metrics = {"through": through, "levels": rows, "direct_levels": direct,
+               "gateway_overhead": perf_analysis.overhead(rows, direct) if direct else None,
+               "concurrency_ceiling": ceiling, "slo": cfg["slo"], "throughput_knee_streams": knee,
+               "bottleneck": {"at_streams": at["streams"], **at.get("bottleneck", {"verdict": "unknown"})},
                "peak_output_tokens_per_s": best["output_tokens_per_s"], "peak_at_streams": best["streams"],
                "usd_per_1m_output_tokens_at_ceiling": next((r["usd_per_1m_output_tokens"] for r in rows
-                                                            if r["streams"] == ceiling), None)}
-    arts = {"levels": "levels.json"}
-    arts.update({f"guidellm-{n}": f"guidellm-{n}.json" for n in ("gateway", "direct")
+                                                            if r["streams"] == ceiling), None),
+               "price_per_hour_usd": cfg["price_per_hour_usd"], "baseline": baseline, "drills": drill_results,
+               "vegeta": task_attacks,
+               "engine_restarts": restarts, "serving": {k: serving[k] for k in ("engine", "replicas", "parallel",
+                                                                                "threads", "ctx_size")},
+               "model_type": serving.get("model_type"), "cores": psutil.cpu_count()}
+    (ctx.out / "levels.json").write_text(json.dumps({"through": through, "levels": rows, "direct": direct,
+                                                     "baseline": baseline}, indent=2) + "\n")
+    arts = {"levels": "levels.json", "resource_samples": "resource_samples.json"}
+    arts.update({f"guidellm-{n}": f"guidellm-{n}.json" for n in ("gateway", "direct", "baseline")
                  if (ctx.out / f"guidellm-{n}.json").exists()})
-    return Result(metrics=metrics, artifacts=arts,
-                  notes=[f"SLO ceiling: {ceiling if ceiling is not None else 'none'} concurrent streams",
-                         f"peak {best['output_tokens_per_s'] or 0:.1f} output tok/s at {best['streams']} streams"])
+    arts.update(perf_cost.write(ctx.out, metrics))
+    notes = [f"SLO ceiling: {ceiling if ceiling is not None else 'none'} concurrent streams",
+             f"peak {best['output_tokens_per_s'] or 0:.1f} output tok/s at {best['streams']} streams; bottleneck: "
+             f"{metrics['bottleneck']['verdict']}"]
+    failed = [n for n, d in (drill_results or {}).items() if d.get("passed") is False]
+    if failed:
+        metrics["gate_summary"] = "fault drills failed: " + ", ".join(failed) + " (see perf_cost.md)"
+        return Result(metrics=metrics, artifacts=arts, status="gated", notes=notes + [metrics["gate_summary"]])
+    return Result(metrics=metrics, artifacts=arts, notes=notes)

@@ -135,6 +135,18 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       f"{t['status']} in {t['latency_s']} s from `{t.get('model')}`"
                       + (" (fallback)" if t.get("fallback") else "") + f"; without a key: HTTP {g['refused']['no_key']}; "
                       f"malformed JSON: HTTP {g['refused']['malformed_json']}."]
+        dc = s.metrics.get("decoding_check")
+        if dc:
+            lines += ["", "Constrained decoding on the task endpoint (same documents, the gateway's request, straight "
+                      "to the deployed engine; `serve.gateway.constrained_task` is "
+                      f"**{s.metrics.get('constrained_task')}** in this recipe):", "",
+                      "| decoding | n | JSON valid | schema valid | field F1 | exact | latency p50 / p95 s | "
+                      "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|"]
+            for mode, d in dc.items():
+                lines.append(f"| {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
+                             f"{_f(d['field_f1'])} | {_f(d['exact_match'])} | {_f(d['latency_p50_s'], 2)} / "
+                             f"{_f(d['latency_p95_s'], 2)} | {_f(d['completion_tokens_mean'], 1)} | "
+                             f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
     lt = inputs.get("loadtest")
     if lt:
         m = lt.metrics
@@ -155,6 +167,21 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             for o in m["gateway_overhead"]:
                 lines.append(f"| {o['streams']} | {_f(o['added_latency_p50_ms'], 1)} | "
                              f"{_f(o['added_latency_p95_ms'], 1)} | {_f(o['throughput_ratio'])} |")
+        b = m.get("bottleneck")
+        if b:
+            from runner.perf_analysis import VERDICTS
+            lines += ["", f"Bottleneck at {b.get('at_streams')} streams: **{VERDICTS.get(b['verdict'], b['verdict'])}** "
+                      f"({'; '.join(b.get('evidence', [])[:1])})."]
+        if m.get("baseline"):
+            for c in m["baseline"]["comparison"]:
+                lines.append(f"Optimization ({m['baseline']['label']} → recipe settings) at {c['streams']} streams: "
+                             f"{_f(c['before']['output_tokens_per_s'], 1)} → {_f(c['after']['output_tokens_per_s'], 1)} "
+                             f"output tok/s ({_f(c['throughput_gain'], 2)}x).")
+        if m.get("drills"):
+            lines.append("Fault drills: " + ", ".join(f"{n} {'passed' if d.get('passed') else 'skipped' if 'skipped' in d else '**failed**'}"
+                                                     for n, d in m["drills"].items()) + ".")
+        if "perf_cost" in lt.artifacts:
+            lines += ["", "Plots, resources per level, drills in detail: [perf_cost.md](../loadtest/perf_cost.md)"]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

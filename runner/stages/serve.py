@@ -6,15 +6,17 @@ import json
 import time
 from pathlib import Path
 
-from runner import deploy
+from runner import decoding_check, deploy
 from runner.env import REPO
 from runner.adapters import llama_cpp
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("serve", "threads", "data", "name")
 INPUTS = ("data", "train", "eval", "quantize")
-CODE = ("runner/deploy.py", "runner/adapters/llama_cpp.py", "runner/adapters/sglang.py", "runner/gateway/app.py",
-        "runner/gateway/admission.py", "runner/gateway/resilience.py", "runner/gateway/__main__.py")
+CODE = ("runner/deploy.py", "runner/supervisor.py", "runner/decoding_check.py", "runner/adapters/llama_cpp.py",
+        "runner/adapters/sglang.py", "runner/gateway/app.py",
+        "runner/gateway/admission.py", "runner/gateway/resilience.py", "runner/gateway/__main__.py",
+        "evals/invoice_extraction/utils.py")
 TOOLS = ("llama", "gateway")
 
 
@@ -92,11 +94,19 @@ def run(ctx: Context) -> Result:
                            "task_latency_s": round(latency, 2), "answer_is_json": parsed,
                            "completion_tokens": body.get("usage", {}).get("completion_tokens")})
             ctx.progress(f"{ep.role} ready in {ep.ready_s:.1f}s, task answered in {latency:.1f}s")
+        decoding = None
+        if cfg["decoding_check"]["samples"]:
+            n = cfg["decoding_check"]["samples"]
+            ctx.progress(f"decoding check: {n} test documents, free vs JSON-Schema constrained")
+            docs = decoding_check.load_docs(ctx.inputs["data"].path("test"), n)
+            decoding = decoding_check.measure(dep.primary.url, docs, serving["system_prompt"], task["max_tokens"],
+                                              json.loads(Path(task["schema"]).read_text()), task["name"])
         if dep.gateway_url:
             gateway = gateway_checks(dep, doc)
             ctx.progress(f"gateway: /readyz {gateway['readyz']['status']}, task endpoint HTTP "
                          f"{gateway['task']['status']} in {gateway['task']['latency_s']}s")
     return Result(metrics={"model_type": qtype, "model": model_name, "endpoints": checks, "gateway": gateway,
+                           "decoding_check": decoding, "constrained_task": task["constrained"],
                            "engine": cfg["engine"], "replicas": cfg["replicas"], "parallel": cfg["parallel"]},
                   artifacts={"serving": "serving.json"},
                   notes=[f"{model_name} {qtype} on {cfg['engine']} x{cfg['replicas']}"])

@@ -1,0 +1,218 @@
+"""Fault drills against a live deployment (engines under supervision + gateway), each one measured:
+
+- kill_primary: under load, SIGKILL the primary engine. Requests must keep being answered (by the fallback),
+  the supervisor must restart the engine, and the primary must answer again once its circuit closes.
+- overload: bursts of concurrent requests past max_in_flight + max_queue. The excess gets 429 with
+  Retry-After, nothing crashes, and the gateway's memory stays flat from burst to burst.
+- malformed: a batch of bad requests, each of which must get a 4xx with an OpenAI-style JSON error, after
+  which the service is still healthy.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+
+from runner import supervisor
+from runner.deploy import Deployment
+
+CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12, "temperature": 0}
+
+
+def _post(client: httpx.Client, url: str, key: str, body: dict | None = None, content: bytes | None = None,
+          headers: dict | None = None) -> dict:
+    t0 = time.time()
+    try:
+        r = client.post(url, json=body if content is None else None, content=content,
+                        headers={"Authorization": f"Bearer {key}", **(headers or {})})
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        return {"t": t0, "s": time.time() - t0, "status": r.status_code, "upstream": r.headers.get("x-forge-upstream"),
+                "retry_after": r.headers.get("retry-after"), "json_error": isinstance(data, dict) and
+                isinstance(data.get("error"), dict) and "message" in data["error"]}
+    except httpx.HTTPError as e:
+        return {"t": t0, "s": time.time() - t0, "status": None, "error": type(e).__name__}
+
+
+def _circuit(gateway_url: str, upstream: str) -> float | None:
+    try:
+        text = httpx.get(gateway_url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f'forge_circuit_state{{upstream="{upstream}"}}'):
+            return float(line.split()[-1])
+    return None
+
+
+def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, timeout_s: float = 60.0) -> dict:
+    """Load from `workers` threads; kill the first primary engine (primary-0); run until it has answered through
+    the gateway again, then 3 s more. Meanwhile the other replicas or the fallback model must answer everything."""
+    primary = dep.primary
+    engine = primary.engine
+    url = dep.gateway_url + "/v1/chat/completions"
+    results: list[dict] = []
+    stop = threading.Event()
+    state: dict = {}
+
+    def worker():
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                results.append(_post(c, url, dep.api_key, CHAT))
+
+    before = len(engine.events)
+    t_start = time.time()
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in range(workers):
+            pool.submit(worker)
+        time.sleep(kill_after_s)
+        pid = engine.pid
+        state["killed_at"] = time.time()
+        os.killpg(pid, signal.SIGKILL)
+        event = supervisor.wait_for_restart(engine, before, timeout_s)
+        # until the primary answers through the gateway again (its circuit half-opens after reset_s), then 3 s more
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            back = [r for r in list(results) if r["t"] > state["killed_at"] and r.get("upstream") == "primary-0"]
+            if back:
+                state["primary_back_at"] = back[0]["t"] + back[0]["s"]
+                time.sleep(3)
+                break
+            time.sleep(0.2)
+        stop.set()
+    killed = state["killed_at"]
+    after = [r for r in results if r["t"] >= killed]
+    during = [r for r in after if r["t"] < state.get("primary_back_at", float("inf"))]
+    statuses = Counter(str(r["status"]) for r in results)
+    fallback_answers = [r for r in after if (r.get("upstream") or "").startswith("fallback")]
+    others = [r for r in during if r["status"] == 200 and r.get("upstream") != "primary-0"]
+    circuit = _circuit(dep.gateway_url, "primary-0")
+    out = {
+        "workers": workers, "requests": len(results), "statuses": dict(statuses),
+        "errors": sum(1 for r in results if r["status"] != 200),
+        "errors_after_kill": sum(1 for r in after if r["status"] != 200),
+        "answered_by_fallback": len(fallback_answers),
+        "answered_by_others_while_down": len(others),
+        "first_fallback_answer_s": round(min(r["t"] + r["s"] for r in fallback_answers) - killed, 2)
+        if fallback_answers else None,
+        "engine_restarted_s": event.get("recovered_s") if event else None,
+        "engine_restart_error": event.get("error") if event else "no restart within the timeout",
+        "primary_answers_again_s": round(state["primary_back_at"] - killed, 2) if "primary_back_at" in state else None,
+        "requests_while_primary_down": len(during),
+        "circuit_after": {0.0: "closed", 1.0: "half-open", 2.0: "open"}.get(circuit, circuit),
+        "seconds": round(time.time() - t_start, 1),
+    }
+    out["passed"] = bool(out["errors_after_kill"] == 0 and len(others) > 0
+                         and out["primary_answers_again_s"] is not None and out["circuit_after"] == "closed")
+    return out
+
+
+def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0) -> dict:
+    """`bursts` rounds of factor x (max_in_flight + max_queue) simultaneous requests."""
+    capacity = limits["max_in_flight"] + limits["max_queue"]
+    n = max(int(capacity * factor), capacity + 4)
+    url = dep.gateway_url + "/v1/chat/completions"
+    gw = psutil.Process(dep.gateway_pid)
+    rss = [round(gw.memory_info().rss / 2**20, 1)]
+    rounds = []
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=n + 8)) as c:
+        for _ in range(bursts):
+            with ThreadPoolExecutor(n) as pool:
+                res = list(pool.map(lambda _: _post(c, url, dep.api_key, CHAT), range(n)))
+            st = Counter(str(r["status"]) for r in res)
+            rounds.append({"sent": n, "statuses": dict(st),
+                           "429_with_retry_after": sum(1 for r in res if r["status"] == 429 and r["retry_after"]),
+                           "p95_accepted_s": _p95([r["s"] for r in res if r["status"] == 200])})
+            rss.append(round(gw.memory_info().rss / 2**20, 1))
+    healthy = httpx.get(dep.gateway_url + "/healthz", timeout=5).status_code == 200
+    growth = rss[-1] - rss[1] if len(rss) > 2 else 0.0
+    out = {"capacity": capacity, "bursts": rounds, "gateway_rss_mb": rss, "rss_growth_after_first_burst_mb":
+           round(growth, 1), "healthy_after": healthy}
+    out["passed"] = bool(healthy and all(r["statuses"].get("429", 0) > 0 and
+                                         r["429_with_retry_after"] == r["statuses"].get("429", 0)
+                                         and set(r["statuses"]) <= {"200", "429", "503"} for r in rounds)
+                         and growth < max(16.0, 0.1 * rss[1]))
+    return out
+
+
+def _p95(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 3)
+
+
+def bad_requests(ctx_tokens: int, max_tokens_cap: int, body_limit: int) -> list[tuple[str, str, dict]]:
+    """(name, route, request kwargs) for every kind of bad input the gateway must refuse with a 4xx."""
+    msg = [{"role": "user", "content": "hi"}]
+    return [
+        ("invalid JSON", "/v1/chat/completions", {"content": b"{not json"}),
+        ("JSON array body", "/v1/chat/completions", {"content": b"[1, 2]"}),
+        ("no messages", "/v1/chat/completions", {"body": {"max_tokens": 4}}),
+        ("messages not a list", "/v1/chat/completions", {"body": {"messages": "hi"}}),
+        ("message without role", "/v1/chat/completions", {"body": {"messages": [{"content": "hi"}]}}),
+        ("max_tokens over the cap", "/v1/chat/completions", {"body": {"messages": msg, "max_tokens": 10_000_000}}),
+        ("negative max_tokens", "/v1/chat/completions", {"body": {"messages": msg, "max_tokens": -1}}),
+        ("max_tokens a string", "/v1/chat/completions", {"body": {"messages": msg, "max_tokens": "many"}}),
+        ("temperature a string", "/v1/chat/completions", {"body": {"messages": msg, "temperature": "hot"}}),
+        ("unknown model", "/v1/chat/completions", {"body": {"messages": msg, "model": "gpt-17"}}),
+        ("prompt over the context", "/v1/chat/completions",
+         {"body": {"messages": [{"role": "user", "content": "word " * (ctx_tokens * 2)}], "max_tokens": 4}}),
+        ("body over the size limit", "/v1/chat/completions", {"content": b'{"messages": "' + b"x" * body_limit + b'"}'}),
+        ("task without document", "/v1/tasks/invoice", {"body": {}}),
+        ("task document not a string", "/v1/tasks/invoice", {"body": {"document": 42}}),
+        ("no API key", "/v1/chat/completions", {"body": {"messages": msg}, "no_key": True}),
+        ("wrong API key", "/v1/chat/completions", {"body": {"messages": msg}, "key": "not-the-key"}),
+        ("unknown route", "/v1/embeddings", {"body": {"input": "hi"}}),
+    ]
+
+
+def malformed(dep: Deployment, serving: dict) -> dict:
+    gw = serving["gateway"]
+    rows = []
+    with httpx.Client(timeout=60) as c:
+        for name, route, kw in bad_requests(serving["ctx_size"], gw["max_tokens"], gw["max_body_bytes"]):
+            headers = {} if kw.get("no_key") else {"Authorization": f"Bearer {kw.get('key', dep.api_key)}"}
+            if "content" in kw:
+                headers["Content-Type"] = "application/json"
+            r = c.post(dep.gateway_url + route, json=kw.get("body") if "content" not in kw else None,
+                       content=kw.get("content"), headers=headers)
+            try:
+                data = r.json()
+            except ValueError:
+                data = None
+            ok_body = isinstance(data, dict) and isinstance(data.get("error"), dict) and "message" in data["error"]
+            rows.append({"request": name, "status": r.status_code, "json_error": ok_body,
+                         "passed": 400 <= r.status_code < 500 and ok_body})
+        health = c.get(dep.gateway_url + "/healthz").status_code
+        ready = c.get(dep.gateway_url + "/readyz").json().get("status")
+        good = _post(c, dep.gateway_url + "/v1/chat/completions", dep.api_key, CHAT)["status"]
+    return {"requests": rows, "healthz_after": health, "readyz_after": ready, "good_request_after": good,
+            "passed": all(r["passed"] for r in rows) and health == 200 and ready == "ready" and good == 200}
+
+
+def run_all(dep: Deployment, serving: dict, cfg: dict, progress=lambda m: None) -> dict:
+    out = {}
+    if "malformed" in cfg["drills"]:
+        progress("drill: a batch of malformed requests")
+        out["malformed"] = malformed(dep, serving)
+    if "overload" in cfg["drills"]:
+        progress("drill: overload past the admission limit")
+        out["overload"] = overload(dep, serving["gateway"], bursts=cfg["overload_bursts"])
+    if "kill_primary" in cfg["drills"]:
+        if not dep.primary.engine:
+            out["kill_primary"] = {"skipped": "the primary engine is not a supervised llama-server"}
+        elif len(dep.endpoints) > 1:
+            progress("drill: kill the primary engine under load")
+            out["kill_primary"] = kill_primary(dep, workers=cfg["kill_workers"], timeout_s=cfg["timeout_s"])
+        else:
+            out["kill_primary"] = {"skipped": "nothing else is deployed to answer while the primary is down"}
+    return out
