@@ -29,6 +29,10 @@ setup *parts:
 report run:
     python3 -m runner report {{run}}
 
+# Compare two runs (run ids, run folders or reports/ folders): config, data, quality with CIs, gates, performance
+compare run_a run_b *flags:
+    python3 -m runner compare {{run_a}} {{run_b}} {{flags}}
+
 # Start a recipe's deployment (llama-server engines + gateway) from its last run; Ctrl-C stops it
 serve recipe *flags:
     python3 -m runner serve {{recipe}} {{flags}}

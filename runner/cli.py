@@ -63,6 +63,18 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from runner import compare
+    text, failed = compare.render(a.run_a, a.run_b, iters=a.iters)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+        print(f"comparison: {a.out}")
+    else:
+        print(text)
+    return 3 if failed and a.fail_on_gate else 0
+
+
 def cmd_serve(a) -> int:
     """Start the deployment a recipe's last serve stage described (engines + gateway) and keep it up until
     Ctrl-C. API keys come from the gateway's api_keys_env; without one a key is made up and printed."""
@@ -129,6 +141,13 @@ def main(argv: list[str]) -> int:
     rep = sub.add_parser("report", help="re-render a run's report from its stored artifacts")
     rep.add_argument("run", help="run folder or run id")
     rep.set_defaults(fn=cmd_report)
+    c = sub.add_parser("compare", help="markdown diff of two runs: config, data, quality with CIs, gates, performance")
+    c.add_argument("run_a", help="run folder, run id or evidence-pack folder (the 'before')")
+    c.add_argument("run_b", help="the 'after'")
+    c.add_argument("--out", help="write the markdown here (default: print it)")
+    c.add_argument("--iters", type=int, default=1000, help="paired bootstrap resamples")
+    c.add_argument("--fail-on-gate", action="store_true", help="exit 3 when run B failed a gate")
+    c.set_defaults(fn=cmd_compare)
     sv = sub.add_parser("serve", help="start a recipe's deployment (engines + gateway) in the foreground")
     sv.add_argument("recipe")
     sv.add_argument("--port", type=int, default=None, help="gateway port (default: serve.gateway.port)")

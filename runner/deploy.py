@@ -29,7 +29,8 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path
     return {
         "engine": serve_cfg["engine"], "replicas": serve_cfg["replicas"], "parallel": serve_cfg["parallel"],
         "ctx_size": serve_cfg["ctx_size"], "threads": threads, "ready_timeout_s": serve_cfg["ready_timeout_s"],
-        "sglang": serve_cfg["sglang"],
+        "sglang": serve_cfg["sglang"], "engine_args": serve_cfg["engine_args"],
+        "fallback_threads": serve_cfg["fallback_threads"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
         "fallback": {"gguf": str(fallback), "alias": "fallback"} if fallback else None,
         "gateway": gw if gw["enabled"] else None,
@@ -77,14 +78,14 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
         return
     with contextlib.ExitStack() as stack:
         endpoints = []
-        roles = [("primary", serving["primary"], serving["replicas"])]
+        roles = [("primary", serving["primary"], serving["replicas"], serving["threads"])]
         if serving.get("fallback"):
-            roles.append(("fallback", serving["fallback"], 1))
-        for role, model, replicas in roles:
+            roles.append(("fallback", serving["fallback"], 1, serving.get("fallback_threads") or serving["threads"]))
+        for role, model, replicas, threads in roles:
             for i in range(replicas):
                 engine = supervisor.supervise(Path(model["gguf"]), logs / f"llama-server-{role}-{i}.log",
-                                              serving["threads"], serving["parallel"], serving["ctx_size"],
-                                              model["alias"], serving["ready_timeout_s"])
+                                              threads, serving["parallel"], serving["ctx_size"],
+                                              model["alias"], serving["ready_timeout_s"], serving.get("engine_args", ()))
                 ready_s = engine.start()
                 stack.callback(engine.stop)
                 endpoints.append(Endpoint(role, engine.server.url, model["alias"], ready_s, engine))

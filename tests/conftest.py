@@ -17,6 +17,7 @@ def runs_dir(tmp_path, monkeypatch):
     """Every test files its runs and cache under its own temporary folder."""
     d = tmp_path / "runs"
     monkeypatch.setenv("FORGE_RUNS", str(d))
+    monkeypatch.setenv("FORGE_REPORTS", str(tmp_path / "reports"))
     return d
 
 

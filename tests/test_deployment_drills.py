@@ -4,6 +4,7 @@ for the right reasons."""
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -87,3 +88,27 @@ def test_kill_primary_drill_falls_back_then_recovers(deployment):
     assert res["errors_after_kill"] == 0 and res["answered_by_fallback"] >= 1
     assert res["engine_restarted_s"] is not None and res["primary_answers_again_s"] >= res["engine_restarted_s"] - 1
     assert res["circuit_after"] == "closed"
+
+
+def test_supervisor_backs_off_while_restarts_keep_failing(deployment, tmp_path):
+    """An engine whose model file disappears cannot come back: each failed restart is recorded and the wait
+    before the next one doubles (up to the cap), instead of a hot restart loop."""
+    _, serving = deployment
+    gguf = tmp_path / "doomed.gguf"
+    gguf.write_bytes(Path(serving["primary"]["gguf"]).read_bytes())
+    engine = supervisor.SupervisedServer(
+        llama_cpp.Server(gguf, llama_cpp.free_port(), 1, 1, 256, "doomed", log=tmp_path / "doomed.log"),
+        ready_timeout=30, backoff_s=0.2, backoff_max_s=0.8)
+    engine.start()
+    try:
+        gguf.unlink()
+        os.killpg(engine.pid, signal.SIGKILL)
+        deadline = time.time() + 60
+        while len(engine.events) < 4 and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        engine.stop()
+    events = engine.events
+    assert len(events) >= 4 and all("error" in e and "recovered_s" not in e for e in events), events
+    assert [e["backoff_s"] for e in events[:4]] == [0.2, 0.4, 0.8, 0.8]
+    assert engine.restarts == 0 and "[supervisor] llama-server exited" in (tmp_path / "doomed.log").read_text()

@@ -1,6 +1,7 @@
 """Every stage really runs (Axolotl, llama.cpp, lm-eval, GuideLLM) on a tiny random-weight model."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert st["loadtest"]["metrics"]["through"] == "gateway"
     assert [o["streams"] for o in st["loadtest"]["metrics"]["gateway_overhead"]] == [1, 2]
     assert all(lv["requests"]["successful"] > 0 for lv in st["loadtest"]["metrics"]["direct_levels"])
+    # every ladder had a fresh deployment: the direct ladder does not replay the gateway ladder's (identical,
+    # seeded) prompts from llama-server's prompt cache (it did before; the dossier tells the story)
+    for g, d in zip(levels := st["loadtest"]["metrics"]["levels"], st["loadtest"]["metrics"]["direct_levels"]):
+        assert g["cached_prompt_ratio"] is not None and abs(g["cached_prompt_ratio"] - d["cached_prompt_ratio"]) < 0.2
     assert [lv["streams"] for lv in levels] == [1, 2]
     assert all(lv["requests"]["successful"] > 0 and lv["latency_s"]["p99"] > 0 for lv in levels)
     # ... with the resources of each process sampled per level and a bottleneck read from them
@@ -113,16 +118,42 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert (run_dir / "stages" / "loadtest" / "perf_cost.png").stat().st_size > 0
     # serve measured constrained decoding on the deployed model
     dc = st["serve"]["metrics"]["decoding_check"]
-    assert dc["free"]["n"] + dc["free"]["error_count"] == 2 and set(dc) == {"free", "json_schema"}
+    assert list(dc) == ["primary", "fallback"]
+    assert all(set(d) == {"free", "json_schema"} and d["free"]["n"] + d["free"]["error_count"] == 2 for d in dc.values())
     # report rendered from the artifacts
     readme = (run_dir / "stages" / "report" / "README.md").read_text()
     assert man["dataset_version"] in readme and "| q4_k_m |" in readme
+
+    # the evidence pack, published to reports/<recipe>/<run-id>/ with the manifest; every page links locally
+    pack = runs_dir.parent / "reports" / "tiny-e2e" / man["run_id"]
+    index = (pack / "README.md").read_text()
+    for q in ("### 1. Did quality improve", "### 2. Does performance meet the SLO", "### 3. What are the risks"):
+        assert q in index, q
+    for page in ("data_audit.md", "training.md", "quality.md", "perf_cost.md", "risks.md", "manifest.json",
+                 "perf_cost.png", "quality_metrics.png"):
+        assert (pack / page).is_file(), page
+    for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json))(?:#[\w-]+)?\)", index):
+        assert (pack / link).is_file(), link
+    assert "## Quantization" in (pack / "quality.md").read_text()
+    risks_md = (pack / "risks.md").read_text()
+    for section in ("## Overfitting", "## Hallucination", "## Sensitive content", "## Bias across slices",
+                    "## Limits of the synthetic data", "## Monitoring", "## Fallback plan"):
+        assert section in risks_md, section
+    assert json.loads((pack / "manifest.json").read_text())["run_id"] == man["run_id"]
 
     second = run_recipe(recipe, runs_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     man2 = latest_manifest(runs_dir, "tiny-e2e")
     assert man2["run_id"] != man["run_id"]
     assert all(man2["stages"][s]["status"] == "cached" for s in STAGES), man2["stages"]
+    assert sorted(p.name for p in pack.parent.iterdir()) == [man2["run_id"]]  # report.keep: 1
+
+    # `just compare A B`: same recipe and items, so quality differences are paired (and zero here)
+    cmp = subprocess.run([sys.executable, "-m", "runner", "compare", man["run_id"], man2["run_id"]], cwd=REPO,
+                         env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "Same recipe settings." in cmp.stdout and "**Verdict: B passes every gate.**" in cmp.stdout
+    assert "| tuned | invoice_extraction | field_f1 |" in cmp.stdout and "+0.000 | [+0.000, +0.000]" in cmp.stdout
 
     # `just report RUN` re-renders from stored artifacts alone
     rep = subprocess.run([sys.executable, "-m", "runner", "report", man["run_id"]], cwd=REPO,

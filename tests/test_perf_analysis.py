@@ -85,7 +85,7 @@ def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):
     arts = perf_cost.write(tmp_path, metrics)
     md = (tmp_path / "perf_cost.md").read_text()
     assert arts["perf_cost_png"] == "perf_cost.png" and (tmp_path / "perf_cost.png").stat().st_size > 10_000
-    assert "**1 streams**" in md and "$0.556" in md and "**misses**" in md
+    assert "**1 concurrent stream**" in md and "$0.556" in md and "**misses**" in md
     assert "CPU: the cores are saturated" in md and "**failed**" in md and "invalid JSON 500" in md
 
 

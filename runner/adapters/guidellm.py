@@ -55,6 +55,14 @@ def _dist(d: dict | None) -> dict:
             "p99": pct.get("p99"), "count": s.get("count")}
 
 
+def cached_ratio(requests: list[dict]) -> float | None:
+    """Share of prompt tokens the server took from its prompt cache (usage.prompt_tokens_details.cached_tokens,
+    as GuideLLM records it per request): near 1 means the prompts were seen before and prefill was skipped."""
+    pairs = [(r.get("cached_tokens"), r.get("prompt_tokens")) for r in requests]
+    pairs = [(c, p) for c, p in pairs if c is not None and p]
+    return round(sum(c for c, _ in pairs) / sum(p for _, p in pairs), 3) if pairs else None
+
+
 def parse(report: Path) -> list[dict]:
     """One row per concurrency level: throughput, latency/TTFT/ITL percentiles, errors."""
     if not report.exists():
@@ -75,6 +83,7 @@ def parse(report: Path) -> list[dict]:
             "requests": {"successful": totals.get("successful"), "errored": totals.get("errored"),
                          "incomplete": totals.get("incomplete"), "total": totals.get("total")},
             "start_time": b.get("start_time"), "end_time": b.get("end_time"),
+            "cached_prompt_ratio": cached_ratio((b.get("requests") or {}).get("successful") or []),
         })
     if not rows:
         raise StageError(f"guidellm report {report} holds no benchmarks")

@@ -132,6 +132,7 @@ class Server:
     alias: str
     process: object = None  # the running Popen, set by serve()
     log: Path | None = None
+    extra_args: tuple = ()  # more llama-server flags from the recipe (serve.engine_args)
 
     @property
     def url(self) -> str:
@@ -141,7 +142,7 @@ class Server:
         return [str(env.llama_cpp().bin("llama-server")), "-m", str(self.gguf), "--host", "127.0.0.1",
                 "--port", str(self.port), "-t", str(self.threads), "-tb", str(self.threads),
                 "--parallel", str(self.parallel), "-c", str(self.ctx_size * self.parallel), "--cont-batching",
-                "--metrics", "--alias", self.alias, "--no-webui", "--jinja"]
+                "--metrics", "--alias", self.alias, "--no-webui", "--jinja", *map(str, self.extra_args)]
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, dict]:

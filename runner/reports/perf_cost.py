@@ -76,14 +76,15 @@ def chart(metrics: dict, out: Path) -> str | None:
 
 def _level_table(rows: list[dict], price: float) -> list[str]:
     L = ["| streams | req/s | output tok/s | latency p50 / p95 / p99 (s) | TTFT p50 / p95 / p99 (ms) | ITL p50 (ms) "
-         "| errors | SLO | $ per 1M output tokens |", "|---|---|---|---|---|---|---|---|---|"]
+         "| errors | SLO | $ per 1M output tokens | prompt tokens from cache |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat, tt = r["latency_s"], r["ttft_ms"]
         L.append(f"| {r['streams']} | {_f(r['requests_per_s'])} | {_f(r['output_tokens_per_s'], 1)} | "
                  f"{_f(lat.get('p50'))} / {_f(lat.get('p95'))} / {_f(lat.get('p99'))} | "
                  f"{_f(tt.get('p50'), 0)} / {_f(tt.get('p95'), 0)} / {_f(tt.get('p99'), 0)} | "
                  f"{_f(r['itl_ms'].get('p50'), 1)} | {r['requests']['errored'] or 0}/{r['requests']['total'] or 0} | "
-                 f"{'meets' if r['meets_slo'] else '**misses**'} | {_f(r.get('usd_per_1m_output_tokens'), 3)} |")
+                 f"{'meets' if r['meets_slo'] else '**misses**'} | {_f(r.get('usd_per_1m_output_tokens'), 3)} | "
+                 f"{_f(r.get('cached_prompt_ratio'))} |")
     return L
 
 
@@ -114,8 +115,9 @@ def render(metrics: dict, chart_name: str | None) -> str:
          f"errors ≤ {slo['max_error_rate']:.0%}; price ${price}/hour.", ""]
     L += ["## Answer", "",
           f"- **Concurrency ceiling** (highest level meeting the SLO, through {metrics['through']}): "
-          + (f"**{ceiling} streams**, at ${_f(metrics['usd_per_1m_output_tokens_at_ceiling'], 3)} per 1M output "
-             "tokens." if ceiling is not None else "**none**: no level meets the SLO."),
+          + (f"**{ceiling} concurrent stream{'s' if ceiling != 1 else ''}**, at "
+             f"${_f(metrics['usd_per_1m_output_tokens_at_ceiling'], 3)} per 1M output tokens."
+             if ceiling is not None else "**none**: no level meets the SLO."),
           f"- **Throughput** peaks at {_f(metrics['peak_output_tokens_per_s'], 1)} output tok/s at "
           f"{metrics['peak_at_streams']} streams; " +
           (f"it stops growing (< 10% per step) after {metrics['throughput_knee_streams']} streams."
@@ -138,8 +140,9 @@ def render(metrics: dict, chart_name: str | None) -> str:
         for o in metrics["gateway_overhead"] or []:
             L.append(f"| {o['streams']} | {_f(o['added_latency_p50_ms'], 1)} | {_f(o['added_latency_p95_ms'], 1)} | "
                      f"{_f(o['throughput_ratio'], 3)} |")
-        L += ["", "Both ladders share the machine with GuideLLM; differences of a few percent are within run-to-run "
-              "noise on two cores.", ""]
+        L += ["", "Each ladder runs against a deployment started for it (cold prompt caches, the same seeded prompts); "
+              "both share the machine with GuideLLM, so differences of a few percent are run-to-run noise on two "
+              "cores.", ""]
     b = metrics.get("baseline")
     if b:
         L += [f"## Optimization, measured in this run: {b['label']} → the recipe's settings", "",

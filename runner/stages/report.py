@@ -1,15 +1,21 @@
-"""report: a markdown evidence summary rendered from stage artifacts only (every number comes from a
-metrics file of the run), with PNG charts. `just report RUN` re-renders it from a stored run."""
+"""report: the run's evidence pack, rendered from stage artifacts only (every number comes from a metrics
+file of the run): README.md answering the three questions and linking to data_audit.md, training.md,
+quality.md (with the quantization section), perf_cost.md, risks.md, their PNG charts and (for a stored run)
+the manifest. `just report RUN` re-renders it; the pipeline publishes it to reports/<recipe>/<run-id>/."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+from runner.reports import answers, risks
 from runner.stage import Context, Output, Result
+
+PAGES = ("data", "train", "eval", "quantize", "loadtest")  # stages whose .md/.png artifacts join the pack
 
 SECTIONS = ("report", "name", "loadtest")
 INPUTS = ("data", "train", "eval", "quantize", "serve", "loadtest")
-CODE = ()
+CODE = ("runner/reports/answers.py", "runner/reports/risks.py")
 TOOLS = ("core",)
 
 
@@ -52,25 +58,51 @@ def chart_loss(train: Output, out: Path) -> str | None:
     return "loss.png"
 
 
+def copy_pages(inputs: dict[str, Output], out: Path) -> list[str]:
+    """Each stage's own report pages and charts, side by side in the pack (their links are file names)."""
+    copied = []
+    for stage in PAGES:
+        o = inputs.get(stage)
+        for rel in (o.artifacts.values() if o else ()):
+            src = o.dir / rel
+            if src.suffix in (".md", ".png") and src.is_file():
+                shutil.copyfile(src, out / src.name)
+                copied.append(src.name)
+    if "quantization.md" in copied and "quality.md" in copied:  # quality.md carries the quantization section
+        quant = (out / "quantization.md").read_text().replace("\n#", "\n##")
+        quant = "#" + quant if quant.startswith("# ") else quant
+        with open(out / "quality.md", "a") as f:
+            f.write("\n" + quant)
+    return copied
+
+
 def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, header: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    pages = copy_pages(inputs, out)
+    pages.append(risks.write(out, inputs, recipe))
     lines = [f"# {recipe['name']}: run report", ""]
     if header:
-        lines += [f"- run: `{header.get('run_id')}`, status **{header.get('status')}**",
+        lines += [f"- run: `{header.get('run_id')}`, status **{header.get('status')}**"
+                  + (f" ({header['failure']['message'][:200]})" if isinstance(header.get("failure"), dict)
+                     and header["failure"].get("message") else ""),
                   f"- code: `{(header.get('git') or {}).get('commit')}` (dirty: {(header.get('git') or {}).get('dirty')})",
-                  f"- recipe hash: `{header.get('recipe_hash', '')[:12]}`"]
+                  f"- recipe hash: `{header.get('recipe_hash', '')[:12]}`; manifest: [manifest.json](manifest.json) "
+                  "(recipe, dataset version, package versions, seeds, hardware, stage keys)"]
     data = inputs.get("data")
     if data:
         m = data.metrics
         lines += [f"- dataset version: `{m['dataset_version']}` ({m['records']['train']} train / "
-                  f"{m['records']['eval']} eval / {m['records']['test']} test records)", "",
-                  "## Data", "", "| step | records |", "|---|---|"]
+                  f"{m['records']['eval']} eval / {m['records']['test']} test records)"]
+    lines += ["", "## Answers", ""] + answers.quality(inputs) + answers.performance(inputs) + answers.risks(inputs)
+    lines += ["Evidence pages: " + ", ".join(f"[{p}]({p})" for p in pages if p.endswith(".md")), "", "---"]
+    if data:
+        lines += ["", "## Data", "", "| step | records |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in m["counts"].items()]
         if m.get("removed_by_step"):
             lines += ["", "Removed: " + ", ".join(f"{k}: {v}" for k, v in m["removed_by_step"].items())]
         if "audit" in data.artifacts:
             lines += ["", "Full data audit (steps, detectors' precision/recall, PII, examples): "
-                      "[data_audit.md](../data/data_audit.md)"]
+                      "[data_audit.md](data_audit.md)"]
     train = inputs.get("train")
     if train:
         lines += ["", "## Training", "", "| model | steps | first loss | final loss | final eval loss | trainable params | wall s |",
@@ -81,7 +113,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         if charts and (png := chart_loss(train, out)):
             lines += ["", f"![loss]({png})"]
         if "report" in train.artifacts:
-            lines += ["", "Curves, checks, cost: [training.md](../train/training.md)"]
+            lines += ["", "Curves, checks, cost: [training.md](training.md)"]
     ev = inputs.get("eval")
     if ev:
         lines += ["", f"## Quality (test split, lm-eval through {ev.metrics.get('backend', 'llama-server')})", ""]
@@ -104,7 +136,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       + ("; failed: " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") + "."]
         if "quality" in ev.artifacts:
             lines += ["", "CIs, breakdowns by field/layout/locale/length, failure cases, forgetting check, fidelity, "
-                      "risks: [quality.md](../eval/quality.md)"]
+                      "risks: [quality.md](quality.md)"]
     q = inputs.get("quantize")
     if q:
         qm = q.metrics
@@ -120,7 +152,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             lines += ["", f"Deployment model: **{qm['chosen']}**: {qm['chosen_why']}."]
         if "report" in q.artifacts:
             lines += ["", "Trade-off chart, per-field losses, failures new after quantization: "
-                      "[quantization.md](../quantize/quantization.md)"]
+                      "[quality.md, quantization section](quality.md#quantization)"]
     s = inputs.get("serve")
     if s:
         lines += ["", "## Serving", "", f"Model `{s.metrics['model']}` as `{s.metrics['model_type']}` on "
@@ -138,12 +170,13 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         dc = s.metrics.get("decoding_check")
         if dc:
             lines += ["", "Constrained decoding on the task endpoint (same documents, the gateway's request, straight "
-                      "to the deployed engine; `serve.gateway.constrained_task` is "
+                      "to each engine; `serve.gateway.constrained_task` is "
                       f"**{s.metrics.get('constrained_task')}** in this recipe):", "",
-                      "| decoding | n | JSON valid | schema valid | field F1 | exact | latency p50 / p95 s | "
-                      "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|"]
-            for mode, d in dc.items():
-                lines.append(f"| {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
+                      "| engine | decoding | n | JSON valid | schema valid | field F1 | exact | latency p50 / p95 s | "
+                      "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+            rows = dc.items() if "free" not in dc else [("primary", dc)]  # runs before the fallback was measured
+            for (engine, modes), (mode, d) in ((e, md) for e in rows for md in e[1].items()):
+                lines.append(f"| {engine} | {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
                              f"{_f(d['field_f1'])} | {_f(d['exact_match'])} | {_f(d['latency_p50_s'], 2)} / "
                              f"{_f(d['latency_p95_s'], 2)} | {_f(d['completion_tokens_mean'], 1)} | "
                              f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
@@ -181,7 +214,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             lines.append("Fault drills: " + ", ".join(f"{n} {'passed' if d.get('passed') else 'skipped' if 'skipped' in d else '**failed**'}"
                                                      for n, d in m["drills"].items()) + ".")
         if "perf_cost" in lt.artifacts:
-            lines += ["", "Plots, resources per level, drills in detail: [perf_cost.md](../loadtest/perf_cost.md)"]
+            lines += ["", "Plots, resources per level, drills in detail: [perf_cost.md](perf_cost.md)"]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -203,4 +236,21 @@ def render_run(run_dir: Path) -> Path:
         link = run_dir / "stages" / name
         if (link / "stage.json").exists():
             inputs[name] = Output.read(name, man["stage_keys"][name], link.resolve())
-    return render(inputs, man["recipe"], run_dir / "report", man["recipe"]["report"]["charts"], header=man)
+    out = render(inputs, man["recipe"], run_dir / "report", man["recipe"]["report"]["charts"], header=man)
+    shutil.copyfile(run_dir / "manifest.json", out.parent / "manifest.json")
+    return out
+
+
+def publish(run_dir: Path, reports_root: Path, keep: int) -> Path:
+    """Re-render the run's pack with its manifest and copy it to reports_root/<recipe>/<run-id>/; keep the
+    `keep` newest packs of that recipe (a stable place for a pull request's diff to show what changed)."""
+    render_run(run_dir)
+    dest = reports_root / run_dir.parent.name / run_dir.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run_dir / "report", dest)
+    packs = sorted((p for p in dest.parent.iterdir() if p.is_dir() and (p / "manifest.json").exists()),
+                   key=lambda p: p.name)
+    for old in packs[:-keep] if keep else []:
+        shutil.rmtree(old)
+    return dest

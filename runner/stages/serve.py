@@ -97,10 +97,13 @@ def run(ctx: Context) -> Result:
         decoding = None
         if cfg["decoding_check"]["samples"]:
             n = cfg["decoding_check"]["samples"]
-            ctx.progress(f"decoding check: {n} test documents, free vs JSON-Schema constrained")
+            ctx.progress(f"decoding check: {n} test documents per engine, free vs JSON-Schema constrained")
             docs = decoding_check.load_docs(ctx.inputs["data"].path("test"), n)
-            decoding = decoding_check.measure(dep.primary.url, docs, serving["system_prompt"], task["max_tokens"],
-                                              json.loads(Path(task["schema"]).read_text()), task["name"])
+            schema = json.loads(Path(task["schema"]).read_text())
+            first = {ep.role: ep for ep in reversed(dep.endpoints)}  # one engine per role (replica 0)
+            decoding = {role: decoding_check.measure(ep.url, docs, serving["system_prompt"], task["max_tokens"],
+                                                     schema, task["name"])
+                        for role, ep in sorted(first.items(), key=lambda kv: kv[0] != "primary")}
         if dep.gateway_url:
             gateway = gateway_checks(dep, doc)
             ctx.progress(f"gateway: /readyz {gateway['readyz']['status']}, task endpoint HTTP "

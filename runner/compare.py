@@ -1,0 +1,227 @@
+"""`just compare RUN_A RUN_B`: a markdown diff of two runs, from their manifests (and, when both runs' eval
+outputs are still in the cache and scored the same dataset version, their per-item answers, for paired tests).
+
+Sections: what changed (code, dataset, recipe), quality per model/task/metric with intervals and the paired
+difference, gates, quantization, training cost, performance per load level, drills. A run is a run folder,
+a run id, or an evidence-pack folder (reports/<recipe>/<run-id>/, which holds the manifest)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner import eval_analysis as ea
+from runner import manifest
+
+QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
+           "answered_as_json")
+LOWER_IS_BETTER = {"latency", "ttft", "usd"}
+
+
+def load(ref: str) -> tuple[dict, Path]:
+    run_dir = manifest.find_run(ref)
+    return json.loads((run_dir / "manifest.json").read_text()), run_dir
+
+
+def flatten(d, prefix="") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = d
+    return out
+
+
+def _f(v, nd=3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ci(ci: dict | None) -> str:
+    if not ci or ci.get("value") is None:
+        return "–"
+    if ci.get("low") is None:
+        return _f(ci["value"])
+    return f"{ci['value']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _metrics(man: dict, stage: str) -> dict:
+    return (man.get("stages", {}).get(stage) or {}).get("metrics") or {}
+
+
+def _samples(run_dir: Path, model: str, task: str) -> list[dict] | None:
+    p = run_dir / "stages" / "eval" / model / f"samples_{task}.jsonl"
+    return ea.read_samples(p) if p.exists() else None
+
+
+def changes(a: dict, b: dict) -> list[str]:
+    L = ["## What changed", "",
+         "| | A | B |", "|---|---|---|",
+         f"| run | `{a['run_id']}` | `{b['run_id']}` |",
+         f"| status | {a.get('status')} | {b.get('status')} |",
+         f"| code commit | `{(a.get('git') or {}).get('commit', '')[:12]}`"
+         f"{' (dirty)' if (a.get('git') or {}).get('dirty') else ''} | `{(b.get('git') or {}).get('commit', '')[:12]}`"
+         f"{' (dirty)' if (b.get('git') or {}).get('dirty') else ''} |",
+         f"| dataset version | `{a.get('dataset_version')}` | `{b.get('dataset_version')}` |",
+         f"| recipe hash | `{a['recipe_hash'][:12]}` | `{b['recipe_hash'][:12]}` |", ""]
+    fa, fb = flatten(a["recipe"]), flatten(b["recipe"])
+    diff = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    if diff:
+        L += ["Recipe settings that differ:", "", "| setting | A | B |", "|---|---|---|"]
+        L += [f"| `{k}` | `{json.dumps(fa.get(k))[:60]}` | `{json.dumps(fb.get(k))[:60]}` |" for k in diff]
+    else:
+        L.append("Same recipe settings.")
+    da, db = _metrics(a, "data"), _metrics(b, "data")
+    if da.get("records") != db.get("records"):
+        L += ["", f"Dataset split sizes: A {da.get('records')} → B {db.get('records')}."]
+    stages = sorted(set(a.get("stages", {})) | set(b.get("stages", {})))
+    rerun = [s for s in stages if (a.get("stage_keys") or {}).get(s) != (b.get("stage_keys") or {}).get(s)]
+    L += ["", "Stages whose inputs differ (cache keys): " + (", ".join(rerun) if rerun else "none") + ".", ""]
+    return L
+
+
+def quality(a: dict, b: dict, dir_a: Path, dir_b: Path, iters: int, seed: int) -> list[str]:
+    ea_, eb = _metrics(a, "eval"), _metrics(b, "eval")
+    if not ea_ or not eb:
+        return ["## Quality", "", "One of the runs has no eval stage.", ""]
+    same_items = a.get("dataset_version") == b.get("dataset_version")
+    L = ["## Quality", "",
+         "Each cell: value [95% CI]. Δ = B − A. " + (
+             "Same dataset version, so the same test items: Δ's interval and p come from a paired bootstrap over "
+             "the items (per-item answers read from both runs' eval outputs)." if same_items else
+             "Different dataset versions: the test items differ, so only the intervals can be compared; "
+             "non-overlapping intervals are marked."), "",
+         "| model | task | metric | A | B | Δ | paired 95% CI / p |", "|---|---|---|---|---|---|---|"]
+    for model in [m for m in ea_.get("models", {}) if m in eb.get("models", {})]:
+        ta, tb = ea_["models"][model]["tasks"], eb["models"][model]["tasks"]
+        for task in [t for t in ta if t in tb]:
+            paired = None
+            if same_items:
+                sa, sb = _samples(dir_a, model, task), _samples(dir_b, model, task)
+                if sa and sb:
+                    paired = ea.compare(task, sa, sb, iters, seed)
+            for metric in QUALITY:
+                ca, cb = ta[task].get("ci", {}).get(metric), tb[task].get("ci", {}).get(metric)
+                if not ca or not cb or ca.get("value") is None or cb.get("value") is None:
+                    continue
+                d = cb["value"] - ca["value"]
+                p = (paired or {}).get(metric)
+                if p and p.get("low") is not None:
+                    sig = f"[{p['low']:+.3f}, {p['high']:+.3f}], p={p['p']:.3f}"
+                    if p["low"] > 0 or p["high"] < 0:
+                        sig += " **significant**"
+                elif ca.get("low") is not None and cb.get("low") is not None:
+                    sig = "intervals overlap" if ca["low"] <= cb["high"] and cb["low"] <= ca["high"] else \
+                        "**intervals do not overlap**"
+                else:
+                    sig = "–"
+                L.append(f"| {model} | {task} | {metric} | {_ci(ca)} | {_ci(cb)} | {d:+.3f} | {sig} |")
+    return L + [""]
+
+
+def gates(a: dict, b: dict) -> list[str]:
+    L = ["## Gates", "", "| gate | A | B |", "|---|---|---|"]
+    rows = {}
+    for side, man in (("A", a), ("B", b)):
+        for v in _metrics(man, "eval").get("gates") or []:
+            rows.setdefault(f"eval: {v['model']} {v['what']}", {})[side] = v
+        q = _metrics(man, "quantize")
+        for t, v in (q.get("verdicts") or {}).items():
+            rows.setdefault(f"quantize regression gate: {t} (a failing quant is not deployed)", {})[side] = v
+        for n, d in (_metrics(man, "loadtest").get("drills") or {}).items():
+            if "passed" in d:
+                rows.setdefault(f"drill: {n}", {})[side] = d
+
+    def cell(v):
+        if not v:
+            return "–"
+        if v.get("passed"):
+            return "passed"
+        return "**failed**" + (f": {'; '.join(v['reasons'])[:80]}" if v.get("reasons") else "")
+    for name, sides in rows.items():
+        L.append(f"| {name} | {cell(sides.get('A'))} | {cell(sides.get('B'))} |")
+    return L + [""]
+
+
+def quantization(a: dict, b: dict) -> list[str]:
+    qa, qb = _metrics(a, "quantize"), _metrics(b, "quantize")
+    if not qa or not qb:
+        return []
+    L = ["## Quantization", "", f"Deployment model: A `{qa.get('chosen')}` → B `{qb.get('chosen')}`.", "",
+         "| type | MB A → B | field F1 A | field F1 B | decode tok/s A → B |", "|---|---|---|---|---|"]
+    for t in [t for t in qa.get("files", {}) if t in qb.get("files", {})]:
+        fa, fb = qa["files"][t], qb["files"][t]
+        L.append(f"| {t} | {fa['bytes'] / 1e6:.0f} → {fb['bytes'] / 1e6:.0f} | "
+                 f"{_ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
+                 f"{_ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
+                 f"{_f((fa.get('bench') or {}).get('gen_tokens_per_s'), 1)} → "
+                 f"{_f((fb.get('bench') or {}).get('gen_tokens_per_s'), 1)} |")
+    return L + [""]
+
+
+def training(a: dict, b: dict) -> list[str]:
+    ta, tb = _metrics(a, "train"), _metrics(b, "train")
+    L = ["## Training (A → B)", "", "| model | steps | final eval loss | tokens/s | seconds | $ |",
+         "|---|---|---|---|---|---|"]
+    for m in sorted(set(ta) | set(tb)):
+        x, y = ta.get(m) or {}, tb.get(m) or {}
+        if not isinstance(x, dict) or not isinstance(y, dict):
+            continue
+        L.append(f"| {m} | {_f(x.get('steps'))} → {_f(y.get('steps'))} | {_f(x.get('final_eval_loss'))} → "
+                 f"{_f(y.get('final_eval_loss'))} | {_f(x.get('tokens_per_s'), 1)} → {_f(y.get('tokens_per_s'), 1)} | "
+                 f"{_f(x.get('seconds'), 0)} → {_f(y.get('seconds'), 0)} | {_f(x.get('cost_usd'), 4)} → "
+                 f"{_f(y.get('cost_usd'), 4)} |")
+    return L + [""]
+
+
+def performance(a: dict, b: dict) -> list[str]:
+    la, lb = _metrics(a, "loadtest"), _metrics(b, "loadtest")
+    if not la or not lb:
+        return []
+    L = ["## Performance", "",
+         f"- SLO ceiling: A **{_f(la.get('concurrency_ceiling'))}** → B **{_f(lb.get('concurrency_ceiling'))}** "
+         f"streams; peak output tok/s {_f(la.get('peak_output_tokens_per_s'), 1)} → "
+         f"{_f(lb.get('peak_output_tokens_per_s'), 1)}; "
+         f"$ per 1M output tokens at the ceiling {_f(la.get('usd_per_1m_output_tokens_at_ceiling'), 3)} → "
+         f"{_f(lb.get('usd_per_1m_output_tokens_at_ceiling'), 3)}.",
+         f"- Bottleneck: A {(la.get('bottleneck') or {}).get('verdict', '–')} → "
+         f"B {(lb.get('bottleneck') or {}).get('verdict', '–')}.",
+         "", "| streams | output tok/s A → B | Δ% | p95 latency s A → B | Δ% | p99 latency s A → B | SLO A / B |",
+         "|---|---|---|---|---|---|---|"]
+    by_b = {r["streams"]: r for r in lb.get("levels", [])}
+
+    def pct(x, y):
+        return f"{(y - x) / x * 100:+.1f}%" if x and y is not None else "–"
+    for r in la.get("levels", []):
+        s = by_b.get(r["streams"])
+        if not s:
+            continue
+        L.append(f"| {r['streams']} | {_f(r['output_tokens_per_s'], 1)} → {_f(s['output_tokens_per_s'], 1)} | "
+                 f"{pct(r['output_tokens_per_s'], s['output_tokens_per_s'])} | {_f(r['latency_s'].get('p95'), 2)} → "
+                 f"{_f(s['latency_s'].get('p95'), 2)} | {pct(r['latency_s'].get('p95'), s['latency_s'].get('p95'))} | "
+                 f"{_f(r['latency_s'].get('p99'), 2)} → {_f(s['latency_s'].get('p99'), 2)} | "
+                 f"{'meets' if r['meets_slo'] else 'misses'} / {'meets' if s['meets_slo'] else 'misses'} |")
+    L += ["", "Load-test numbers on a shared 2-core machine move by several percent between identical runs; "
+          "treat single-digit changes as noise.", ""]
+    return L
+
+
+def failed_gates(man: dict) -> list[str]:
+    out = [f"eval: {v['model']} {v['what']}" for v in _metrics(man, "eval").get("gates") or [] if not v.get("passed")]
+    out += [f"drill: {n}" for n, d in (_metrics(man, "loadtest").get("drills") or {}).items() if d.get("passed") is False]
+    if man.get("status") == "gated" and not out:
+        out.append(man.get("failure") or "run gated")
+    return out
+
+
+def render(ref_a: str, ref_b: str, iters: int = 1000, seed: int = 0) -> tuple[str, list[str]]:
+    (a, dir_a), (b, dir_b) = load(ref_a), load(ref_b)
+    failed = failed_gates(b)
+    L = [f"# Run comparison: {a['recipe_name']} `{a['run_id']}` (A) → {b['recipe_name']} `{b['run_id']}` (B)", "",
+         "**Verdict: " + ("B fails " + "; ".join(failed) if failed else "B passes every gate") + ".**", ""]
+    L += changes(a, b) + quality(a, b, dir_a, dir_b, iters, seed) + gates(a, b) + quantization(a, b) + \
+        training(a, b) + performance(a, b)
+    return "\n".join(L) + "\n", failed

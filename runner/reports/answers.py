@@ -1,0 +1,98 @@
+"""The top of a run's evidence pack: the three questions every run must answer, each answer built from the
+run's stage metrics and linking to the page with the evidence."""
+from __future__ import annotations
+
+from runner.perf_analysis import VERDICTS
+from runner.stage import Output
+
+MAIN = "invoice_extraction"
+
+
+def _ci(c: dict) -> str:
+    return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+
+
+def quality(inputs: dict[str, Output]) -> list[str]:
+    ev, train, q = inputs.get("eval"), inputs.get("train"), inputs.get("quantize")
+    L = ["### 1. Did quality improve, where, and at what cost?", ""]
+    if not ev:
+        return L + ["Not measured: the run has no eval stage.", ""]
+    em = ev.metrics
+    for m, d in (em.get("comparisons") or {}).items():
+        main = d.get(MAIN, {})
+        f1 = main.get("field_f1")
+        if not f1 or f1.get("diff") is None:
+            continue
+        verdict = "**improved**" if f1.get("improved") else "**got worse**" if f1.get("worse") else "did not change significantly"
+        L.append(f"- `{m}` vs base on the held-out test split: field F1 {verdict}, {_ci(f1)} (paired bootstrap, "
+                 f"p={f1['p']:.3f}, n={f1['n']})" + (f"; exact match {_ci(main['exact_match'])}" if main.get(
+                     "exact_match", {}).get("diff") is not None else "") + ".")
+        gen = d.get("general_instructions", {}).get("accuracy")
+        if gen and gen.get("diff") is not None:
+            L.append(f"  - General instructions (forgetting check): accuracy {_ci(gen)}" +
+                     (" — **a significant drop**" if gen.get("worse") else "") + ".")
+    gates = em.get("gates") or []
+    failed = [g for g in gates if not g["passed"]]
+    if gates:
+        L.append(f"- Where: {len(gates) - len(failed)} of {len(gates)} gates passed (per field and overall)" +
+                 (": failed " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") +
+                 ". Breakdowns by field, layout, locale and length: [quality.md](quality.md).")
+    if train:
+        cost = sum(t.get("cost_usd") or 0 for t in train.metrics.values() if isinstance(t, dict))
+        secs = sum(t.get("seconds") or 0 for t in train.metrics.values() if isinstance(t, dict))
+        L.append(f"- Cost: training {secs:.0f} s, ${cost:.4f} at the recipe's price; evaluation "
+                 f"{sum(d.get('seconds') or 0 for d in em['models'].values()):.0f} s "
+                 "([training.md](training.md)).")
+    if q and q.metrics.get("chosen"):
+        L.append(f"- Deployed as `{q.metrics['chosen']}`: {q.metrics.get('chosen_why')} "
+                 "([quality.md, quantization section](quality.md#quantization)).")
+    return L + [""]
+
+
+def performance(inputs: dict[str, Output]) -> list[str]:
+    lt = inputs.get("loadtest")
+    L = ["### 2. Does performance meet the SLO, where is the bottleneck, how is cost controlled?", ""]
+    if not lt:
+        return L + ["Not measured: the run has no loadtest stage.", ""]
+    m = lt.metrics
+    slo = m["slo"]
+    ceiling = m.get("concurrency_ceiling")
+    L.append(f"- SLO (p99 ≤ {slo['p99_latency_s']} s, p95 TTFT ≤ {slo['p95_ttft_s']} s, errors ≤ "
+             f"{slo['max_error_rate']:.0%}): " + (f"**met up to {ceiling} concurrent stream{'s' if ceiling != 1 else ''}** through the "
+                                                   f"{m.get('through') or 'engine'}" if ceiling is not None else
+                                                   "**not met at any tested level**") +
+             f"; peak {m.get('peak_output_tokens_per_s') or 0:.1f} output tok/s at {m.get('peak_at_streams')} streams.")
+    b = m.get("bottleneck") or {}
+    if b:
+        L.append(f"- Bottleneck at {b.get('at_streams')} streams: {VERDICTS.get(b.get('verdict'), b.get('verdict'))}"
+                 + (f" ({b['evidence'][0]})" if b.get("evidence") else "") + ".")
+    if m.get("baseline"):
+        for c in m["baseline"]["comparison"]:
+            L.append(f"- Optimization measured in this run ({m['baseline']['label']} → the recipe's settings, "
+                     f"{c['streams']} streams): {c['throughput_gain']}x output tokens/s.")
+    if m.get("usd_per_1m_output_tokens_at_ceiling") is not None:
+        price = f" (at ${m['price_per_hour_usd']}/hour)" if m.get("price_per_hour_usd") is not None else ""
+        L.append(f"- Cost: ${m['usd_per_1m_output_tokens_at_ceiling']:.3f} per 1M output tokens at the ceiling{price}; "
+                 "admission control and the max_tokens cap keep it there. Details and plots: [perf_cost.md](perf_cost.md).")
+    return L + [""]
+
+
+def risks(inputs: dict[str, Output]) -> list[str]:
+    lt, ev = inputs.get("loadtest"), inputs.get("eval")
+    L = ["### 3. What are the risks, how is it monitored, how does it fall back?", ""]
+    L.append("- Risks (overfitting, hallucination, sensitive content, bias across slices, synthetic-data limits, "
+             "quantization): [risks.md](risks.md).")
+    if ev:
+        for m, d in ev.metrics["models"].items():
+            gr = d["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate") or {}
+            if m != "base" and gr.get("value") is not None:
+                L.append(f"  - `{m}` grounding rate {gr['value']:.3f}: the rest of its predicted values are not in "
+                         "the document.")
+    drills = (lt.metrics.get("drills") if lt else None) or {}
+    if drills:
+        L.append("- Fallback and resilience, drilled in this run: " + ", ".join(
+            f"{n} {'passed' if d.get('passed') else 'skipped' if 'skipped' in d else '**failed**'}"
+            for n, d in drills.items()) + " ([perf_cost.md](perf_cost.md#fault-drills-automated-against-the-live-deployment)).")
+    L.append("- Monitoring: gateway and engine Prometheus metrics with alert rules from the SLO "
+             "([risks.md](risks.md#monitoring)).")
+    return L + [""]

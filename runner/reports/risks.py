@@ -1,0 +1,192 @@
+"""risks.md: what can go wrong with the deployed model and how it is watched and contained, every number read
+from the run's artifacts: overfitting (train/test gap, curve checks), hallucination (grounding), sensitive
+content (PII in the data and in answers), bias across slices (per-slice intervals), the limits of synthetic data,
+quantization loss, the monitoring plan (derived from the recipe's SLO) and the fallback plan (with the drills'
+measurements)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.stage import Output
+
+MAIN = "invoice_extraction"
+
+
+def _ci(c: dict | None) -> str:
+    if not c or c.get("value") is None:
+        return "–"
+    if c.get("low") is None:
+        return f"{c['value']:.3f}"
+    return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] (n={c.get('n')})"
+
+
+def _analysis(ev: Output | None) -> dict:
+    if ev and "analysis" in ev.artifacts:
+        return json.loads(ev.path("analysis").read_text())
+    return {}
+
+
+def overfitting(train: Output | None, ev: Output | None, an: dict) -> list[str]:
+    L = ["## Overfitting", ""]
+    for m, g in an.get("gap", {}).items():
+        tr, te = g["field_f1"]["train"], g["field_f1"]["test"]
+        if tr.get("value") is None or te.get("value") is None:
+            continue
+        apart = tr.get("low") is not None and te.get("high") is not None and tr["low"] > te["high"]
+        L.append(f"- `{m}`: field F1 on training items {_ci(tr)} vs test items {_ci(te)}: gap "
+                 f"{tr['value'] - te['value']:+.3f}" + (" and the intervals do not overlap: **memorization**."
+                                                         if apart else "; the intervals overlap."))
+    for m, t in (train.metrics.items() if train else []):
+        if isinstance(t, dict) and "status" in t:
+            L.append(f"- `{m}` training curve checks: **{t['status']}**" +
+                     (": " + "; ".join(t["findings"]) if t.get("findings") else " (no NaN, divergence, stall or "
+                      "eval-loss rise)") + f"; final train loss {t.get('final_loss')}, final eval loss "
+                     f"{t.get('final_eval_loss')}.")
+    return L + [""]
+
+
+def hallucination(ev: Output | None, an: dict) -> list[str]:
+    if not ev:
+        return []
+    L = ["## Hallucination", ""]
+    for m, d in ev.metrics["models"].items():
+        gr = d["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate")
+        if gr and gr.get("value") is not None:
+            L.append(f"- `{m}`: grounding rate {_ci(gr)}: the share of predicted field values found in the document.")
+    for m, f in an.get("failures", {}).items():
+        c = f["counts"]
+        L.append(f"- `{m}` failure outcomes on the test split: {c['fields'].get('hallucinated', 0)} hallucinated field "
+                 f"values in {c['items'].get('hallucinated', 0)} documents, {c['fields'].get('wrong_value', 0)} wrong "
+                 f"values, {c['fields'].get('spurious', 0)} spurious (examples in quality.md).")
+    return L + [""]
+
+
+def sensitive(data: Output | None, an: dict) -> list[str]:
+    L = ["## Sensitive content", ""]
+    if data:
+        m = data.metrics
+        L.append("- Training data: PII/secret findings by type and action: " +
+                 ", ".join(f"{k} {v}" for k, v in (m.get("pii_findings") or {}).items()) +
+                 f"; records removed for PII/secrets: {(m.get('removed_by_step') or {}).get('pii', 0)} "
+                 f"(data_audit.md has the detectors' measured precision and recall).")
+    for model, p in an.get("pii", {}).items():
+        L.append(f"- `{model}` answers: {p['answers_with_pii']} contain PII-like spans "
+                 f"({', '.join(f'{k} {v}' for k, v in p['by_type'].items()) or 'none'}); {p['not_in_document']} "
+                 "of them are not in the input document (a leak from training data would show here).")
+    return L + [""]
+
+
+def slices(an: dict, ev: Output | None) -> list[str]:
+    bd = an.get("breakdowns", {})
+    if not bd or not ev:
+        return []
+    tuned = [m for m in ev.metrics["models"] if m != "base"]
+    L = ["## Bias across slices", "",
+         "Field F1 per slice with 95% intervals. A slice is flagged when its interval lies entirely below the "
+         "model's overall interval. Slices hold few test items, so wide intervals mean *not measured precisely*, "
+         "not *fine*.", ""]
+    for m in tuned:
+        overall = ev.metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get("field_f1") or {}
+        for dim in ("locale", "layout", "length"):
+            rows = {s: d[m] for s, d in bd.get(dim, {}).items() if m in d and d[m].get("value") is not None}
+            if not rows:
+                continue
+            worst = min(rows, key=lambda s: rows[s]["value"])
+            best = max(rows, key=lambda s: rows[s]["value"])
+            flagged = [s for s, c in rows.items() if c.get("high") is not None and overall.get("low") is not None
+                       and c["high"] < overall["low"]]
+            L.append(f"- `{m}` by {dim}: worst `{worst}` {_ci(rows[worst])}, best `{best}` {_ci(rows[best])}; "
+                     + (f"**below the overall interval: {', '.join(flagged)}**" if flagged else
+                        "no slice is entirely below the overall interval") + ".")
+    return L + [""]
+
+
+def synthetic(recipe: dict, data: Output | None) -> list[str]:
+    gen = (recipe.get("data") or {}).get("generator")
+    if not gen:
+        return []
+    m = data.metrics if data else {}
+    return ["## Limits of the synthetic data", "",
+            f"- The dataset is generated (`{gen.get('name')}` generator, {gen.get('size')} records, seed "
+            f"{gen.get('seed')}) with injected defects at known rates "
+            f"({', '.join(f'{k} {v}' for k, v in (gen.get('defects') or {}).items())}).",
+            f"- It covers {len(m.get('locales') or [])} locales and {len(m.get('layouts') or [])} layouts. Real "
+            "invoices have scans/OCR noise, multi-page tables, handwriting and vendors never seen here; the quality "
+            "numbers describe this distribution only. Re-run the recipe with `data.sources` pointing at a labelled "
+            "sample of your own documents before trusting them in production.",
+            "- The train/test split is by record; templates are shared across splits, which inflates scores on "
+            "template-like documents (see the overfitting gap above).", ""]
+
+
+def quantization(q: Output | None) -> list[str]:
+    if not q:
+        return []
+    qm = q.metrics
+    chosen = qm.get("chosen")
+    L = ["## Quantization", "", f"- Deployed: `{chosen}`" + (", the f16 export: no quant passed the regression gate"
+                                                             if chosen == "f16" else ", which passed the regression gate") + "."]
+    for t, v in (qm.get("verdicts") or {}).items():
+        if not v.get("passed"):
+            L.append(f"- `{t}` not deployed: {'; '.join(v.get('reasons', []))}.")
+    return L + [""]
+
+
+def monitoring(recipe: dict, serving: dict | None) -> list[str]:
+    slo = (recipe.get("loadtest") or {}).get("slo") or {}
+    gw = (serving or {}).get("gateway") or {}
+    return ["## Monitoring", "",
+            "The gateway exports Prometheus metrics on `/metrics`; llama-server exports its own (`--metrics`). "
+            "Alerts that follow from this recipe's SLO and limits:", "",
+            "| watch | metric | alert when |", "|---|---|---|",
+            f"| latency | `forge_request_latency_seconds` (histogram, by route) | p99 > {slo.get('p99_latency_s')} s over 5 min |",
+            f"| time to first token | `forge_time_to_first_token_seconds` | p95 > {slo.get('p95_ttft_s')} s |",
+            f"| errors | `forge_requests{{status=~\"5..\"}}` / `forge_requests` | > {slo.get('max_error_rate')} |",
+            f"| saturation | `forge_queued`, `forge_rejected` (429/503), `llamacpp:requests_deferred` | queue > "
+            f"{gw.get('max_queue')} / 2 for 5 min, any sustained 429s |",
+            "| fallback in use | `forge_fallbacks` (by reason), `forge_circuit_state` | any fallback; circuit open (2) |",
+            "| task quality drift | `forge_upstream_errors{kind=\"task_schema\"}` | rising share of outputs failing the "
+            "task schema |",
+            "| engine restarts | the supervisor's restart log lines (`[supervisor]` in the engine logs) | more than one an hour |",
+            "", "Request logs are one JSON line per request (request id, route, model, status, latency, token counts, "
+            "prompt length and hash; no prompt or completion text).", ""]
+
+
+def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> list[str]:
+    if not serving:
+        return []
+    fb = serving.get("fallback")
+    L = ["## Fallback plan", "",
+         f"- Primary: `{serving.get('model_type')}` of the tuned model on {serving.get('engine')} "
+         f"(x{serving.get('replicas')}); fallback: " + (f"`{Path(fb['gguf']).name}` (the base model's quant)" if fb
+                                                        else "none configured") + ".",
+         "- The gateway moves a request to the fallback when the primary refuses connections, times out, answers "
+         "5xx, has its circuit open, or (task endpoint) returns output that fails the task schema; the response "
+         "says so (`fallback: true`, header `X-Forge-Fallback`). Engines that exit are restarted with backoff."]
+    k = ((lt.metrics.get("drills") or {}) if lt else {}).get("kill_primary") or {}
+    if "passed" in k:
+        L.append(f"- Measured (kill drill): {k['errors_after_kill']} client errors after killing the primary under "
+                 f"load; {k['answered_by_fallback']} requests answered by the fallback; engine back after "
+                 f"{k['engine_restarted_s']} s, primary answering through the gateway again after "
+                 f"{k['primary_answers_again_s']} s; drill **{'passed' if k['passed'] else 'failed'}**.")
+    dc = ((serve.metrics.get("decoding_check") or {}) if serve else {}).get("fallback")
+    if dc:
+        on = (serving.get("task") or {}).get("constrained")
+        L.append(f"- On the task endpoint the fallback must also produce schema-valid JSON: measured on {dc['free']['n']} "
+                 f"test documents, {dc['free']['schema_valid']:.0%} schema-valid with free decoding, "
+                 f"{dc['json_schema']['schema_valid']:.0%} with the task's JSON Schema as a grammar (field F1 "
+                 f"{dc['free']['field_f1']:.3f} → {dc['json_schema']['field_f1']:.3f}). Constrained decoding is "
+                 + ("on" if on else "**off**") + " in this recipe (`serve.gateway.constrained_task`).")
+    return L + [""]
+
+
+def write(out: Path, inputs: dict[str, Output], recipe: dict) -> str:
+    ev, data, train = inputs.get("eval"), inputs.get("data"), inputs.get("train")
+    serve, lt, q = inputs.get("serve"), inputs.get("loadtest"), inputs.get("quantize")
+    serving = json.loads(serve.path("serving").read_text()) if serve and "serving" in serve.artifacts else None
+    an = _analysis(ev)
+    L = [f"# Risks: {recipe['name']}", ""]
+    L += overfitting(train, ev, an) + hallucination(ev, an) + sensitive(data, an) + slices(an, ev) + \
+        synthetic(recipe, data) + quantization(q) + monitoring(recipe, serving) + fallback(serving, lt, serve)
+    (out / "risks.md").write_text("\n".join(L) + "\n")
+    return "risks.md"
