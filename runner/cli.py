@@ -126,6 +126,8 @@ def cmd_test(a) -> int:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv[:1] == ["test"]:  # everything after `test` is pytest's, options first included (`just test -x -q`)
+        return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=REPO)
     ap = argparse.ArgumentParser(prog="forge", description="Recipe-driven fine-tune -> eval -> quantize -> serve lifecycle.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="validate recipes against schemas/")
