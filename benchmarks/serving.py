@@ -86,9 +86,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         serving = {**serving, "fallback": None}  # the overhead of the gateway itself, one engine behind it
-        with deploy.up(serving, tmp / "logs") as dep:
+        # a fresh deployment per ladder: both replay the same seeded prompts, and a warm engine would serve the
+        # second ladder from its prompt cache (docs/dossiers/gateway-overhead-was-prompt-cache.md)
+        with deploy.up(serving, tmp / "logs-gateway") as dep:
             via = ladder(dep.gateway_url, serving.get("served_model", "model"), tokenizer, levels, a.seconds, cfg,
                          tmp / "gateway", threads, seed, api_key=dep.api_key)
+        with deploy.up(serving, tmp / "logs-direct") as dep:
             direct = ladder(dep.primary.url, dep.primary.model, tokenizer, levels, a.seconds, cfg, tmp / "direct",
                             threads, seed)
         print(json.dumps({"comparison": "gateway_vs_direct", "gateway": brief(via), "direct": brief(direct),

@@ -12,6 +12,7 @@ from pathlib import Path
 from runner import eval_analysis as ea
 from runner import manifest
 from runner.stages.eval import MAIN, TRAIN_TASK
+from runner.stages.report import _f
 
 QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
            "answered_as_json")
@@ -33,12 +34,9 @@ def flatten(d, prefix="") -> dict:
     return out
 
 
-def _f(v, nd=3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+def _ab(x, y, nd=3) -> str:
+    """'A → B' for one number of both runs."""
+    return f"{_f(x, nd)} → {_f(y, nd)}"
 
 
 def _ci(ci: dict | None) -> str:
@@ -159,8 +157,7 @@ def quantization(a: dict, b: dict) -> list[str]:
         L.append(f"| {t} | {fa['bytes'] / 1e6:.0f} → {fb['bytes'] / 1e6:.0f} | "
                  f"{_ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
                  f"{_ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
-                 f"{_f((fa.get('bench') or {}).get('gen_tokens_per_s'), 1)} → "
-                 f"{_f((fb.get('bench') or {}).get('gen_tokens_per_s'), 1)} |")
+                 f"{_ab((fa.get('bench') or {}).get('gen_tokens_per_s'), (fb.get('bench') or {}).get('gen_tokens_per_s'), 1)} |")
     return L + [""]
 
 
@@ -172,10 +169,9 @@ def training(a: dict, b: dict) -> list[str]:
         x, y = ta.get(m) or {}, tb.get(m) or {}
         if not isinstance(x, dict) or not isinstance(y, dict):
             continue
-        L.append(f"| {m} | {_f(x.get('steps'))} → {_f(y.get('steps'))} | {_f(x.get('final_eval_loss'))} → "
-                 f"{_f(y.get('final_eval_loss'))} | {_f(x.get('tokens_per_s'), 1)} → {_f(y.get('tokens_per_s'), 1)} | "
-                 f"{_f(x.get('seconds'), 0)} → {_f(y.get('seconds'), 0)} | {_f(x.get('cost_usd'), 4)} → "
-                 f"{_f(y.get('cost_usd'), 4)} |")
+        cells = [_ab(x.get(k), y.get(k), nd) for k, nd in (("steps", 0), ("final_eval_loss", 3), ("tokens_per_s", 1),
+                                                             ("seconds", 0), ("cost_usd", 4))]
+        L.append(f"| {m} | " + " | ".join(cells) + " |")
     return L + [""]
 
 
@@ -185,10 +181,9 @@ def performance(a: dict, b: dict) -> list[str]:
         return []
     L = ["## Performance", "",
          f"- SLO ceiling: A **{_f(la.get('concurrency_ceiling'))}** → B **{_f(lb.get('concurrency_ceiling'))}** "
-         f"streams; peak output tok/s {_f(la.get('peak_output_tokens_per_s'), 1)} → "
-         f"{_f(lb.get('peak_output_tokens_per_s'), 1)}; "
-         f"$ per 1M output tokens at the ceiling {_f(la.get('usd_per_1m_output_tokens_at_ceiling'), 3)} → "
-         f"{_f(lb.get('usd_per_1m_output_tokens_at_ceiling'), 3)}.",
+         f"streams; peak output tok/s {_ab(la.get('peak_output_tokens_per_s'), lb.get('peak_output_tokens_per_s'), 1)}; "
+         "$ per 1M output tokens at the ceiling "
+         f"{_ab(la.get('usd_per_1m_output_tokens_at_ceiling'), lb.get('usd_per_1m_output_tokens_at_ceiling'))}.",
          f"- Bottleneck: A {(la.get('bottleneck') or {}).get('verdict', '–')} → "
          f"B {(lb.get('bottleneck') or {}).get('verdict', '–')}.",
          "", "| streams | output tok/s A → B | Δ% | p95 latency s A → B | Δ% | p99 latency s A → B | SLO A / B |",
