@@ -5,7 +5,7 @@
    count) at concurrency 1 and 4: continuous batching over slots vs one request at a time.
 
     python3 -m runner setup && python3 benchmarks/serving.py [--recipe recipes/invoice-extraction.yaml]
-        [--levels 1,2,4] [--seconds 20] [--no-python-server]
+        [--levels 1,2,4] [--seconds 20] [--parts gateway,engines]
 
 Needs the recipe's serve stage in the cache (`just run RECIPE --until serve`). Part 2 builds the
 `llamacpp-server` venv on first use (llama-cpp-python compiles its own llama.cpp: minutes). Prints one JSON
@@ -30,10 +30,11 @@ from runner.perf_analysis import overhead  # noqa: E402
 
 
 def ladder(target: str, model: str, tokenizer: Path, levels: list[int], seconds: float, cfg: dict, out: Path,
-           threads: int, seed: int, api_key: str | None = None, validate: bool = True) -> list[dict]:
+           threads: int, seed: int, api_key: str | None = None, validate: bool = True,
+           request_format: str | None = None) -> list[dict]:
     report = out.with_suffix(".json")
     cmd = guidellm.command(target, model, tokenizer, levels, seconds, cfg["prompt_tokens"], cfg["output_tokens"],
-                           report, seed, api_key=api_key, validate=validate)
+                           report, seed, api_key=api_key, validate=validate, request_format=request_format)
     guidellm.run(cmd, out.with_suffix(".log"), threads, secret=api_key,
                  timeout=len(levels) * (seconds + 30) + 120)
     return guidellm.parse(report)
@@ -49,7 +50,9 @@ def python_server(gguf: Path, port: int, threads: int, ctx: int, log: Path):
     v = setup.ensure_venv("llamacpp-server")
     cmd = [v.python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(ctx),
-           "--model_alias", "model"]
+           "--model_alias", "model",
+           # by default a new request interrupts the running one (truncated answers counted as throughput)
+           "--interrupt_requests", "False"]
     return proc.background(cmd, log, env=proc.tool_env(threads))
 
 
@@ -71,7 +74,7 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "invoice-extraction.yaml"))
     ap.add_argument("--levels", default="1,2,4")
     ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--no-python-server", action="store_true")
+    ap.add_argument("--parts", default="gateway,engines", help="gateway (vs direct), engines (vs llama-cpp-python)")
     a = ap.parse_args()
     r = recipe.load(a.recipe)
     serve = pipeline.cached_stage(r.data, "serve")
@@ -83,42 +86,54 @@ def main() -> None:
     levels = [int(x) for x in a.levels.split(",")]
     summary = {"model": serving.get("model_type"), "threads": threads, "parallel": serving["parallel"],
                "levels": levels, "seconds_per_level": a.seconds}
+    parts = a.parts.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         serving = {**serving, "fallback": None}  # the overhead of the gateway itself, one engine behind it
-        # a fresh deployment per ladder: both replay the same seeded prompts, and a warm engine would serve the
-        # second ladder from its prompt cache (docs/dossiers/gateway-overhead-was-prompt-cache.md)
-        with deploy.up(serving, tmp / "logs-gateway") as dep:
-            via = ladder(dep.gateway_url, serving.get("served_model", "model"), tokenizer, levels, a.seconds, cfg,
-                         tmp / "gateway", threads, seed, api_key=dep.api_key)
-        with deploy.up(serving, tmp / "logs-direct") as dep:
-            direct = ladder(dep.primary.url, dep.primary.model, tokenizer, levels, a.seconds, cfg, tmp / "direct",
-                            threads, seed)
-        print(json.dumps({"comparison": "gateway_vs_direct", "gateway": brief(via), "direct": brief(direct),
-                          "overhead": overhead(via, direct)}), flush=True)
-        summary["gateway_throughput_ratio"] = {o["streams"]: o["throughput_ratio"] for o in overhead(via, direct)}
-        summary["gateway_added_p50_ms"] = {o["streams"]: o["added_latency_p50_ms"] for o in overhead(via, direct)}
-
-        if not a.no_python_server:
-            gguf = Path(serving["primary"]["gguf"])
-            engines = {}
-            with llama_cpp.serve(gguf, tmp / "llama-server.log", threads, parallel=max(4, serving["parallel"]),
-                                 ctx_size=serving["ctx_size"], alias="model") as (server, _):
-                engines["llama-server"] = brief(ladder(server.url, "model", tokenizer, [1, 4], a.seconds, cfg,
-                                                       tmp / "llama-server", threads, seed))
-            port = llama_cpp.free_port()
-            with python_server(gguf, port, threads, serving["ctx_size"] * 4, tmp / "llama-cpp-python.log"):
-                url = f"http://127.0.0.1:{port}"
-                wait_http(url)
-                engines["llama-cpp-python"] = brief(ladder(url, "model", tokenizer, [1, 4], a.seconds, cfg,
-                                                           tmp / "llama-cpp-python", threads, seed, validate=False))
-            print(json.dumps({"comparison": "llama_server_vs_llama_cpp_python", **engines}), flush=True)
-            for s_i, s in enumerate((1, 4)):
-                ls, lp = engines["llama-server"][s_i], engines["llama-cpp-python"][s_i]
-                summary[f"llama_server_over_python_tok_s_at_{s}"] = round(
-                    ls["output_tokens_per_s"] / lp["output_tokens_per_s"], 2) if lp["output_tokens_per_s"] else None
+        if "gateway" in parts:
+            gateway_vs_direct(serving, tokenizer, levels, a.seconds, cfg, tmp, threads, seed, summary)
+        if "engines" in parts:
+            engines_compared(serving, tokenizer, a.seconds, cfg, tmp, threads, seed, summary)
     print(json.dumps({"summary": summary}))
     print(f"cpu_count={os.cpu_count()} at {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def gateway_vs_direct(serving, tokenizer, levels, seconds, cfg, tmp, threads, seed, summary) -> None:
+    """The same ladder through the gateway and straight to the engine, each on a fresh deployment (both replay the
+    same seeded prompts; a warm engine would serve the second from its prompt cache)."""
+    with deploy.up(serving, tmp / "logs-gateway") as dep:
+        via = ladder(dep.gateway_url, serving.get("served_model", "model"), tokenizer, levels, seconds, cfg,
+                     tmp / "gateway", threads, seed, api_key=dep.api_key)
+    with deploy.up(serving, tmp / "logs-direct") as dep:
+        direct = ladder(dep.primary.url, dep.primary.model, tokenizer, levels, seconds, cfg, tmp / "direct",
+                        threads, seed)
+    print(json.dumps({"comparison": "gateway_vs_direct", "gateway": brief(via), "direct": brief(direct),
+                      "overhead": overhead(via, direct)}), flush=True)
+    summary["gateway_throughput_ratio"] = {o["streams"]: o["throughput_ratio"] for o in overhead(via, direct)}
+    summary["gateway_added_p50_ms"] = {o["streams"]: o["added_latency_p50_ms"] for o in overhead(via, direct)}
+
+
+def engines_compared(serving, tokenizer, seconds, cfg, tmp, threads, seed, summary) -> None:
+    """llama-server (4 slots, continuous batching) vs llama-cpp-python's server (one sequence at a time), same GGUF
+    and threads, plain-text completions for both (llama-cpp-python's chat formatter fails on content-part lists)."""
+    gguf = Path(serving["primary"]["gguf"])
+    engines = {}
+    with llama_cpp.serve(gguf, tmp / "llama-server.log", threads, parallel=max(4, serving["parallel"]),
+                         ctx_size=serving["ctx_size"], alias="model") as (server, _):
+        engines["llama-server"] = brief(ladder(server.url, "model", tokenizer, [1, 4], seconds, cfg,
+                                               tmp / "llama-server", threads, seed, request_format="/v1/completions"))
+    port = llama_cpp.free_port()
+    with python_server(gguf, port, threads, serving["ctx_size"] * 4, tmp / "llama-cpp-python.log"):
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url)
+        engines["llama-cpp-python"] = brief(ladder(url, "model", tokenizer, [1, 4], seconds, cfg,
+                                                   tmp / "llama-cpp-python", threads, seed, validate=False,
+                                                   request_format="/v1/completions"))
+    print(json.dumps({"comparison": "llama_server_vs_llama_cpp_python", **engines}), flush=True)
+    for i, streams in enumerate((1, 4)):
+        ls, lp = engines["llama-server"][i], engines["llama-cpp-python"][i]
+        summary[f"llama_server_over_python_tok_s_at_{streams}"] = round(
+            ls["output_tokens_per_s"] / lp["output_tokens_per_s"], 2) if lp["output_tokens_per_s"] else None
 
 
 if __name__ == "__main__":

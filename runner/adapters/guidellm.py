@@ -13,11 +13,14 @@ from runner.stage import StageError
 
 
 def command(target: str, model: str, tokenizer_dir: Path, levels: list[int], seconds: float, prompt_tokens: int,
-            output_tokens: int, out_json: Path, seed: int, api_key: str | None = None, validate: bool = True) -> list:
-    """validate=False: skip GuideLLM's GET /health probe (servers without that route, e.g. llama-cpp-python's)."""
+            output_tokens: int, out_json: Path, seed: int, api_key: str | None = None, validate: bool = True,
+            request_format: str | None = None) -> list:
+    """validate=False: skip GuideLLM's GET /health probe (servers without that route, e.g. llama-cpp-python's).
+    request_format="/v1/completions": plain-text prompts (llama-cpp-python's chat formatter fails on the
+    content-part lists GuideLLM sends to /v1/chat/completions)."""
     lt = env.venv("loadtest")
     backend = f"kind=openai_http,target={target},model={model}" + (f",api_key={api_key}" if api_key else "") \
-        + ("" if validate else ",validate_backend=false")
+        + ("" if validate else ",validate_backend=false") + (f",request_format={request_format}" if request_format else "")
     return [lt.bin("guidellm"), "run",
             "--backend", backend,
             "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
