@@ -176,9 +176,8 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
     finally:
         manifest.finish(man, run_dir, records, outputs, failure)
     print(summary(records, run_dir), flush=True)
-    rcfg = recipe.data["report"]
-    if "report" in wanted and man["status"] != "interrupted" and rcfg["publish"] and \
-            (failure is None or failure.status == "gated"):
+    rcfg = recipe.data.get("report") or {}
+    if "report" in wanted and rcfg.get("publish") and (failure is None or failure.status == "gated"):
         from runner.stages import report
         dest = report.publish(run_dir, reports_root(), rcfg["keep"])
         print(f"evidence pack: {dest}", flush=True)
