@@ -12,6 +12,7 @@ from pathlib import Path
 from runner import eval_analysis as ea
 from runner import manifest
 from runner.stages.eval import MAIN, TRAIN_TASK
+from runner.reports.quality import _ci
 from runner.stages.report import _f
 
 QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
@@ -37,14 +38,6 @@ def flatten(d, prefix="") -> dict:
 def _ab(x, y, nd=3) -> str:
     """'A → B' for one number of both runs."""
     return f"{_f(x, nd)} → {_f(y, nd)}"
-
-
-def _ci(ci: dict | None) -> str:
-    if not ci or ci.get("value") is None:
-        return "–"
-    if ci.get("low") is None:
-        return _f(ci["value"])
-    return f"{ci['value']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
 def _metrics(man: dict, stage: str) -> dict:

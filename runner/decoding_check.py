@@ -3,27 +3,13 @@ with the exact request the gateway builds, once free and once with the task's JS
 `response_format` (it compiles the schema to a grammar), scored with the task's own scorer (evals/)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 from runner.adapters import llama_cpp
-from runner.env import REPO
-
-
-def task_utils(task: str):
-    spec = importlib.util.spec_from_file_location(f"check_{task}_utils", REPO / "evals" / task / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+from runner.eval_analysis import task_utils
+from runner.stats import nearest_rank
 
 
 def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, schema: dict, task: str) -> dict:
@@ -55,7 +41,7 @@ def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, sch
             "field_accuracy": round(sum(r["field_accuracy"] for r in rows) / n, 3) if n else None,
             "field_f1": round(utils.micro_f1([r["field_f1"] for r in rows]), 3) if n else None,
             "exact_match": round(sum(r["exact_match"] for r in rows) / n, 3) if n else None,
-            "latency_p50_s": _pct(lat, 0.5), "latency_p95_s": _pct(lat, 0.95),
+            "latency_p50_s": nearest_rank(lat, 0.5), "latency_p95_s": nearest_rank(lat, 0.95),
             "completion_tokens_mean": round(sum(r["completion_tokens"] or 0 for r in rows) / n, 1) if n else None,
         }
     return out

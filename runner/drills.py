@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from runner import supervisor
+from runner.stats import nearest_rank
 from runner.deploy import Deployment
 
 CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12, "temperature": 0}
@@ -107,8 +108,9 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
         "engine_restart_error": event.get("error") if event else "no restart within the timeout",
         "primary_answers_again_s": round(state["primary_back_at"] - killed, 2) if "primary_back_at" in state else None,
         "requests_while_primary_down": len(during),
-        "latency_p50_while_down_s": _p50([r["s"] for r in during if r["status"] == 200]),
-        "latency_p50_before_kill_s": _p50([r["s"] for r in results if r["t"] + r["s"] < killed and r["status"] == 200]),
+        "latency_p50_while_down_s": nearest_rank([r["s"] for r in during if r["status"] == 200], 0.5),
+        "latency_p50_before_kill_s": nearest_rank([r["s"] for r in results
+                                                   if r["t"] + r["s"] < killed and r["status"] == 200], 0.5),
         "circuit_after": {0.0: "closed", 1.0: "half-open", 2.0: "open"}.get(circuit, circuit),
         "seconds": round(time.time() - t_start, 1),
     }
@@ -132,7 +134,7 @@ def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0
             st = Counter(str(r["status"]) for r in res)
             rounds.append({"sent": n, "statuses": dict(st),
                            "429_with_retry_after": sum(1 for r in res if r["status"] == 429 and r["retry_after"]),
-                           "p95_accepted_s": _p95([r["s"] for r in res if r["status"] == 200])})
+                           "p95_accepted_s": nearest_rank([r["s"] for r in res if r["status"] == 200], 0.95)})
             rss.append(round(gw.memory_info().rss / 2**20, 1))
     healthy = httpx.get(dep.gateway_url + "/healthz", timeout=5).status_code == 200
     growth = rss[-1] - rss[1] if len(rss) > 2 else 0.0
@@ -143,17 +145,6 @@ def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0
                                          and set(r["statuses"]) <= {"200", "429", "503"} for r in rounds)
                          and growth < max(16.0, 0.1 * rss[1]))
     return out
-
-
-def _p50(xs: list[float]) -> float | None:
-    return round(sorted(xs)[len(xs) // 2], 3) if xs else None
-
-
-def _p95(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 3)
 
 
 def bad_requests(ctx_tokens: int, max_tokens_cap: int, body_limit: int) -> list[tuple[str, str, dict]]:

@@ -8,12 +8,12 @@ from pathlib import Path
 from runner.perf_analysis import VERDICTS
 
 
-def _f(v, nd=2, unit="") -> str:
+def _f(v, nd=2) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{nd}f}{unit}"
-    return f"{v}{unit}"
+        return f"{v:.{nd}f}"
+    return str(v)
 
 
 def _ms(v_s) -> str:

@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runner.reports.quality import _ci as quality_ci
 from runner.stage import Output
 
 MAIN = "invoice_extraction"
 
 
 def _ci(c: dict | None) -> str:
-    if not c or c.get("value") is None:
-        return "–"
-    if c.get("low") is None:
-        return f"{c['value']:.3f}"
-    return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] (n={c.get('n')})"
+    """quality.md's interval format, plus the number of items."""
+    text = quality_ci(c)
+    return text + f" (n={c.get('n')})" if c and c.get("value") is not None and c.get("low") is not None else text
 
 
 def _analysis(ev: Output | None) -> dict:

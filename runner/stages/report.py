@@ -175,11 +175,12 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       "| engine | decoding | n | JSON valid | schema valid | field F1 | exact | latency p50 / p95 s | "
                       "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
             rows = dc.items() if "free" not in dc else [("primary", dc)]  # runs before the fallback was measured
-            for (engine, modes), (mode, d) in ((e, md) for e in rows for md in e[1].items()):
-                lines.append(f"| {engine} | {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
-                             f"{_f(d['field_f1'])} | {_f(d['exact_match'])} | {_f(d['latency_p50_s'], 2)} / "
-                             f"{_f(d['latency_p95_s'], 2)} | {_f(d['completion_tokens_mean'], 1)} | "
-                             f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
+            for engine, modes in rows:
+                for mode, d in modes.items():
+                    lines.append(f"| {engine} | {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
+                                 f"{_f(d['field_f1'])} | {_f(d['exact_match'])} | {_f(d['latency_p50_s'], 2)} / "
+                                 f"{_f(d['latency_p95_s'], 2)} | {_f(d['completion_tokens_mean'], 1)} | "
+                                 f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
     lt = inputs.get("loadtest")
     if lt:
         m = lt.metrics
