@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.adapters import llama_cpp
 from runner.eval_analysis import task_utils
-from runner.stats import nearest_rank
+from runner.perf_analysis import nearest_rank
 
 
 def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, schema: dict, task: str) -> dict:

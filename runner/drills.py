@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from runner import supervisor
-from runner.stats import nearest_rank
+from runner.perf_analysis import nearest_rank
 from runner.deploy import Deployment
 
 CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12, "temperature": 0}

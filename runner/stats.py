@@ -31,14 +31,6 @@ class Metric:
         return self.agg(sample.sum(axis=1))
 
 
-def nearest_rank(xs: list[float], q: float) -> float | None:
-    """The q-quantile of a small list of measurements (nearest rank, no interpolation), rounded to ms."""
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
-
-
 def micro_f1(sums: np.ndarray) -> np.ndarray:
     tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
     denom = 2 * tp + fp + fn
