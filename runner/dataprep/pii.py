@@ -5,6 +5,7 @@
   (NER) are therefore not detected; the audit says so.
 - Presidio's own validators plus python-stdnum (IBAN, Luhn) and phonenumbers confirm candidates.
 - detect-secrets with named plugins only (its entropy plugins flag ordinary words).
+- Nothing leaves the machine: tldextract (under Presidio's e-mail recognizer) reads its bundled suffix list.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ class Finding:
 
 @lru_cache(maxsize=1)
 def _analyzer():
+    # Presidio's e-mail recognizer uses tldextract, which fetches the public suffix list from publicsuffix.org
+    # and GitHub on first use (printing tracebacks when offline) unless its URL list is empty: then it reads the
+    # snapshot it ships. Set before tldextract is imported (its default extractor reads this at import).
+    import os
+    os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
     import spacy
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider

@@ -103,6 +103,20 @@ def _resources_table(rows: list[dict]) -> list[str]:
     return L
 
 
+def _fresh_engines(ladders: dict) -> list[str]:
+    """What each ladder's primary engine had processed when its ladder began and ended (its own counters)."""
+    if not ladders:
+        return []
+    L = ["| ladder | primary pid | prompt tokens at start (cached) | at end (cached) | generated at start / end |",
+         "|---|---|---|---|---|"]
+    for name, e in ladders.items():
+        a, z = e["at_start"].get("primary-0", {}), e["at_end"].get("primary-0", {})
+        L.append(f"| {name} | {a.get('pid')} | {_f(a.get('prompt_tokens'), 0)} ({_f(a.get('prompt_tokens_cached'), 0)})"
+                 f" | {_f(z.get('prompt_tokens'), 0)} ({_f(z.get('prompt_tokens_cached'), 0)}) | "
+                 f"{_f(a.get('tokens_predicted'), 0)} / {_f(z.get('tokens_predicted'), 0)} |")
+    return L + ["", "A fresh engine starts each ladder having processed only its readiness probe.", ""]
+
+
 def render(metrics: dict, chart_name: str | None) -> str:
     rows, slo, price = metrics["levels"], metrics["slo"], metrics["price_per_hour_usd"]
     s = metrics.get("serving", {})
@@ -142,7 +156,7 @@ def render(metrics: dict, chart_name: str | None) -> str:
                      f"{_f(o['throughput_ratio'], 3)} |")
         L += ["", "Each ladder runs against a deployment started for it (cold prompt caches, the same seeded prompts); "
               "both share the machine with GuideLLM, so differences of a few percent are run-to-run noise on two "
-              "cores.", ""]
+              "cores.", ""] + _fresh_engines(metrics.get("ladder_engines") or {})
     b = metrics.get("baseline")
     if b:
         L += [f"## Optimization, measured in this run: {b['label']} → the recipe's settings", "",

@@ -89,25 +89,35 @@ def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment) -> list[dict]
     return rows
 
 
-def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: str) -> tuple[list[dict], list]:
+def engines_snapshot(dep: deploy.Deployment) -> dict:
+    """Each engine's pid and cumulative work counters (its own /metrics), keyed like the resource samples."""
+    return {f"{e.role}-{i}": {"pid": e.engine.pid if e.engine else None, **resources.engine_counters(e.url)}
+            for i, e in enumerate(dep.endpoints)}
+
+
+def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: str) -> tuple[list[dict], list, list,
+                                                                                                  dict]:
     """One ladder against a deployment started for it alone: every ladder replays the same seeded prompts, so
     an engine kept from an earlier ladder would serve them from its prompt cache (measured: 285 of 286 prompt
-    tokens cached, TTFT 23 ms instead of 250 ms) and the comparison would be meaningless."""
+    tokens cached, TTFT 23 ms instead of 250 ms) and the comparison would be meaningless. The engines' own
+    counters at the start prove it: a fresh engine has processed only its readiness probe."""
     with deploy.up(serving, ctx.logs / f"ladder-{through}") as dep:
         procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None)
                  for i, e in enumerate(dep.endpoints)}
         urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
         if dep.gateway_url:
             procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+        engines = {"at_start": engines_snapshot(dep)}
         with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
             if through == "gateway":
                 rows = ladder(ctx, cfg, dep.gateway_url, serving.get("served_model", dep.primary.model), tokenizer,
                               "gateway", dep.api_key)
             else:
                 rows = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
+        engines["at_end"] = engines_snapshot(dep)
         restarts = dep.restarts()
     attach_resources(rows, sampler, serving["parallel"])
-    return rows, sampler.samples, restarts
+    return rows, sampler.samples, restarts, engines
 
 
 def run(ctx: Context) -> Result:
@@ -117,9 +127,10 @@ def run(ctx: Context) -> Result:
     direct = drill_results = task_attacks = None
     has_gateway = bool(serving.get("gateway"))
     through = "gateway" if has_gateway else "direct"
-    rows, samples, restarts = measured_ladder(ctx, cfg, serving, tokenizer, through)
+    rows, samples, restarts, engines = measured_ladder(ctx, cfg, serving, tokenizer, through)
+    ladders = {through: engines}
     if has_gateway and cfg["direct_comparison"]:
-        direct, more, more_restarts = measured_ladder(ctx, cfg, serving, tokenizer, "direct")
+        direct, more, more_restarts, ladders["direct"] = measured_ladder(ctx, cfg, serving, tokenizer, "direct")
         samples, restarts = samples + more, restarts + more_restarts
     (ctx.out / "resource_samples.json").write_text(json.dumps(samples) + "\n")
     wants_vegeta = cfg["vegeta"]["enabled"] is True or (cfg["vegeta"]["enabled"] == "auto" and vegeta.available())
@@ -150,7 +161,7 @@ def run(ctx: Context) -> Result:
                "usd_per_1m_output_tokens_at_ceiling": next((r["usd_per_1m_output_tokens"] for r in rows
                                                             if r["streams"] == ceiling), None),
                "price_per_hour_usd": cfg["price_per_hour_usd"], "baseline": baseline, "drills": drill_results,
-               "vegeta": task_attacks,
+               "vegeta": task_attacks, "ladder_engines": ladders,
                "engine_restarts": restarts, "serving": {k: serving[k] for k in ("engine", "replicas", "parallel",
                                                                                 "threads", "ctx_size")},
                "model_type": serving.get("model_type"), "cores": psutil.cpu_count()}

@@ -88,6 +88,10 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                   f"- code: `{(header.get('git') or {}).get('commit')}` (dirty: {(header.get('git') or {}).get('dirty')})",
                   f"- recipe hash: `{header.get('recipe_hash', '')[:12]}`; manifest: [manifest.json](manifest.json) "
                   "(recipe, dataset version, package versions, seeds, hardware, stage keys)"]
+        llama = (header.get("packages") or {}).get("llama.cpp") or {}
+        if llama.get("build"):
+            isa = ", ".join(llama.get("instruction_sets") or []) or "no optional instruction sets"
+            lines += [f"- llama.cpp build: `{llama['build']}` ({isa}; {llama.get('why')})"]
     data = inputs.get("data")
     if data:
         m = data.metrics
