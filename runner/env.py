@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.llama_build import FORCE_ENV
+from runner.llama_build import BASE_CMAKE, FORCE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = REPO / "pyproject.toml"
@@ -78,7 +78,7 @@ class LlamaCpp:
     @property
     def key(self) -> str:
         # The ladder picks instruction sets from this CPU's flags, so the build is keyed by them too.
-        return short_hash({"sdist": self.sdist, "targets": self.targets, "cpu": cpu_flags(), "build": 2,
+        return short_hash({"sdist": self.sdist, "targets": self.targets, "cpu": cpu_flags(), "cmake": BASE_CMAKE,
                            "builds": self.builds, "selftest_model": self.selftest_model, "forced": self.forced})
 
     @property

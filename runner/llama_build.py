@@ -44,8 +44,11 @@ X86_ISA = {
     "amx_int8": ("GGML_AMX_INT8", ("amx_int8",)),
     "amx_bf16": ("GGML_AMX_BF16", ("amx_bf16",)),
 }
+# Every configuration: static tools, no tests/examples, and nothing fetched while building (llama-server's web UI
+# is otherwise downloaded from huggingface.co at build time; we run it with --no-webui).
 BASE_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_CCACHE=OFF"]
+              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_CCACHE=OFF",
+              "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF"]
 FORCE_ENV = "FORGE_LLAMA_BUILD"
 # ~170 tokens of plain prose: long enough that prompt processing runs as one batched matrix multiply
 PROMPT = ("The quarterly report lists every invoice received by the finance team, the supplier who sent it, the "
@@ -136,7 +139,7 @@ def describe_exit(rc: int | None) -> str:
     return f"exit code {rc}"
 
 
-def _run(cmd: list, log: Path, timeout: float, stdout: Path | None = None) -> tuple[int | None, float]:
+def run_tool(cmd: list, log: Path, timeout: float, stdout: Path | None = None) -> tuple[int | None, float]:
     """Run to completion (stderr, and stdout unless `stdout` names a file, appended to `log`): (exit code or None
     when it ran past `timeout` and was killed, seconds)."""
     t0 = time.time()
@@ -154,11 +157,13 @@ def _run(cmd: list, log: Path, timeout: float, stdout: Path | None = None) -> tu
     return rc, round(time.time() - t0, 2)
 
 
-def _tail(log: Path, n: int = 6) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
+def bench_speeds(output: str) -> dict:
+    """llama-bench's `-o json` output -> prompt and generation tokens/s (mean and stddev over its repetitions)."""
+    res = {}
+    for r in json.loads(output):
+        kind = "prompt" if r["n_prompt"] and not r["n_gen"] else "gen"
+        res[f"{kind}_tokens_per_s"], res[f"{kind}_tokens_per_s_std"] = round(r["avg_ts"], 2), round(r["stddev_ts"], 2)
+    return res
 
 
 def _free_port() -> int:
@@ -240,23 +245,21 @@ def selftest(bin_dir: Path, model: Path, quant_types: list[str], log_dir: Path, 
             log.write_text("")
             q = Path(tmp) / f"selftest-{qt}.gguf"
             row: dict = {}
-            rc, s = _run([bin_dir / "llama-quantize", "--allow-requantize", model, q, qt.upper(), threads], log,
-                         timeout)
+            rc, s = run_tool([bin_dir / "llama-quantize", "--allow-requantize", model, q, qt.upper(), threads],
+                             log, timeout)
             row["quantize"] = {"ok": rc == 0, "s": s}
             if rc != 0:
                 failures.append(f"llama-quantize {qt}: {describe_exit(rc)}")
                 results[qt] = row
                 continue
             bench_json = log_dir / f"{qt}-bench.json"
-            rc, s = _run([bin_dir / "llama-bench", "-m", q, "-p", 64, "-n", 4, "-r", 1, "-t", threads, "-o", "json"],
-                         log, timeout, stdout=bench_json)
+            rc, s = run_tool([bin_dir / "llama-bench", "-m", q, "-p", 64, "-n", 4, "-r", 1, "-t", threads,
+                              "-o", "json"], log, timeout, stdout=bench_json)
             row["bench"] = {"ok": rc == 0, "s": s}
             if rc == 0:
                 try:
-                    for r in json.loads(bench_json.read_text()):
-                        kind = "prompt" if r["n_prompt"] and not r["n_gen"] else "gen"
-                        row["bench"][f"{kind}_tokens_per_s"] = round(r["avg_ts"], 1)
-                except (ValueError, KeyError, TypeError):
+                    row["bench"].update(bench_speeds(bench_json.read_text()))
+                except (ValueError, KeyError, TypeError, IndexError):
                     row["bench"]["ok"] = False
                     failures.append(f"llama-bench {qt}: printed no JSON")
             else:

@@ -176,8 +176,15 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert rep.returncode == 0, rep.stderr
     assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
 
-    # eval is reproducible: scoring the same artifacts again gives identical per-sample outputs and metrics
-    eval_dir = (run_dir / "stages" / "eval").resolve()
+    # training and eval are reproducible: re-running train and eval (--from train --until eval) on the same data
+    # gives the same loss curves (seeds are set everywhere), hence the same models, and identical per-sample
+    # answers and metrics (bit-exact scoring at eval.concurrency 1)
+    train_dir, eval_dir = (run_dir / "stages" / "train").resolve(), (run_dir / "stages" / "eval").resolve()
+
+    def curves():
+        return {p.parent.name: [(c["step"], c.get("loss"), c.get("eval_loss"), c.get("grad_norm"))
+                                for c in map(json.loads, p.read_text().splitlines())]
+                for p in train_dir.glob("*/curve.jsonl")}
 
     def answers():
         return {(p.parent.name, p.name, r["doc_id"]): (r["filtered_resps"], r.get("field_f1"), r.get("accuracy"))
@@ -187,9 +194,13 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
         m = json.loads((eval_dir / "stage.json").read_text())["metrics"]["models"]
         return {k: {t: {n: v for n, v in d.items() if n != "ci"} for t, d in m[k]["tasks"].items()} for k in m}
 
-    before, before_scores = answers(), scores()
-    again = run_recipe(recipe, runs_dir, "--only", "eval", "--force")
+    before_curves, before, before_scores = curves(), answers(), scores()
+    again = run_recipe(recipe, runs_dir, "--from", "train", "--until", "eval")
     assert again.returncode == 0, again.stdout[-3000:]
+    rerun = latest_manifest(runs_dir, "tiny-e2e")["stages"]
+    assert rerun["train"]["status"] == rerun["eval"]["status"] == "ok" and rerun["data"]["status"] == "cached"
+    assert set(before_curves) == {"tuned", "tuned-v2"} and all(before_curves.values())
+    assert curves() == before_curves
     assert len(before) >= 2 * (6 + 6) + 4 and answers() == before and scores() == before_scores
 
     # a server that rejects every request (prompts longer than its context) fails the eval with the model's
@@ -200,18 +211,3 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert bad.returncode == 1
     out = bad.stdout + bad.stderr
     assert "scoring model 'base' failed" in out and "llama-server-base.log" in out and "lm-eval-base-test.log" in out
-
-
-def test_training_twice_gives_the_same_loss_curve(tiny_model, tmp_path, runs_dir):
-    """Seeds are set everywhere: re-running the train stage (--force) reproduces the curve exactly on CPU."""
-    recipe = tmp_path / "tiny-repro.yaml"
-    recipe.write_text(f"extends: {REPO / 'tests' / 'recipes' / 'tiny.yaml'}\nname: tiny-repro\n"
-                      f"base_model: {{source: path, path: {tiny_model}}}\ndata:\n  datalab: {{enabled: false}}\n")
-    curves = []
-    for flags in (["--until", "train"], ["--only", "train", "--force"]):
-        r = run_recipe(recipe, runs_dir, *flags)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        curve_file = next(runs_dir.glob("cache/train/*/tuned/curve.jsonl"))
-        curves.append([(c["step"], c.get("loss"), c.get("eval_loss"), c.get("grad_norm"))
-                       for c in map(json.loads, curve_file.read_text().splitlines())])
-    assert curves[0] and curves[0] == curves[1]

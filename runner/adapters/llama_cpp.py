@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner import env, proc
+from runner import env, llama_build, proc
 from runner.stage import StageError
 
 QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
@@ -102,18 +102,15 @@ def bench(gguf: Path, log: Path, threads: int, prompt_tokens: int, gen_tokens: i
         err.flush()
         rc = subprocess.run([str(c) for c in cmd], stdout=out, stderr=err).returncode
     if rc != 0:
-        raise StageError(f"llama-bench could not run {gguf.name} (exit code {rc})\n{proc.tail(log)}", log=log)
+        raise StageError(f"llama-bench could not run {gguf.name} ({llama_build.describe_exit(rc)}; the llama.cpp "
+                         f"build record: {env.llama_cpp().build_record})\n{proc.tail(log)}", log=log)
     try:
         rows = json.loads(out_file.read_text())
     except json.JSONDecodeError:
         raise StageError(f"llama-bench printed no JSON for {gguf.name}; see {out_file}", log=log) from None
-    res = {"model_bytes": rows[0]["model_size"], "params": rows[0]["model_n_params"],
-           "bits_per_weight": round(rows[0]["model_size"] * 8 / rows[0]["model_n_params"], 3), "threads": threads}
-    for r in rows:
-        kind = "prompt" if r["n_prompt"] and not r["n_gen"] else "gen"
-        res[f"{kind}_tokens_per_s"] = round(r["avg_ts"], 2)
-        res[f"{kind}_tokens_per_s_std"] = round(r["stddev_ts"], 2)
-    return res
+    return {"model_bytes": rows[0]["model_size"], "params": rows[0]["model_n_params"],
+            "bits_per_weight": round(rows[0]["model_size"] * 8 / rows[0]["model_n_params"], 3), "threads": threads,
+            **llama_build.bench_speeds(out_file.read_text())}
 
 
 def free_port() -> int:
