@@ -1,8 +1,8 @@
 """How llama.cpp is built for the CPU it lands on: a ladder of build configurations, each proven by a self-test.
 
-Why: `-march=native` (ggml's default) compiles every instruction set the CPU reports, AMX included, and on a
-Xeon whose AMX kernels fault under virtualization every quantized model died with SIGILL on its first batched
-prompt (docs/dossiers/llama-cpp-amx-sigill.md). So set-up builds the first configuration of
+Why: `-march=native` (ggml's default) compiles every instruction set the CPU reports, AMX included, and on an AMX
+Xeon with GCC 12 every quantized model died with SIGILL on its first batched prompt (the compiler drops ggml's tile
+configuration: docs/dossiers/llama-cpp-amx-sigill.md). A build can only be trusted once it ran. So set-up builds the first configuration of
 `[tool.forge.llama_cpp] builds` that this CPU can take, then quantizes a small real model to every quant type a
 recipe can ask for and runs each through llama-bench and a batched llama-server completion. Anything that crashes,
 hangs or errs sends the ladder to the next, safer configuration (an incremental rebuild: only ggml-cpu is
@@ -166,7 +166,8 @@ def bench_speeds(output: str) -> dict:
     return res
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -186,7 +187,7 @@ def _post(url: str, body: dict, timeout: float) -> tuple[int | None, dict | str]
 def serve_batched(server_bin: Path, gguf: Path, log: Path, threads: int, timeout: float) -> dict:
     """llama-server with two slots: two long prompts at once (batched prompt processing, then batched decode).
     Passes when both answer and the server is still alive."""
-    port = _free_port()
+    port = free_port()
     cmd = [server_bin, "-m", gguf, "--host", "127.0.0.1", "--port", port, "-t", threads, "-tb", threads,
            "--parallel", 2, "-c", 2048, "--no-webui"]
     t0 = time.time()

@@ -24,6 +24,7 @@ def tool_env(threads: int, extra: dict | None = None) -> dict:
         "DO_NOT_TRACK": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "WANDB_MODE": "disabled",
+        "OTEL_SDK_DISABLED": "true",   # opentelemetry comes with Axolotl's stack; it must not export anywhere
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),

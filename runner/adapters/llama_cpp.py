@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runner import env, llama_build, proc
+from runner.llama_build import free_port
 from runner.stage import StageError
 
 QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
@@ -111,12 +111,6 @@ def bench(gguf: Path, log: Path, threads: int, prompt_tokens: int, gen_tokens: i
     return {"model_bytes": rows[0]["model_size"], "params": rows[0]["model_n_params"],
             "bits_per_weight": round(rows[0]["model_size"] * 8 / rows[0]["model_n_params"], 3), "threads": threads,
             **llama_build.bench_speeds(out_file.read_text())}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
