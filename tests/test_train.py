@@ -76,6 +76,28 @@ def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strate
     axolotl.validate(path, tmp_path / "validate.log", gpus=gpus)  # raises with Axolotl's errors if rejected
 
 
+def test_a_model_folder_whose_path_contains_mpt_is_not_taken_for_an_mpt_model(tmp_path):
+    """Axolotl's MPT check is `"mpt" in base_model`: a GPU config (gradient checkpointing on) for a llama under
+    /tmp/emptycache/... was rejected. The adapter hands a local folder over through a neutral symlink; a hub id
+    stays as it is."""
+    from runner.stage import StageError
+    base = tmp_path / "emptycache" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = axolotl.build_config(dict(_hp(), adapter="qlora"), base, tmp_path / "t.jsonl", None, out, 42, {},
+                               device="cuda")
+    assert cfg["base_model"] == cfg["tokenizer_config"] == "./base-model" and cfg["gradient_checkpointing"] is True
+    assert (out / "base-model").resolve() == base.resolve()
+    axolotl.validate(axolotl.write_config(cfg, out / "axolotl.yaml"), tmp_path / "ok.log", gpus=1)
+    raw = axolotl.write_config({**cfg, "base_model": str(base)}, out / "raw.yaml")
+    with pytest.raises(StageError):
+        axolotl.validate(raw, tmp_path / "raw.log", gpus=1)
+    assert "not supported for MPT models" in (tmp_path / "raw.log").read_text()
+    assert axolotl.model_path(Path("HuggingFaceTB/SmolLM2-135M-Instruct"), out) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def test_axolotl_rejects_a_broken_passthrough(tmp_path):
     from runner.stage import StageError
     cfg = axolotl.build_config(_hp(), tmp_path, tmp_path / "t.jsonl", None, tmp_path, 42,

@@ -3,6 +3,9 @@
 Quirks kept here: CPU needs fp32, sdpa and the Triton LoRA kernels off; `axolotl train` goes through
 accelerate, which runs the child with one OMP thread, so on CPU we call `python -m axolotl.cli.train`
 with OMP_NUM_THREADS set ourselves; telemetry off (AXOLOTL_DO_NOT_TRACK=1, set in runner.proc.tool_env).
+Axolotl judges a model's family partly by substrings of base_model ("mpt" in /tmp/emptycache/... made it an MPT
+model), so a local model folder is handed over through a neutral symlink (model_path); every Axolotl command runs
+in the config's folder.
 """
 from __future__ import annotations
 
@@ -50,14 +53,29 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def model_path(base_model: Path, out_dir: Path) -> str:
+    """base_model as Axolotl should see it. Axolotl infers and rejects things from substrings of base_model ("mpt":
+    no gradient checkpointing, "falcon": no FSDP; "llama", "mistral", "pixtral": the model family), and a GPU config
+    for a llama under /tmp/emptycache/... was rejected as an MPT model. So a local folder goes through the neutral
+    symlink `base-model` in `out_dir`, named relative to it (every Axolotl command runs there); a hub id is passed
+    as it is."""
+    if not base_model.is_dir():
+        return str(base_model)
+    link = out_dir / "base-model"
+    if not link.is_symlink():
+        link.symlink_to(base_model.resolve(), target_is_directory=True)
+    return "./base-model"
+
+
 def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path | None, out_dir: Path,
                  seed: int, passthrough: dict, device: str = "cpu", distributed: dict | None = None) -> dict:
     """An Axolotl config from the resolved hyperparameters (train section with a variant applied)."""
     ds = {"path": str(train_file), "ds_type": "json", "type": "chat_template", "field_messages": "messages",
           "roles_to_train": ["assistant"], "split": "train"}
+    model = model_path(base_model, out_dir)
     cfg = {
-        "base_model": str(base_model),
-        "tokenizer_config": str(base_model),
+        "base_model": model,
+        "tokenizer_config": model,
         "chat_template": "tokenizer_default",
         "datasets": [ds],
         "dataset_prepared_path": str(out_dir / "prepared"),
@@ -115,7 +133,7 @@ def validate(config: Path, log: Path, gpus: int = 0) -> None:
     """Axolotl's own schema check of a generated config (for the target machine's capabilities)."""
     ml = env.venv("ml")
     cmd = [ml.python, "-m", "runner.adapters.axolotl_validate", config] + (["--gpus", str(gpus)] if gpus else [])
-    proc.run(cmd, log, env=proc.tool_env(1, {"PYTHONPATH": str(env.REPO)}), cwd=env.REPO,
+    proc.run(cmd, log, env=proc.tool_env(1, {"PYTHONPATH": str(env.REPO)}), cwd=config.parent,
              what=f"axolotl config validation ({config.name})")
 
 
