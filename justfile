@@ -13,6 +13,10 @@ default:
 run recipe *flags:
     python3 -m runner run {{recipe}} {{flags}}
 
+# Per stage: cached, or stale and which recipe section, input, file or tool changed (like `dvc status`)
+status recipe:
+    python3 -m runner status {{recipe}}
+
 # Validate recipes against schemas/ (file, line and YAML path for every problem)
 validate +recipes:
     python3 -m runner validate {{recipes}}

@@ -1,4 +1,4 @@
-"""Commands: validate, run, report, compare, serve, test (see the justfile)."""
+"""Commands: validate, run, status, report, compare, serve, test (see the justfile)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runner import recipe as recipes
+from runner import env
 from runner.env import REPO
 
 
@@ -54,6 +55,12 @@ def cmd_run(a) -> int:
     return 0
 
 
+def cmd_status(a) -> int:
+    from runner import status
+    print(status.render(status.check(_load_or_exit(a.recipe))))
+    return 0
+
+
 def cmd_report(a) -> int:
     from runner import manifest
     from runner.stages import report
@@ -96,7 +103,7 @@ def cmd_serve(a) -> int:
     if gw and not key:
         key = secrets.token_urlsafe(24)
         print(f"no ${gw.get('api_keys_env', 'FORGE_API_KEYS')} set: using a key made up for this session: {key}")
-    logs = Path(pipeline.runs_root()) / r.name / ("serve-" + time.strftime("%Y%m%d-%H%M%S"))
+    logs = env.runs_root() / r.name / ("serve-" + time.strftime("%Y%m%d-%H%M%S"))
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         with deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port")) as dep:
@@ -140,6 +147,9 @@ def main(argv: list[str]) -> int:
     r.add_argument("--until", metavar="STAGE", help="stop after this stage")
     r.add_argument("--force", action="store_true", help="ignore the cache")
     r.set_defaults(fn=cmd_run)
+    st = sub.add_parser("status", help="per stage: cached, or stale and which recipe section, input or file changed")
+    st.add_argument("recipe")
+    st.set_defaults(fn=cmd_status)
     rep = sub.add_parser("report", help="re-render a run's report from its stored artifacts")
     rep.add_argument("run", help="run folder or run id")
     rep.set_defaults(fn=cmd_report)

@@ -28,6 +28,16 @@ def cache_root() -> Path:
     return Path(base) / "finetune-forge"
 
 
+def runs_root() -> Path:
+    """Run records and the stage cache: runs/ in the repository unless FORGE_RUNS says otherwise."""
+    return Path(os.environ.get("FORGE_RUNS", REPO / "runs")).resolve()
+
+
+def reports_root() -> Path:
+    """Where evidence packs are published: reports/ in the repository (committed for the default recipe)."""
+    return Path(os.environ.get("FORGE_REPORTS", REPO / "reports")).resolve()
+
+
 def project_config() -> dict:
     with open(PYPROJECT, "rb") as f:
         return tomllib.load(f)

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+# The quant types llama-quantize is asked for (the quantize stage's choices); the self-test runs every one.
+QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
+
 # ggml's x86 instruction-set options (ggml/CMakeLists.txt) and the /proc/cpuinfo flags each one compiles for.
 X86_ISA = {
     "sse4_2": ("GGML_SSE42", ("sse4_2",)),

@@ -124,10 +124,9 @@ def find_run(ref: str) -> Path:
     p = Path(ref)
     if (p / "manifest.json").exists():
         return p.resolve()
-    from runner.pipeline import runs_root
-    hits = sorted(runs_root().glob(f"*/{ref}*/manifest.json"))
+    hits = sorted(env.runs_root().glob(f"*/{ref}*/manifest.json"))
     if len(hits) == 1:
         return hits[0].parent
     if not hits:
-        raise SystemExit(f"no run matches '{ref}' under {runs_root()}")
+        raise SystemExit(f"no run matches '{ref}' under {env.runs_root()}")
     raise SystemExit(f"'{ref}' matches {len(hits)} runs: " + ", ".join(h.parent.name for h in hits))

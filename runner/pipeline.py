@@ -1,12 +1,14 @@
 """Plan, cache and run the stages of one recipe; record the run.
 
-A stage's output is stored under key = hash(its recipe sections, its inputs' keys, its code).
+A stage's output is stored under key = hash(its recipe sections, its inputs' keys, the code it runs (its imports,
+followed through the source, plus its RUNS), its tools' build keys). `status` reads the parts back to say why.
 An unchanged stage is a cache hit; a changed one re-runs, and so does everything downstream
 (their keys include its key). Outputs are written to a temporary folder and renamed into place
 only when the stage succeeds, so a crash never leaves a partial output that looks complete.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -16,31 +18,26 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import env, manifest, progress
-from runner.env import REPO
+from runner import code_deps, env, manifest, progress
+from runner.env import REPO, reports_root, runs_root
 from runner.recipe import Recipe, content_hash
 from runner.stage import Context, Output, Result, StageError
 
 STAGES = ("data", "train", "eval", "quantize", "serve", "loadtest", "report")
 
 
-def runs_root() -> Path:
-    return Path(os.environ.get("FORGE_RUNS", REPO / "runs")).resolve()
-
-
-def reports_root() -> Path:
-    """Where evidence packs are published: reports/ in the repository (committed for the default recipe)."""
-    return Path(os.environ.get("FORGE_REPORTS", REPO / "reports")).resolve()
-
-
 def stage_module(name: str):
     return importlib.import_module(f"runner.stages.{name}")
 
 
-def code_hash(name: str) -> str:
-    mod = stage_module(name)
-    files = [Path(mod.__file__)] + [REPO / f for f in getattr(mod, "CODE", ())]
-    return content_hash({str(f.relative_to(REPO)): f.read_text() for f in files})
+def code_files(mod) -> list[Path]:
+    """The repository files a stage runs: its module's imports, transitively (runner/code_deps.py), plus the
+    files and folders it names in RUNS (code run by other tools, such as lm-eval task folders)."""
+    files = set(code_deps.closure(Path(mod.__file__)))
+    for rel in getattr(mod, "RUNS", ()):
+        for f in code_deps.files_under(rel):
+            files.update(code_deps.closure(f) if f.suffix == ".py" else [f])
+    return sorted(files)
 
 
 def tool_keys(mod) -> dict[str, str]:
@@ -51,25 +48,36 @@ def tool_keys(mod) -> dict[str, str]:
     return keys
 
 
-def stage_key(name: str, recipe: dict, input_keys: dict[str, str]) -> str:
+def stage_deps(name: str, recipe: dict, input_keys: dict[str, str]) -> dict:
+    """Everything a stage's output depends on, each part hashed on its own so that `status` can say which moved."""
     mod = stage_module(name)
-    sections = {s: recipe.get(s) for s in mod.SECTIONS}
-    return content_hash({"stage": name, "sections": sections, "inputs": input_keys,
-                         "code": code_hash(name), "tools": tool_keys(mod),
-                         "fingerprint": mod.fingerprint(recipe) if hasattr(mod, "fingerprint") else None})[:20]
+    return {"sections": {s: content_hash(recipe.get(s))[:16] for s in mod.SECTIONS},
+            "inputs": dict(input_keys),
+            "code": {str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in code_files(mod)},
+            "tools": tool_keys(mod),
+            "fingerprint": mod.fingerprint(recipe) if hasattr(mod, "fingerprint") else None}
+
+
+def stage_key(name: str, deps: dict) -> str:
+    return content_hash({"stage": name, **deps})[:20]
 
 
 def store_dir(name: str, key: str) -> Path:
     return runs_root() / "cache" / name / key
 
 
-def plan(recipe: dict) -> dict[str, str]:
-    """The key of every stage, in order (a stage's key depends on its inputs' keys)."""
-    keys: dict[str, str] = {}
+def plan_deps(recipe: dict) -> dict[str, tuple[str, dict]]:
+    """Every stage's key and dependencies, in order (a stage's key depends on its inputs' keys)."""
+    out: dict[str, tuple[str, dict]] = {}
     for name in STAGES:
-        mod = stage_module(name)
-        keys[name] = stage_key(name, recipe, {i: keys[i] for i in mod.INPUTS})
-    return keys
+        deps = stage_deps(name, recipe, {i: out[i][0] for i in stage_module(name).INPUTS})
+        out[name] = (stage_key(name, deps), deps)
+    return out
+
+
+def plan(recipe: dict) -> dict[str, str]:
+    """The key of every stage, in order."""
+    return {name: key for name, (key, _) in plan_deps(recipe).items()}
 
 
 def cached(name: str, key: str) -> Output | None:
@@ -123,7 +131,8 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
         forced = set(wanted)
     if until:
         wanted = {s for s in wanted if STAGES.index(s) <= STAGES.index(until)}
-    keys = plan(recipe.data)
+    planned = plan_deps(recipe.data)
+    keys = {name: key for name, (key, _) in planned.items()}
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + recipe.hash[:6]
     run_dir = runs_root() / recipe.name / run_id
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -161,7 +170,7 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
                 rec.error = (f"needs the output of {', '.join(missing)}, which is not in the cache for this recipe; "
                              f"run without --only first")
                 raise RunFailed(name, "failed", f"stage '{name}' {rec.error}")
-            out = _run_stage(mod, name, rec, recipe, run_dir, outputs, line)
+            out = _run_stage(mod, name, rec, planned[name][1], recipe, run_dir, outputs, line)
             outputs[name] = out
             if out.status == "gated":
                 raise RunFailed(name, "gated", out.metrics.get("gate_summary", f"stage {name} gated the run"))
@@ -186,7 +195,7 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
     return run_dir
 
 
-def _run_stage(mod, name: str, rec: StageRecord, recipe: Recipe, run_dir: Path,
+def _run_stage(mod, name: str, rec: StageRecord, deps: dict, recipe: Recipe, run_dir: Path,
                outputs: dict[str, Output], line: progress.Line) -> Output:
     final = store_dir(name, rec.key)
     tmp = final.parent / f".{rec.key}.tmp-{os.getpid()}"
@@ -218,7 +227,7 @@ def _run_stage(mod, name: str, rec: StageRecord, recipe: Recipe, run_dir: Path,
             raise RunFailed(name, "failed", f"stage '{name}': {rec.error}")
     record = {"stage": name, "key": rec.key, "status": result.status, "seconds": rec.seconds,
               "metrics": result.metrics, "artifacts": result.artifacts, "notes": result.notes,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_id": run_dir.name}
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_id": run_dir.name, "deps": deps}
     (tmp / "stage.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     if final.exists():
         shutil.rmtree(final)

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runner import env, llama_build
-from runner.adapters.llama_cpp import QUANT_TYPES
 
 PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models")
 
@@ -131,7 +130,7 @@ def ensure_llama_cpp() -> env.LlamaCpp:
             return lc.bin(lc.targets[0]).parent
 
         def selftest(rung: llama_build.Rung, bin_dir: Path) -> dict:
-            return llama_build.selftest(bin_dir, model, ["f16", *QUANT_TYPES], lc.path / "selftest" / rung.name,
+            return llama_build.selftest(bin_dir, model, ["f16", *llama_build.QUANT_TYPES], lc.path / "selftest" / rung.name,
                                         threads=min(os.cpu_count() or 1, 8))
 
         rungs = llama_build.plan(list(lc.builds), llama_build.cpu_flag_set(), platform.machine(), lc.forced)

@@ -3,7 +3,8 @@
 A stage module (runner/stages/<name>.py) declares:
   SECTIONS  recipe keys it reads (its cache key covers exactly these)
   INPUTS    upstream stages whose artifacts it reads
-  CODE      extra source files (adapters) whose text is part of its cache key
+  RUNS      repository files or folders it uses other than by import (lm-eval task folders): part of its key;
+            the code it imports is found from the source (runner/code_deps.py) and is part of its key too
   TOOLS     venv groups / 'llama' it runs: their build keys are part of its cache key
   run(ctx) -> Result
 Stages meet only through artifacts on disk: `ctx.inputs[name]` is the stored output of an upstream stage.

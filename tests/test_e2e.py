@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,29 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert man2["run_id"] != man["run_id"]
     assert all(man2["stages"][s]["status"] == "cached" for s in STAGES), man2["stages"]
     assert sorted(p.name for p in pack.parent.iterdir()) == [man2["run_id"]]  # report.keep: 1
+
+    # `just status`: in a copy of the repository, a file only the load test uses is edited; exactly loadtest and
+    # report (its input moved) are stale, and status names the file
+    copy = tmp_path / "repo-copy"
+    for rel in subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.splitlines():
+        if (REPO / rel).is_file():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, copy / rel)
+
+    def status() -> dict[str, str]:
+        r = subprocess.run([sys.executable, "-m", "runner", "status", str(recipe)], cwd=copy,
+                           env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return {line.split()[0]: line for line in r.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES}
+
+    assert all(" cached " in line for line in status().values()), status()
+    with open(copy / "runner" / "adapters" / "guidellm.py", "a") as f:
+        f.write("\n# edited by the status test\n")
+    after = status()
+    assert sorted(s for s, line in after.items() if " stale " in line) == ["loadtest", "report"], after
+    assert "file runner/adapters/guidellm.py changed" in after["loadtest"]
+    assert "input 'loadtest' changed" in after["report"] and "guidellm" not in after["report"]
 
     # `just compare A B`: same recipe and items, so quality differences are paired (and zero here)
     cmp = subprocess.run([sys.executable, "-m", "runner", "compare", man["run_id"], man2["run_id"]], cwd=REPO,

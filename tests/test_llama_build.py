@@ -78,7 +78,7 @@ def test_the_kept_build_passes_its_selftest_on_every_quant_type(built, model, tm
     chosen = next(t for t in rec["tried"] if t["name"] == rec["chosen"])
     assert chosen["passed"] and chosen["selftest"]["passed"] and rec["why"]
     assert all(t.get("skipped") or t["failures"] for t in rec["tried"][:rec["tried"].index(chosen)])
-    types = ["f16", *setup.QUANT_TYPES]
+    types = ["f16", *llama_build.QUANT_TYPES]
     result = llama_build.selftest(built.bin("llama-server").parent, model, types, tmp_path / "logs", threads=2)
     assert result["passed"], result["failures"]
     assert list(result["quant_types"]) == types

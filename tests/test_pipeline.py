@@ -157,3 +157,49 @@ def test_a_tool_that_runs_past_its_limit_is_stopped_and_named(tmp_path):
         proc.run([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
                  tmp_path / "t.log", what="sleeper", timeout=1)
     assert time.time() - t0 < 15 and "started" in (tmp_path / "t.log").read_text()
+
+
+def test_status_says_cached_or_stale_and_what_changed(fake):
+    from runner import status
+    rows = status.check(make())
+    assert {r.state for r in rows} == {"stale"} and rows[0].reasons == ["no stored output for this recipe yet"]
+    pipeline.execute(make())
+    assert [(r.stage, r.state) for r in status.check(make())] == [("first", "cached"), ("second", "cached"),
+                                                                  ("third", "cached")]
+    rows = {r.stage: r for r in status.check(make(add=5))}
+    assert rows["first"].state == "cached"
+    assert rows["second"].state == "stale" and rows["second"].reasons == ["recipe section 'second' changed"]
+    assert rows["third"].state == "stale" and rows["third"].reasons == ["input 'second' changed"]
+    assert "stale: second, third" in status.render(list(rows.values()))
+
+
+def test_status_names_changed_files_tools_and_fingerprints():
+    from runner import status
+    old = {"sections": {"eval": "a"}, "inputs": {"data": "k1"}, "tools": {"llama": "b1"},
+           "code": {"runner/x.py": "1", "runner/y.py": "2"}, "fingerprint": "f"}
+    assert status.changes(old, old) == ["its earlier output was recorded under another key format"]
+    new = {**old, "tools": {"llama": "b2"}, "code": {"runner/x.py": "9", "runner/z.py": "3"}, "fingerprint": "g"}
+    assert status.changes(old, new) == ["tool 'llama' changed", "file runner/x.py changed",
+                                        "file runner/y.py no longer used", "file runner/z.py added",
+                                        "base model or source data files changed (fingerprint)"]
+    many = {**old, "code": {f"runner/m{i}.py": "x" for i in range(9)}}
+    assert status.changes({**old, "code": {}}, many)[-1] == "and 3 more files"
+
+
+def test_a_stage_key_covers_the_code_it_imports_and_runs_found_from_the_source():
+    from runner import code_deps
+    from runner.env import REPO
+    loadtest = {str(f.relative_to(REPO)) for f in pipeline.code_files(pipeline.stage_module("loadtest"))}
+    report = {str(f.relative_to(REPO)) for f in pipeline.code_files(pipeline.stage_module("report"))}
+    # imported directly, imported by an import, run as `python -m runner.gateway`, and named in RUNS
+    assert {"runner/adapters/guidellm.py", "runner/supervisor.py", "runner/gateway/__main__.py",
+            "runner/gateway/app.py", "runner/__init__.py"} <= loadtest
+    assert any(f.startswith("evals/") for f in loadtest)
+    assert "runner/adapters/guidellm.py" not in report and "runner/stages/report.py" in report
+    assert code_deps.closure("runner.stage") == [REPO / "runner" / "__init__.py", REPO / "runner" / "stage.py"]
+
+
+def test_runner_has_no_import_cycle():
+    from runner import code_deps
+    assert code_deps.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}) == [["a", "b", "c"], ["e"]]
+    assert code_deps.cycles(code_deps.import_graph("runner")) == []

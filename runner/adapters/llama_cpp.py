@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from runner import env, llama_build, proc
-from runner.llama_build import free_port
+from runner.llama_build import QUANT_TYPES, free_port
 from runner.stage import StageError
-
-QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
 
 
 def convert(hf_dir: Path, out_file: Path, log: Path, outtype: str = "f16") -> Path:

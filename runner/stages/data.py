@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from runner import models
+from runner import env, models
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects, invoice
 from runner.dataprep import dedup, labels, pii, sources, truth
@@ -23,11 +23,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("data", "base_model", "seed", "threads")
 INPUTS = ()
-CODE = ("runner/datagen/invoice.py", "runner/datagen/defects.py", "runner/dataprep/dedup.py",
-        "runner/dataprep/pii.py", "runner/dataprep/labels.py", "runner/dataprep/sources.py",
-        "runner/dataprep/truth.py", "runner/reports/data_audit.py", "runner/adapters/cleanlab_datalab.py",
-        "runner/adapters/dvc.py",
-        "evals/invoice_extraction/utils.py")
+RUNS = ("evals", "schemas/tasks")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("core", "ml")
 GENERATORS = {"invoice": invoice.generate}
 SPLITS = ("train", "eval", "test")
@@ -339,9 +335,8 @@ def run(ctx: Context) -> Result:
     }
     if cfg["dvc"]["enabled"]:
         from runner.adapters import dvc
-        from runner.pipeline import runs_root
         ctx.progress("dvc add")
-        metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, runs_root() / "dvc",
+        metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, env.runs_root() / "dvc",
                                    cfg["dvc"].get("remote"), ctx.log("dvc.log"))
     (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
     data_audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)

@@ -22,11 +22,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
-CODE = ("runner/adapters/llama_cpp.py", "runner/llama_build.py", "runner/adapters/lm_eval.py", "runner/served_eval.py", "runner/eval_analysis.py", "runner/stats.py",
-        "runner/gates.py", "runner/reports/quality.py", "evals/invoice_extraction/utils.py",
-        "evals/invoice_extraction/invoice_extraction.yaml", "evals/general_instructions/utils.py",
-        "evals/general_instructions/general_instructions.yaml",
-        "evals/general_instructions/general_instructions.jsonl")
+RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("ml", "llama")
 MAIN = "invoice_extraction"
 TRAIN_TASK = "invoice_extraction_train"

@@ -20,10 +20,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
 INPUTS = ("serve", "data")
-CODE = ("runner/deploy.py", "runner/supervisor.py", "runner/drills.py", "runner/resources.py",
-        "runner/perf_analysis.py", "runner/adapters/guidellm.py", "runner/adapters/vegeta.py",
-        "runner/gateway/app.py",
-        "runner/gateway/admission.py", "runner/gateway/resilience.py", "runner/reports/perf_cost.py")
+RUNS = ("evals", "schemas/tasks")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("loadtest", "llama", "gateway")
 
 

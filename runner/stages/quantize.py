@@ -16,9 +16,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("quantize", "threads", "seed", "eval", "data")
 INPUTS = ("data", "eval")
-CODE = ("runner/adapters/llama_cpp.py", "runner/llama_build.py", "runner/adapters/lm_eval.py", "runner/served_eval.py",
-        "runner/eval_analysis.py", "runner/stats.py", "runner/reports/quantization.py",
-        "evals/invoice_extraction/utils.py", "evals/invoice_extraction/invoice_extraction.yaml")
+RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "ml")
 TASK = "invoice_extraction"
 

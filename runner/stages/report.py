@@ -15,7 +15,6 @@ PAGES = ("data", "train", "eval", "quantize", "loadtest")  # stages whose .md/.p
 
 SECTIONS = ("report", "name", "loadtest")
 INPUTS = ("data", "train", "eval", "quantize", "serve", "loadtest")
-CODE = ("runner/reports/answers.py", "runner/reports/risks.py")
 TOOLS = ("core",)
 
 

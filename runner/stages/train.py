@@ -19,7 +19,6 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("train", "base_model", "seed", "threads")
 INPUTS = ("data",)
-CODE = ("runner/adapters/axolotl.py", "runner/adapters/axolotl_entry.py", "runner/reports/training.py")
 TOOLS = ("ml",)
 HYPER_KEYS = ("adapter", "lora", "sequence_len", "micro_batch_size", "gradient_accumulation_steps", "max_steps",
               "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "sample_packing", "eval_steps",
