@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import env, llama_build, setup  # noqa: E402
+from runner import llama_build, setup  # noqa: E402
 
 
 def bench(binary: Path, gguf: Path, a, log: Path) -> dict:

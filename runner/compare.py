@@ -11,9 +11,8 @@ from pathlib import Path
 
 from runner import eval_analysis as ea
 from runner import manifest
+from runner.reports import fmt
 from runner.stages.eval import MAIN, TRAIN_TASK
-from runner.reports.quality import _ci
-from runner.stages.report import _f
 
 QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
            "answered_as_json")
@@ -37,7 +36,7 @@ def flatten(d, prefix="") -> dict:
 
 def _ab(x, y, nd=3) -> str:
     """'A → B' for one number of both runs."""
-    return f"{_f(x, nd)} → {_f(y, nd)}"
+    return f"{fmt.num(x, nd)} → {fmt.num(y, nd)}"
 
 
 def _metrics(man: dict, stage: str) -> dict:
@@ -111,7 +110,7 @@ def quality(a: dict, b: dict, dir_a: Path, dir_b: Path, iters: int, seed: int) -
                         "**intervals do not overlap**"
                 else:
                     sig = "–"
-                L.append(f"| {model} | {task} | {metric} | {_ci(ca)} | {_ci(cb)} | {d:+.3f} | {sig} |")
+                L.append(f"| {model} | {task} | {metric} | {fmt.ci(ca)} | {fmt.ci(cb)} | {d:+.3f} | {sig} |")
     return L + [""]
 
 
@@ -148,8 +147,8 @@ def quantization(a: dict, b: dict) -> list[str]:
     for t in [t for t in qa.get("files", {}) if t in qb.get("files", {})]:
         fa, fb = qa["files"][t], qb["files"][t]
         L.append(f"| {t} | {fa['bytes'] / 1e6:.0f} → {fb['bytes'] / 1e6:.0f} | "
-                 f"{_ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
-                 f"{_ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
+                 f"{fmt.ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
+                 f"{fmt.ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
                  f"{_ab((fa.get('bench') or {}).get('gen_tokens_per_s'), (fb.get('bench') or {}).get('gen_tokens_per_s'), 1)} |")
     return L + [""]
 
@@ -173,7 +172,7 @@ def performance(a: dict, b: dict) -> list[str]:
     if not la or not lb:
         return []
     L = ["## Performance", "",
-         f"- SLO ceiling: A **{_f(la.get('concurrency_ceiling'))}** → B **{_f(lb.get('concurrency_ceiling'))}** "
+         f"- SLO ceiling: A **{fmt.num(la.get('concurrency_ceiling'))}** → B **{fmt.num(lb.get('concurrency_ceiling'))}** "
          f"streams; peak output tok/s {_ab(la.get('peak_output_tokens_per_s'), lb.get('peak_output_tokens_per_s'), 1)}; "
          "$ per 1M output tokens at the ceiling "
          f"{_ab(la.get('usd_per_1m_output_tokens_at_ceiling'), lb.get('usd_per_1m_output_tokens_at_ceiling'))}.",
@@ -189,10 +188,10 @@ def performance(a: dict, b: dict) -> list[str]:
         s = by_b.get(r["streams"])
         if not s:
             continue
-        L.append(f"| {r['streams']} | {_f(r['output_tokens_per_s'], 1)} → {_f(s['output_tokens_per_s'], 1)} | "
-                 f"{pct(r['output_tokens_per_s'], s['output_tokens_per_s'])} | {_f(r['latency_s'].get('p95'), 2)} → "
-                 f"{_f(s['latency_s'].get('p95'), 2)} | {pct(r['latency_s'].get('p95'), s['latency_s'].get('p95'))} | "
-                 f"{_f(r['latency_s'].get('p99'), 2)} → {_f(s['latency_s'].get('p99'), 2)} | "
+        L.append(f"| {r['streams']} | {fmt.num(r['output_tokens_per_s'], 1)} → {fmt.num(s['output_tokens_per_s'], 1)} | "
+                 f"{pct(r['output_tokens_per_s'], s['output_tokens_per_s'])} | {fmt.num(r['latency_s'].get('p95'), 2)} → "
+                 f"{fmt.num(s['latency_s'].get('p95'), 2)} | {pct(r['latency_s'].get('p95'), s['latency_s'].get('p95'))} | "
+                 f"{fmt.num(r['latency_s'].get('p99'), 2)} → {fmt.num(s['latency_s'].get('p99'), 2)} | "
                  f"{'meets' if r['meets_slo'] else 'misses'} / {'meets' if s['meets_slo'] else 'misses'} |")
     L += ["", "Load-test numbers on a shared 2-core machine move by several percent between identical runs; "
           "treat single-digit changes as noise.", ""]

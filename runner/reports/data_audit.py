@@ -5,6 +5,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from runner.reports import fmt
+
 
 def _pct(values: list[int], q: float):
     if not values:
@@ -19,34 +21,24 @@ def _excerpt(text: str, n: int = 160) -> str:
 
 
 def _charts(out: Path, metrics: dict, parts: dict) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     made = []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, recs in parts.items():
-        if recs:
-            axes[0].hist([r["chars"] for r in recs], bins=30, alpha=0.6, label=name)
-            axes[1].hist([r["tokens"] for r in recs], bins=30, alpha=0.6, label=name)
-    axes[0].set_xlabel("document characters")
-    axes[1].set_xlabel("tokens (prompt + answer, base tokenizer)")
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "data_lengths.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "data_lengths.png", 1, 2, figsize=(9, 3.2)) as (fig, axes):
+        for name, recs in parts.items():
+            if recs:
+                axes[0].hist([r["chars"] for r in recs], bins=30, alpha=0.6, label=name)
+                axes[1].hist([r["tokens"] for r in recs], bins=30, alpha=0.6, label=name)
+        axes[0].set_xlabel("document characters")
+        axes[1].set_xlabel("tokens (prompt + answer, base tokenizer)")
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
     made.append("data_lengths.png")
 
     steps = list(metrics["counts"].items())
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar([s for s, _ in steps], [n for _, n in steps], color="#4a7")
-    ax.set_ylabel("records after step")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(out / "data_steps.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "data_steps.png", figsize=(8, 3.2)) as (fig, ax):
+        ax.bar([s for s, _ in steps], [n for _, n in steps], color="#4a7")
+        ax.set_ylabel("records after step")
+        ax.tick_params(axis="x", rotation=30)
     made.append("data_steps.png")
     return made
 

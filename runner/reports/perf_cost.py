@@ -6,14 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.perf_analysis import VERDICTS
-
-
-def _f(v, nd=2) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+from runner.reports import fmt
 
 
 def _ms(v_s) -> str:
@@ -21,56 +14,50 @@ def _ms(v_s) -> str:
 
 
 def chart(metrics: dict, out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows, direct = metrics["levels"], metrics.get("direct_levels")
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    x = [r["streams"] for r in rows]
-    a, b, c, d = axes
-    for series, label, style in ((rows, metrics["through"], "-o"), (direct, "direct", "--s")):
-        if not series:
-            continue
-        if label == "direct" and metrics["through"] == "direct":
-            continue
-        xs = [r["streams"] for r in series]
-        a.plot(xs, [r["output_tokens_per_s"] or 0 for r in series], style, label=f"{label}: output tok/s")
-        for q, col in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
-            b.plot(xs, [r["latency_s"].get(q) for r in series], style, color=col, label=f"{label} {q}",
-                   alpha=1 if label != "direct" else 0.5)
-            c.plot(xs, [(r["ttft_ms"].get(q) or 0) / 1000 for r in series], style, color=col, label=f"{label} {q}",
-                   alpha=1 if label != "direct" else 0.5)
-    slo = metrics["slo"]
-    b.axhline(slo["p99_latency_s"], color="tab:red", lw=0.8, ls=":", label="SLO p99")
-    c.axhline(slo["p95_ttft_s"], color="tab:orange", lw=0.8, ls=":", label="SLO p95 TTFT")
-    a.set_title("throughput")
-    b.set_title("request latency (s)")
-    c.set_title("time to first token (s)")
-    for ax in (a, b, c):
-        ax.set_xlabel("concurrent streams")
-        ax.set_xticks(x)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    # resources per level
-    names = sorted({n for r in rows for n, v in r.get("resources", {}).items()
-                    if isinstance(v, dict) and "cpu_pct" in v})
-    width = 0.8 / max(1, len(names) + 1)
-    for i, n in enumerate(names):
-        d.bar([j + i * width for j in range(len(rows))],
-              [r.get("resources", {}).get(n, {}).get("cpu_pct", {}).get("mean", 0) for r in rows], width, label=n)
-    d.bar([j + len(names) * width for j in range(len(rows))],
-          [r.get("bottleneck", {}).get("other_cpu_pct", 0) for r in rows], width, label="load generator + rest")
-    d.axhline(100 * (metrics.get("cores") or 1), color="k", lw=0.8, ls=":", label="all cores")
-    d.set_xticks([j + width * len(names) / 2 for j in range(len(rows))], [str(s) for s in x])
-    d.set_xlabel("concurrent streams")
-    d.set_title("CPU % (100 = one core)")
-    d.legend(fontsize=7)
-    fig.tight_layout()
     path = out / "perf_cost.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with fmt.figure(path, 1, 4, figsize=(17, 3.8), dpi=110) as (fig, axes):
+        x = [r["streams"] for r in rows]
+        a, b, c, d = axes
+        for series, label, style in ((rows, metrics["through"], "-o"), (direct, "direct", "--s")):
+            if not series:
+                continue
+            if label == "direct" and metrics["through"] == "direct":
+                continue
+            xs = [r["streams"] for r in series]
+            a.plot(xs, [r["output_tokens_per_s"] or 0 for r in series], style, label=f"{label}: output tok/s")
+            for q, col in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
+                b.plot(xs, [r["latency_s"].get(q) for r in series], style, color=col, label=f"{label} {q}",
+                       alpha=1 if label != "direct" else 0.5)
+                c.plot(xs, [(r["ttft_ms"].get(q) or 0) / 1000 for r in series], style, color=col, label=f"{label} {q}",
+                       alpha=1 if label != "direct" else 0.5)
+        slo = metrics["slo"]
+        b.axhline(slo["p99_latency_s"], color="tab:red", lw=0.8, ls=":", label="SLO p99")
+        c.axhline(slo["p95_ttft_s"], color="tab:orange", lw=0.8, ls=":", label="SLO p95 TTFT")
+        a.set_title("throughput")
+        b.set_title("request latency (s)")
+        c.set_title("time to first token (s)")
+        for ax in (a, b, c):
+            ax.set_xlabel("concurrent streams")
+            ax.set_xticks(x)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        # resources per level
+        names = sorted({n for r in rows for n, v in r.get("resources", {}).items()
+                        if isinstance(v, dict) and "cpu_pct" in v})
+        width = 0.8 / max(1, len(names) + 1)
+        for i, n in enumerate(names):
+            d.bar([j + i * width for j in range(len(rows))],
+                  [r.get("resources", {}).get(n, {}).get("cpu_pct", {}).get("mean", 0) for r in rows], width, label=n)
+        d.bar([j + len(names) * width for j in range(len(rows))],
+              [r.get("bottleneck", {}).get("other_cpu_pct", 0) for r in rows], width, label="load generator + rest")
+        d.axhline(100 * (metrics.get("cores") or 1), color="k", lw=0.8, ls=":", label="all cores")
+        d.set_xticks([j + width * len(names) / 2 for j in range(len(rows))], [str(s) for s in x])
+        d.set_xlabel("concurrent streams")
+        d.set_title("CPU % (100 = one core)")
+        d.legend(fontsize=7)
     return path.name
 
 
@@ -79,12 +66,12 @@ def _level_table(rows: list[dict], price: float) -> list[str]:
          "| errors | SLO | $ per 1M output tokens | prompt tokens from cache |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat, tt = r["latency_s"], r["ttft_ms"]
-        L.append(f"| {r['streams']} | {_f(r['requests_per_s'])} | {_f(r['output_tokens_per_s'], 1)} | "
-                 f"{_f(lat.get('p50'))} / {_f(lat.get('p95'))} / {_f(lat.get('p99'))} | "
-                 f"{_f(tt.get('p50'), 0)} / {_f(tt.get('p95'), 0)} / {_f(tt.get('p99'), 0)} | "
-                 f"{_f(r['itl_ms'].get('p50'), 1)} | {r['requests']['errored'] or 0}/{r['requests']['total'] or 0} | "
-                 f"{'meets' if r['meets_slo'] else '**misses**'} | {_f(r.get('usd_per_1m_output_tokens'), 3)} | "
-                 f"{_f(r.get('cached_prompt_ratio'))} |")
+        L.append(f"| {r['streams']} | {fmt.num(r['requests_per_s'], 2)} | {fmt.num(r['output_tokens_per_s'], 1)} | "
+                 f"{fmt.num(lat.get('p50'), 2)} / {fmt.num(lat.get('p95'), 2)} / {fmt.num(lat.get('p99'), 2)} | "
+                 f"{fmt.num(tt.get('p50'), 0)} / {fmt.num(tt.get('p95'), 0)} / {fmt.num(tt.get('p99'), 0)} | "
+                 f"{fmt.num(r['itl_ms'].get('p50'), 1)} | {r['requests']['errored'] or 0}/{r['requests']['total'] or 0} | "
+                 f"{'meets' if r['meets_slo'] else '**misses**'} | {fmt.num(r.get('usd_per_1m_output_tokens'), 3)} | "
+                 f"{fmt.num(r.get('cached_prompt_ratio'), 2)} |")
     return L
 
 
@@ -96,10 +83,10 @@ def _resources_table(rows: list[dict]) -> list[str]:
         b, res = r.get("bottleneck", {}), r.get("resources", {})
         rss = sum((res.get(n, {}).get("rss_mb") or {}).get("max", 0) for n in res if n.startswith("primary-"))
         grss = (res.get("gateway", {}).get("rss_mb") or {}).get("max")
-        L.append(f"| {r['streams']} | {_f(b.get('machine_cpu_pct'), 0)} | {_f(b.get('engine_cpu_pct'), 0)} | "
-                 f"{_f(b.get('gateway_cpu_pct'), 0)} | {_f(b.get('other_cpu_pct'), 0)} | {_f(float(rss), 0)} | "
-                 f"{_f(grss, 0)} | {_f(b.get('slots_busy'), 1)} | {_f(b.get('requests_deferred'), 1)} | "
-                 f"{_f(b.get('gateway_queued'), 1)} | {b.get('verdict', '–')} |")
+        L.append(f"| {r['streams']} | {fmt.num(b.get('machine_cpu_pct'), 0)} | {fmt.num(b.get('engine_cpu_pct'), 0)} | "
+                 f"{fmt.num(b.get('gateway_cpu_pct'), 0)} | {fmt.num(b.get('other_cpu_pct'), 0)} | {fmt.num(float(rss), 0)} | "
+                 f"{fmt.num(grss, 0)} | {fmt.num(b.get('slots_busy'), 1)} | {fmt.num(b.get('requests_deferred'), 1)} | "
+                 f"{fmt.num(b.get('gateway_queued'), 1)} | {b.get('verdict', '–')} |")
     return L
 
 
@@ -111,9 +98,9 @@ def _fresh_engines(ladders: dict) -> list[str]:
          "|---|---|---|---|---|"]
     for name, e in ladders.items():
         a, z = e["at_start"].get("primary-0", {}), e["at_end"].get("primary-0", {})
-        L.append(f"| {name} | {a.get('pid')} | {_f(a.get('prompt_tokens'), 0)} ({_f(a.get('prompt_tokens_cached'), 0)})"
-                 f" | {_f(z.get('prompt_tokens'), 0)} ({_f(z.get('prompt_tokens_cached'), 0)}) | "
-                 f"{_f(a.get('tokens_predicted'), 0)} / {_f(z.get('tokens_predicted'), 0)} |")
+        L.append(f"| {name} | {a.get('pid')} | {fmt.num(a.get('prompt_tokens'), 0)} ({fmt.num(a.get('prompt_tokens_cached'), 0)})"
+                 f" | {fmt.num(z.get('prompt_tokens'), 0)} ({fmt.num(z.get('prompt_tokens_cached'), 0)}) | "
+                 f"{fmt.num(a.get('tokens_predicted'), 0)} / {fmt.num(z.get('tokens_predicted'), 0)} |")
     return L + ["", "A fresh engine starts each ladder having processed only its readiness probe.", ""]
 
 
@@ -130,9 +117,9 @@ def render(metrics: dict, chart_name: str | None) -> str:
     L += ["## Answer", "",
           f"- **Concurrency ceiling** (highest level meeting the SLO, through {metrics['through']}): "
           + (f"**{ceiling} concurrent stream{'s' if ceiling != 1 else ''}**, at "
-             f"${_f(metrics['usd_per_1m_output_tokens_at_ceiling'], 3)} per 1M output tokens."
+             f"${fmt.num(metrics['usd_per_1m_output_tokens_at_ceiling'], 3)} per 1M output tokens."
              if ceiling is not None else "**none**: no level meets the SLO."),
-          f"- **Throughput** peaks at {_f(metrics['peak_output_tokens_per_s'], 1)} output tok/s at "
+          f"- **Throughput** peaks at {fmt.num(metrics['peak_output_tokens_per_s'], 1)} output tok/s at "
           f"{metrics['peak_at_streams']} streams; " +
           (f"it stops growing (< 10% per step) after {metrics['throughput_knee_streams']} streams."
            if metrics.get("throughput_knee_streams") else "it was still growing at the top of the ladder."),
@@ -152,8 +139,8 @@ def render(metrics: dict, chart_name: str | None) -> str:
         L += ["| streams | added latency p50 (ms) | added latency p95 (ms) | throughput gateway / direct |",
               "|---|---|---|---|"]
         for o in metrics["gateway_overhead"] or []:
-            L.append(f"| {o['streams']} | {_f(o['added_latency_p50_ms'], 1)} | {_f(o['added_latency_p95_ms'], 1)} | "
-                     f"{_f(o['throughput_ratio'], 3)} |")
+            L.append(f"| {o['streams']} | {fmt.num(o['added_latency_p50_ms'], 1)} | {fmt.num(o['added_latency_p95_ms'], 1)} | "
+                     f"{fmt.num(o['throughput_ratio'], 3)} |")
         L += ["", "Each ladder runs against a deployment started for it (cold prompt caches, the same seeded prompts); "
               "both share the machine with GuideLLM, so differences of a few percent are run-to-run noise on two "
               "cores.", ""] + _fresh_engines(metrics.get("ladder_engines") or {})
@@ -166,9 +153,9 @@ def render(metrics: dict, chart_name: str | None) -> str:
               "TTFT p95 (ms) before → after |", "|---|---|---|---|---|"]
         for c in b["comparison"]:
             bf, af = c["before"], c["after"]
-            L.append(f"| {c['streams']} | {_f(bf['output_tokens_per_s'], 1)} → {_f(af['output_tokens_per_s'], 1)} | "
-                     f"{_f(c['throughput_gain'], 2)}x | {_f(bf['latency_p95_s'])} → {_f(af['latency_p95_s'])} | "
-                     f"{_f(bf['ttft_p95_ms'], 0)} → {_f(af['ttft_p95_ms'], 0)} |")
+            L.append(f"| {c['streams']} | {fmt.num(bf['output_tokens_per_s'], 1)} → {fmt.num(af['output_tokens_per_s'], 1)} | "
+                     f"{fmt.num(c['throughput_gain'], 2)}x | {fmt.num(bf['latency_p95_s'], 2)} → {fmt.num(af['latency_p95_s'], 2)} | "
+                     f"{fmt.num(bf['ttft_p95_ms'], 0)} → {fmt.num(af['ttft_p95_ms'], 0)} |")
         for r in b["levels"]:
             if r.get("bottleneck"):
                 L.append("")
@@ -180,8 +167,8 @@ def render(metrics: dict, chart_name: str | None) -> str:
               "|---|---|---|---|---|---|"]
         for v in metrics["vegeta"]:
             lat = v["latency_s"]
-            L.append(f"| {v['rate_per_s']:g} | {_f(v['achieved_rate'])} | {_f(v['throughput_per_s'])} | "
-                     f"{_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])} | {_f(v['success_ratio'])} | "
+            L.append(f"| {v['rate_per_s']:g} | {fmt.num(v['achieved_rate'], 2)} | {fmt.num(v['throughput_per_s'], 2)} | "
+                     f"{fmt.num(lat['p50'], 2)} / {fmt.num(lat['p95'], 2)} / {fmt.num(lat['p99'], 2)} | {fmt.num(v['success_ratio'], 2)} | "
                      + ", ".join(f"{c}: {n}" for c, n in sorted(v["status_codes"].items())) + " |")
         L.append("")
     L += _drills(metrics.get("drills"), metrics.get("engine_restarts") or [])
@@ -204,9 +191,9 @@ def _drills(drills: dict | None, restarts: list[dict]) -> list[str]:
         L += [f"- **Kill the primary engine under load** ({'passed' if k['passed'] else '**failed**'}): "
               f"{k['requests']} requests from {k.get('workers', '?')} clients, {k['errors_after_kill']} errors after the kill; "
               f"{k['answered_by_fallback']} answered by the fallback model, the first "
-              f"{_f(k['first_fallback_answer_s'])} s after the kill; the supervisor had the engine serving again "
-              f"after {_f(k['engine_restarted_s'])} s; the primary answered through the gateway again after "
-              f"{_f(k['primary_answers_again_s'])} s (its circuit half-opens after breaker.reset_s); circuit "
+              f"{fmt.num(k['first_fallback_answer_s'], 2)} s after the kill; the supervisor had the engine serving again "
+              f"after {fmt.num(k['engine_restarted_s'], 2)} s; the primary answered through the gateway again after "
+              f"{fmt.num(k['primary_answers_again_s'], 2)} s (its circuit half-opens after breaker.reset_s); circuit "
               f"afterwards: {k['circuit_after']}."]
     elif k:
         L += [f"- Kill the primary engine: skipped ({k['skipped']})."]

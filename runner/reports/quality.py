@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner import gates as gates_mod
+from runner.reports import fmt
 
 MAIN = "invoice_extraction"
 TRAIN_TASK = "invoice_extraction_train"
@@ -17,77 +18,49 @@ def _v(x, nd=3) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def _ci(c: dict | None, nd=3) -> str:
-    if not c or c.get("value") is None:
-        return "–"
-    if c.get("low") is None:
-        return _v(c["value"], nd)
-    return f"{c['value']:.{nd}f} [{c['low']:.{nd}f}, {c['high']:.{nd}f}]"
-
-
-def _diff(c: dict | None) -> str:
-    if not c or c.get("diff") is None:
-        return "–"
-    mark = " ▲" if c.get("improved") or (c.get("low") or 0) > 0 else (" ▼" if (c.get("high") or 0) < 0 else "")
-    p = f", p={c['p']:.3g}" if c.get("p") is not None else ""
-    return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{p}{mark}"
-
-
 def _pairs(row: dict) -> dict:
     return {k.split("-vs-")[0]: v for k, v in row.items() if "-vs-" in k}
 
 
 def chart_metrics(metrics: dict, out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
     models = [m for m, d in metrics["models"].items() if MAIN in d["tasks"]]
     if not models:
         return None
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.8 / len(models)
-    for i, m in enumerate(models):
-        ci = metrics["models"][m]["tasks"][MAIN]["ci"]
-        vals = [ci[n]["value"] if ci.get(n) and ci[n]["value"] is not None else 0 for n in names]
-        err = [[max(0, v - (ci[n]["low"] if ci.get(n) and ci[n]["low"] is not None else v)) for v, n in zip(vals, names)],
-               [max(0, (ci[n]["high"] if ci.get(n) and ci[n]["high"] is not None else v) - v) for v, n in zip(vals, names)]]
-        ax.bar([x + i * width for x in range(len(names))], vals, width, yerr=err, capsize=2, label=m)
-    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))], names, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("invoice_extraction on the test split (95% bootstrap CI)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "quality_metrics.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "quality_metrics.png", figsize=(9, 3.6)) as (fig, ax):
+        width = 0.8 / len(models)
+        for i, m in enumerate(models):
+            ci = metrics["models"][m]["tasks"][MAIN]["ci"]
+            vals = [ci[n]["value"] if ci.get(n) and ci[n]["value"] is not None else 0 for n in names]
+            err = [[max(0, v - (ci[n]["low"] if ci.get(n) and ci[n]["low"] is not None else v)) for v, n in zip(vals, names)],
+                   [max(0, (ci[n]["high"] if ci.get(n) and ci[n]["high"] is not None else v) - v) for v, n in zip(vals, names)]]
+            ax.bar([x + i * width for x in range(len(names))], vals, width, yerr=err, capsize=2, label=m)
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))], names, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title("invoice_extraction on the test split (95% bootstrap CI)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
     return "quality_metrics.png"
 
 
 def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     dims = [d for d in ("field", "layout", "locale", "length") if breakdowns.get(d)]
     if not dims:
         return None
-    fig, axes = plt.subplots(1, len(dims), figsize=(4 * len(dims), 3.6), squeeze=False)
-    for ax, dim in zip(axes[0], dims):
-        rows = breakdowns[dim]
-        keys = list(rows)
-        models = [m for m in next(iter(rows.values())) if "-vs-" not in m]
-        width = 0.8 / max(1, len(models))
-        for i, m in enumerate(models):
-            vals = [rows[k][m]["value"] or 0 for k in keys]
-            ax.bar([x + i * width for x in range(len(keys))], vals, width, label=m)
-        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))], keys, rotation=60, fontsize=7)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"by {dim} ({'accuracy' if dim == 'field' else 'field F1'})", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "quality_breakdowns.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "quality_breakdowns.png", 1, len(dims), figsize=(4 * len(dims), 3.6), squeeze=False) as (fig, axes):
+        for ax, dim in zip(axes[0], dims):
+            rows = breakdowns[dim]
+            keys = list(rows)
+            models = [m for m in next(iter(rows.values())) if "-vs-" not in m]
+            width = 0.8 / max(1, len(models))
+            for i, m in enumerate(models):
+                vals = [rows[k][m]["value"] or 0 for k in keys]
+                ax.bar([x + i * width for x in range(len(keys))], vals, width, label=m)
+            ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))], keys, rotation=60, fontsize=7)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"by {dim} ({'accuracy' if dim == 'field' else 'field F1'})", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][0].legend(fontsize=7)
     return "quality_breakdowns.png"
 
 
@@ -142,9 +115,9 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
               " | ".join(f"{m} − {base}" for m in tuned if base) + " |",
               "|---" * (1 + len(models) + (len(tuned) if base else 0)) + "|"]
         for k in main_metrics:
-            row = [_ci(metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get(k)) for m in models]
+            row = [fmt.ci(metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get(k)) for m in models]
             if base:
-                row += [_diff(metrics["comparisons"].get(m, {}).get(MAIN, {}).get(k)) for m in tuned]
+                row += [fmt.diff(metrics["comparisons"].get(m, {}).get(MAIN, {}).get(k)) for m in tuned]
             L.append(f"| {k} | " + " | ".join(row) + " |")
         L += ["", f"▲/▼: the 95% CI of the difference excludes zero (improved / worse). Paired-bootstrap p-values "
               f"cannot go below 2/(B+1) = {2 / (cfg['bootstrap_iters'] + 1):.4f}. Binary metrics also get McNemar's "
@@ -173,8 +146,8 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
                   " | ".join(f"{m} − {base}" for m in tuned) + " |", "|---" * (2 + len(models) + len(tuned)) + "|"]
             for k, r in rows.items():
                 n = r[models[0]]["n"]
-                L.append(f"| {k} | {n} | " + " | ".join(_ci(r.get(m), 2) for m in models) + " | " +
-                         " | ".join(_diff(_pairs(r).get(m)) for m in tuned) + " |")
+                L.append(f"| {k} | {n} | " + " | ".join(fmt.ci(r.get(m), 2) for m in models) + " | " +
+                         " | ".join(fmt.diff(_pairs(r).get(m)) for m in tuned) + " |")
             L += [""]
         if "quality_breakdowns_png" in charts:
             L += [f"![breakdowns]({charts['quality_breakdowns_png']})", ""]
@@ -213,21 +186,21 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         for m in models:
             t = metrics["models"][m]["tasks"].get(gen)
             if t:
-                L.append(f"| {m} | {_ci(t['ci'].get('accuracy'))} | {_ci(t['ci'].get('answered_as_json'))} |")
+                L.append(f"| {m} | {fmt.ci(t['ci'].get('accuracy'))} | {fmt.ci(t['ci'].get('answered_as_json'))} |")
         for m in tuned:
             c = metrics["comparisons"].get(m, {}).get(gen, {}).get("accuracy")
             if c:
                 verdict = ("forgetting: significantly worse" if c["high"] is not None and c["high"] < 0 else
                            "no significant change" if not (c["low"] is not None and c["low"] > 0) else
                            "significantly better")
-                L.append(f"\n{m} − {base}: {_diff(c)}: {verdict} on {c['n']} items.")
+                L.append(f"\n{m} − {base}: {fmt.diff(c)}: {verdict} on {c['n']} items.")
         L += [""]
     # gates
     if metrics.get("gates") is not None and cfg.get("gates"):
         L += ["## Gates", "", "| gate | model | measured | verdict |", "|---|---|---|---|"]
         for v in metrics["gates"]:
             g = cfg["gates"][v["gate"]]
-            measured = f"{v['what']}: {_diff(v) if 'diff' in v else '–'}"
+            measured = f"{v['what']}: {fmt.diff(v) if 'diff' in v else '–'}"
             L.append(f"| {gates_mod.describe(g)} | {v['model']} | {measured} | "
                      + ("pass" if v["passed"] else "**FAIL**: " + "; ".join(v["reasons"])) + " |")
         L += [""]
@@ -252,13 +225,13 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         tr, te = g["field_f1"]["train"], g["field_f1"]["test"]
         if tr.get("value") is not None and te.get("value") is not None:
             gap = tr["value"] - te["value"]
-            L.append(f"- Overfitting ({m}): field F1 on {tr['n']} training items {_ci(tr)} vs {te['n']} test items "
-                     f"{_ci(te)}: gap {gap:+.3f}" + (" — the intervals do not overlap" if tr["low"] is not None and
+            L.append(f"- Overfitting ({m}): field F1 on {tr['n']} training items {fmt.ci(tr)} vs {te['n']} test items "
+                     f"{fmt.ci(te)}: gap {gap:+.3f}" + (" — the intervals do not overlap" if tr["low"] is not None and
                                                     te["high"] is not None and tr["low"] > te["high"] else "") + ".")
     for m in models:
         gr = metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate")
         if gr:
-            L.append(f"- Hallucination ({m}): grounding rate {_ci(gr)} (share of predicted values found in the "
+            L.append(f"- Hallucination ({m}): grounding rate {fmt.ci(gr)} (share of predicted values found in the "
                      "document)" + ("; no values predicted" if gr.get("value") is None else "") + ".")
     for m, p in analysis.get("pii", {}).items():
         L.append(f"- Sensitive content ({m}): {p['answers_with_pii']} answers contain PII-like spans "

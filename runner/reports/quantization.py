@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from runner import eval_analysis as ea
-from runner.reports.quality import _ci
+from runner.reports import fmt
 
 
 def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: int) -> dict:
@@ -33,33 +33,27 @@ def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: in
 
 
 def chart(metrics: dict, out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     q = metrics["quality"]
     types = [t for t in metrics["files"] if t in q and q[t]["ci"].get("field_f1", {}).get("value") is not None]
     if len(types) < 2:
         return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for t in types:
-        mb = metrics["files"][t]["bytes"] / 1e6
-        ci = q[t]["ci"]["field_f1"]
-        a.errorbar([mb], [ci["value"]], yerr=[[ci["value"] - ci["low"]], [ci["high"] - ci["value"]]], fmt="o",
-                   capsize=3, label=t)
-        bench = metrics["files"][t].get("bench")
-        if bench:
-            b.bar(t, bench.get("gen_tokens_per_s", 0), yerr=bench.get("gen_tokens_per_s_std", 0), capsize=3)
-    a.set_xlabel("file size (MB)")
-    a.set_ylabel("field F1 (95% CI)")
-    a.set_title("quality vs size")
-    a.grid(alpha=0.3)
-    a.legend(fontsize=8)
-    b.set_ylabel("decode tokens/s (llama-bench)")
-    b.set_title(f"speed, {next(iter(metrics['files'].values())).get('bench', {}).get('threads', '?')} threads")
-    b.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "quantization.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "quantization.png", 1, 2, figsize=(10, 3.8)) as (fig, (a, b)):
+        for t in types:
+            mb = metrics["files"][t]["bytes"] / 1e6
+            ci = q[t]["ci"]["field_f1"]
+            a.errorbar([mb], [ci["value"]], yerr=[[ci["value"] - ci["low"]], [ci["high"] - ci["value"]]], fmt="o",
+                       capsize=3, label=t)
+            bench = metrics["files"][t].get("bench")
+            if bench:
+                b.bar(t, bench.get("gen_tokens_per_s", 0), yerr=bench.get("gen_tokens_per_s_std", 0), capsize=3)
+        a.set_xlabel("file size (MB)")
+        a.set_ylabel("field F1 (95% CI)")
+        a.set_title("quality vs size")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+        b.set_ylabel("decode tokens/s (llama-bench)")
+        b.set_title(f"speed, {next(iter(metrics['files'].values())).get('bench', {}).get('threads', '?')} threads")
+        b.grid(axis="y", alpha=0.3)
     return "quantization.png"
 
 
@@ -87,7 +81,7 @@ def write(out: Path, metrics: dict, analysis: dict) -> dict:
         L.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_n(b.get('bits_per_weight'), 2)} | {_n(f.get('load_s'), 2)} | "
                  f"{_n(b.get('prompt_tokens_per_s'))} ± {_n(b.get('prompt_tokens_per_s_std'))} | "
                  f"{_n(b.get('gen_tokens_per_s'))} ± {_n(b.get('gen_tokens_per_s_std'))} | {_n(f.get('peak_rss_mb'))} | "
-                 f"{_ci(ci.get('field_f1'))} | {_ci(ci.get('exact_match'))} | "
+                 f"{fmt.ci(ci.get('field_f1'))} | {fmt.ci(ci.get('exact_match'))} | "
                  + (f"{chk['drop']:+.3f} ({chk['drop_ci_high']:+.3f})" if chk else "–") + " | "
                  + ("–" if v is None else "pass" if v["passed"] else "**fail**: " + "; ".join(v["reasons"])) + " |")
     mixes = [(t, f) for t, f in files.items() if f.get("tensor_types")]

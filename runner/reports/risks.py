@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.reports.quality import _ci as quality_ci
+from runner.reports import fmt
 from runner.stage import Output
 
 MAIN = "invoice_extraction"
@@ -16,7 +16,7 @@ MAIN = "invoice_extraction"
 
 def _ci(c: dict | None) -> str:
     """quality.md's interval format, plus the number of items."""
-    text = quality_ci(c)
+    text = fmt.ci(c)
     return text + f" (n={c.get('n')})" if c and c.get("value") is not None and c.get("low") is not None else text
 
 

@@ -4,35 +4,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runner.reports import fmt
+
 
 def curves_png(curves: dict[str, list[dict]], out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not any(curves.values()):
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
-    panels = [("loss", "train loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"),
-              ("grad_norm", "grad norm")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        for name, curve in curves.items():
-            pts = [(r["step"], r[key]) for r in curve if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), "o-" if key == "eval_loss" else "-", label=name, markersize=3)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=100)
-    plt.close(fig)
+    with fmt.figure(out / "training_curves.png", 2, 2, figsize=(10, 6)) as (fig, axes):
+        panels = [("loss", "train loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"),
+                  ("grad_norm", "grad norm")]
+        for ax, (key, title) in zip(axes.flat, panels):
+            for name, curve in curves.items():
+                pts = [(r["step"], r[key]) for r in curve if isinstance(r.get(key), (int, float))]
+                if pts:
+                    ax.plot(*zip(*pts), "o-" if key == "eval_loss" else "-", label=name, markersize=3)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
     return "training_curves.png"
-
-
-def _f(v, nd=4):
-    return "–" if v is None else (f"{v:.{nd}g}" if isinstance(v, float) else str(v))
 
 
 def write(out: Path, metrics: dict, curves: dict[str, list[dict]], dataset_version: str, price: float) -> Path:
@@ -43,10 +34,10 @@ def write(out: Path, metrics: dict, curves: dict[str, list[dict]], dataset_versi
          "trainable params | wall s | peak RSS MB | cost USD |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in metrics.items():
         share = f" ({100 * m['trainable_params'] / m['all_params']:.2f}%)" if m.get("trainable_params") and m.get("all_params") else ""
-        L.append(f"| {name} | {m['status']} | {m['steps']} | {_f(m['tokens_seen'])} | {_f(m['first_loss'])} | "
-                 f"{_f(m['final_loss'])} | {_f(m['final_eval_loss'])} | {_f(m['tokens_per_s'], 3)} | "
-                 f"{_f(m['trainable_params'])}{share} | {_f(m['seconds'], 4)} | {_f(m['peak_rss_mb'], 5)} | "
-                 f"{_f(m['cost_usd'], 3)} |")
+        L.append(f"| {name} | {m['status']} | {m['steps']} | {fmt.num(m['tokens_seen'], 4, 'g')} | {fmt.num(m['first_loss'], 4, 'g')} | "
+                 f"{fmt.num(m['final_loss'], 4, 'g')} | {fmt.num(m['final_eval_loss'], 4, 'g')} | {fmt.num(m['tokens_per_s'], 3, 'g')} | "
+                 f"{fmt.num(m['trainable_params'], 4, 'g')}{share} | {fmt.num(m['seconds'], 4, 'g')} | {fmt.num(m['peak_rss_mb'], 5, 'g')} | "
+                 f"{fmt.num(m['cost_usd'], 3, 'g')} |")
     L += ["", f"Cost: wall hours (preprocess + train) × {price} USD/hour (`train.price_per_hour_usd`). Tokens seen: "
           "Axolotl's cumulative `tokens/total`; train tok/s divides it by the train process's wall time (start-up "
           "included)."]

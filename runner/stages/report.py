@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from runner.reports import answers, risks
+from runner.reports import answers, fmt, risks
 from runner.stage import Context, Output, Result
 
 PAGES = ("data", "train", "eval", "quantize", "loadtest")  # stages whose .md/.png artifacts join the pack
@@ -18,42 +18,26 @@ INPUTS = ("data", "train", "eval", "quantize", "serve", "loadtest")
 TOOLS = ("core",)
 
 
-def _f(v, nd=3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
-
-
 def chart_loss(train: Output, out: Path) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
+    series = {}
     for name in train.metrics:
         curve_file = train.dir / train.artifacts.get(f"{name}-curve", "")
-        if not curve_file.is_file():
-            continue
-        curve = [json.loads(x) for x in curve_file.read_text().splitlines()]
-        pts = [(r["step"], r["loss"]) for r in curve if "loss" in r]
-        ev = [(r["step"], r["eval_loss"]) for r in curve if "eval_loss" in r]
-        if pts:
-            ax.plot(*zip(*pts), label=f"{name} train")
-            drawn = True
-        if ev:
-            ax.plot(*zip(*ev), "o--", label=f"{name} eval")
-    if not drawn:
-        plt.close(fig)
+        if curve_file.is_file():
+            curve = [json.loads(x) for x in curve_file.read_text().splitlines()]
+            series[name] = ([(r["step"], r["loss"]) for r in curve if "loss" in r],
+                            [(r["step"], r["eval_loss"]) for r in curve if "eval_loss" in r])
+    if not any(pts for pts, _ in series.values()):
         return None
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=110)
-    plt.close(fig)
+    with fmt.figure(out / "loss.png", figsize=(6, 3.5), dpi=110) as (fig, ax):
+        for name, (pts, ev) in series.items():
+            if pts:
+                ax.plot(*zip(*pts), label=f"{name} train")
+            if ev:
+                ax.plot(*zip(*ev), "o--", label=f"{name} eval")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
     return "loss.png"
 
 
@@ -111,8 +95,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         lines += ["", "## Training", "", "| model | steps | first loss | final loss | final eval loss | trainable params | wall s |",
                   "|---|---|---|---|---|---|---|"]
         for name, m in train.metrics.items():
-            lines.append(f"| {name} | {m['steps']} | {_f(m['first_loss'])} | {_f(m['final_loss'])} | "
-                         f"{_f(m['final_eval_loss'])} | {_f(m['trainable_params'])} | {_f(m['seconds'], 0)} |")
+            lines.append(f"| {name} | {m['steps']} | {fmt.num(m['first_loss'])} | {fmt.num(m['final_loss'])} | "
+                         f"{fmt.num(m['final_eval_loss'])} | {fmt.num(m['trainable_params'])} | {fmt.num(m['seconds'], 0)} |")
         if charts and (png := chart_loss(train, out)):
             lines += ["", f"![loss]({png})"]
         if "report" in train.artifacts:
@@ -125,8 +109,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                   "|---|---|" + "---|" * len(metric_names) + "---|"]
         for name, m in ev.metrics["models"].items():
             t = m["tasks"].get("invoice_extraction", {})
-            lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(_f(t.get(k)) for k in metric_names)
-                         + f" | {_f(m.get('seconds'), 0)} |")
+            lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(fmt.num(t.get(k)) for k in metric_names)
+                         + f" | {fmt.num(m.get('seconds'), 0)} |")
         for name, d in (ev.metrics.get("comparisons") or {}).items():
             t = d.get("invoice_extraction", {})
             lines += ["", f"{name} − base (paired bootstrap 95% CI): " + ", ".join(
@@ -148,8 +132,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         for t, f in qm["files"].items():
             ci = (qm.get("quality", {}).get(t) or {}).get("ci", {}).get("field_f1", {})
             v = (qm.get("verdicts") or {}).get(t)
-            lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_f(f.get('ratio_vs_f16', 1.0))} | "
-                         f"{_f(f.get('bench', {}).get('gen_tokens_per_s'), 1)} | {_f(ci.get('value'))} | "
+            lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {fmt.num(f.get('ratio_vs_f16', 1.0))} | "
+                         f"{fmt.num(f.get('bench', {}).get('gen_tokens_per_s'), 1)} | {fmt.num(ci.get('value'))} | "
                          + ("–" if v is None else "pass" if v["passed"] else "fail") + " |")
         if qm.get("chosen"):
             lines += ["", f"Deployment model: **{qm['chosen']}**: {qm['chosen_why']}."]
@@ -180,30 +164,30 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             rows = dc.items() if "free" not in dc else [("primary", dc)]  # runs before the fallback was measured
             for engine, modes in rows:
                 for mode, d in modes.items():
-                    lines.append(f"| {engine} | {mode} | {d['n']} | {_f(d['json_valid'])} | {_f(d['schema_valid'])} | "
-                                 f"{_f(d['field_f1'])} | {_f(d['exact_match'])} | {_f(d['latency_p50_s'], 2)} / "
-                                 f"{_f(d['latency_p95_s'], 2)} | {_f(d['completion_tokens_mean'], 1)} | "
+                    lines.append(f"| {engine} | {mode} | {d['n']} | {fmt.num(d['json_valid'])} | {fmt.num(d['schema_valid'])} | "
+                                 f"{fmt.num(d['field_f1'])} | {fmt.num(d['exact_match'])} | {fmt.num(d['latency_p50_s'], 2)} / "
+                                 f"{fmt.num(d['latency_p95_s'], 2)} | {fmt.num(d['completion_tokens_mean'], 1)} | "
                                  f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
     lt = inputs.get("loadtest")
     if lt:
         m = lt.metrics
         lines += ["", "## Load test (GuideLLM, concurrency ladder)", "",
                   f"SLO: p99 latency <= {m['slo']['p99_latency_s']} s, p95 TTFT <= {m['slo']['p95_ttft_s']} s, "
-                  f"error rate <= {m['slo']['max_error_rate']}. Concurrency ceiling: **{_f(m['concurrency_ceiling'])}**.", "",
+                  f"error rate <= {m['slo']['max_error_rate']}. Concurrency ceiling: **{fmt.num(m['concurrency_ceiling'])}**.", "",
                   "| streams | req/s | out tok/s | p50 s | p95 s | p99 s | TTFT p95 ms | errors | meets SLO | $/1M out tok |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in m["levels"]:
-            lines.append(f"| {r['streams']} | {_f(r['requests_per_s'], 2)} | {_f(r['output_tokens_per_s'], 1)} | "
-                         f"{_f(r['latency_s'].get('p50'), 2)} | {_f(r['latency_s'].get('p95'), 2)} | "
-                         f"{_f(r['latency_s'].get('p99'), 2)} | {_f(r['ttft_ms'].get('p95'), 0)} | "
-                         f"{_f(r['error_rate'], 3)} | {r['meets_slo']} | {_f(r['usd_per_1m_output_tokens'], 3)} |")
+            lines.append(f"| {r['streams']} | {fmt.num(r['requests_per_s'], 2)} | {fmt.num(r['output_tokens_per_s'], 1)} | "
+                         f"{fmt.num(r['latency_s'].get('p50'), 2)} | {fmt.num(r['latency_s'].get('p95'), 2)} | "
+                         f"{fmt.num(r['latency_s'].get('p99'), 2)} | {fmt.num(r['ttft_ms'].get('p95'), 0)} | "
+                         f"{fmt.num(r['error_rate'], 3)} | {r['meets_slo']} | {fmt.num(r['usd_per_1m_output_tokens'], 3)} |")
         if m.get("gateway_overhead"):
             lines += ["", f"Measured through the {m.get('through', 'gateway')}. Gateway overhead against the primary "
                       "engine alone, same run:", "", "| streams | added p50 ms | added p95 ms | throughput ratio |",
                       "|---|---|---|---|"]
             for o in m["gateway_overhead"]:
-                lines.append(f"| {o['streams']} | {_f(o['added_latency_p50_ms'], 1)} | "
-                             f"{_f(o['added_latency_p95_ms'], 1)} | {_f(o['throughput_ratio'])} |")
+                lines.append(f"| {o['streams']} | {fmt.num(o['added_latency_p50_ms'], 1)} | "
+                             f"{fmt.num(o['added_latency_p95_ms'], 1)} | {fmt.num(o['throughput_ratio'])} |")
         b = m.get("bottleneck")
         if b:
             from runner.perf_analysis import VERDICTS
@@ -212,8 +196,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         if m.get("baseline"):
             for c in m["baseline"]["comparison"]:
                 lines.append(f"Optimization ({m['baseline']['label']} → recipe settings) at {c['streams']} streams: "
-                             f"{_f(c['before']['output_tokens_per_s'], 1)} → {_f(c['after']['output_tokens_per_s'], 1)} "
-                             f"output tok/s ({_f(c['throughput_gain'], 2)}x).")
+                             f"{fmt.num(c['before']['output_tokens_per_s'], 1)} → {fmt.num(c['after']['output_tokens_per_s'], 1)} "
+                             f"output tok/s ({fmt.num(c['throughput_gain'], 2)}x).")
         if m.get("drills"):
             lines.append("Fault drills: " + ", ".join(f"{n} {'passed' if d.get('passed') else 'skipped' if 'skipped' in d else '**failed**'}"
                                                      for n, d in m["drills"].items()) + ".")
