@@ -7,8 +7,6 @@ is cross-checked against lm-eval's own result.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from runner import stats
-from runner.env import REPO
+from runner import stats, task_files
 from runner.stage import StageError
 
 # task-YAML aggregation -> how per-item values combine
@@ -26,19 +23,9 @@ AGGREGATIONS = {"mean": None, "utils.micro_f1": stats.micro_f1, "utils.macro_f1"
 OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spurious", "wrong_value")
 
 
-@functools.lru_cache(maxsize=None)
-def task_utils(task: str):
-    """The task's `!function` module (evals/<task>/utils.py), imported by path."""
-    path = REPO / "evals" / task / "utils.py"
-    spec = importlib.util.spec_from_file_location(f"evals_{task}_utils", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def task_metrics(task: str) -> dict[str, str]:
     """metric name -> aggregation key, from evals/<task>/<task>.yaml."""
-    src = (REPO / "evals" / task / f"{task}.yaml").read_text().replace("!function ", "")
+    src = task_files.task_yaml(task).read_text().replace("!function ", "")
     out = {}
     for m in yaml.safe_load(src).get("metric_list", []):
         agg = m.get("aggregation", "mean")
@@ -51,11 +38,11 @@ def task_metrics(task: str) -> dict[str, str]:
 
 def binary_metrics(task: str) -> set[str]:
     """Metrics the task declares 0/1 per item (`BINARY_METRICS` in its utils): these also get McNemar's test."""
-    return set(getattr(task_utils(task), "BINARY_METRICS", ()))
+    return set(getattr(task_files.utils(task), "BINARY_METRICS", ()))
 
 
 def fractional_metrics(task: str) -> set[str]:
-    return set(getattr(task_utils(task), "FRACTIONAL_METRICS", ()))
+    return set(getattr(task_files.utils(task), "FRACTIONAL_METRICS", ()))
 
 
 def by_doc(samples: list[dict]) -> dict[int, dict]:

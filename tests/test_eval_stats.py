@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from runner import eval_analysis as ea
-from runner import gates, stats
+from runner import gates, stats, task_files
+from runner.env import REPO
 from runner.stage import StageError
 
 
@@ -67,7 +68,7 @@ def _sample(doc_id, doc, text, utils):
 @pytest.fixture(scope="module")
 def invoice_items():
     from runner.datagen import invoice
-    utils = ea.task_utils("invoice_extraction")
+    utils = task_files.utils("invoice_extraction")
     recs = invoice.generate(3, 30)
     docs = [{"id": r["id"], "document": r["document"], "gold": json.dumps(r["gold"]), "layout": r["layout"],
              "locale": r["locale"]} for r in recs]
@@ -138,13 +139,13 @@ def test_gates_pass_fail_and_say_by_how_much():
 
 
 def test_general_task_scoring():
-    utils = ea.task_utils("general_instructions")
+    utils = task_files.utils("general_instructions")
     doc = {"question": "What is 2 plus 3?", "answers": ["5", "five"]}
     assert utils.process_results(doc, ["The answer is 5."])["accuracy"] == 1
     assert utils.process_results(doc, ["It is 15."])["accuracy"] == 0
     assert utils.process_results(doc, ["FIVE"])["accuracy"] == 1
     assert utils.process_results(doc, ['{"total": 5}'])["answered_as_json"] == 1
-    rows = [json.loads(x) for x in (ea.REPO / "evals/general_instructions/general_instructions.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (REPO / "evals/general_instructions/general_instructions.jsonl").read_text().splitlines()]
     assert len(rows) >= 40 and len({r["id"] for r in rows}) == len(rows)
     assert all(r["answers"] and r["category"] for r in rows)
 
@@ -173,17 +174,18 @@ def test_task_files_with_errors_are_named(tmp_path, monkeypatch):
     (evals / "broken" / "broken.yaml").write_text("task: broken\nmetric_list: [\n")
     (evals / "nodata").mkdir()
     (evals / "nodata" / "nodata.yaml").write_text("task: nodata\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n")
-    monkeypatch.setattr(lm_eval, "EVALS", evals)
+    real = task_files.EVALS
+    monkeypatch.setattr(task_files, "EVALS", evals)
     with pytest.raises(StageError, match=r"broken\.yaml: not valid YAML"):
         lm_eval.write_task("broken", tmp_path / "out")
-    with pytest.raises(StageError, match=r"no lm-eval task 'missing'.*tasks there: broken, nodata"):
+    with pytest.raises(StageError, match=r"no task 'missing'.*tasks there: broken, nodata"):
         lm_eval.write_task("missing", tmp_path / "out")
     with pytest.raises(StageError, match=r"nodata\.yaml: dataset_kwargs\.data_files\.test should name a file"):
         lm_eval.write_task("nodata", tmp_path / "out")
     # the packaged general task resolves its own data file
-    monkeypatch.setattr(lm_eval, "EVALS", ea.REPO / "evals")
+    monkeypatch.setattr(task_files, "EVALS", real)
     spec = (lm_eval.write_task("general_instructions", tmp_path / "out") / "general_instructions.yaml").read_text()
-    assert str(ea.REPO / "evals/general_instructions/general_instructions.jsonl") in spec
+    assert str(REPO / "evals/general_instructions/general_instructions.jsonl") in spec
 
 
 def test_eval_recipe_gates_are_validated(tmp_path):

@@ -12,21 +12,19 @@ from pathlib import Path
 
 import yaml
 
-from runner import env, proc
+from runner import env, proc, task_files
 from runner.env import REPO
 from runner.stage import StageError
-
-EVALS = REPO / "evals"
 
 
 def write_task(task: str, out_dir: Path, data_file: Path | None = None, max_gen_tokens: int | None = None,
                name: str | None = None) -> Path:
     """A task YAML (named `name`, default the task's own) that includes the repo's task and sets its data file
     (default: the task's packaged file, resolved against the repo) and, if given, the generation length."""
-    src = EVALS / task / f"{task}.yaml"
-    if not src.exists():
-        known = ", ".join(sorted(p.name for p in EVALS.iterdir() if (p / f"{p.name}.yaml").exists()))
-        raise StageError(f"no lm-eval task '{task}' in {EVALS} (expected {src}; tasks there: {known})")
+    try:
+        src = task_files.task_yaml(task)
+    except task_files.UnknownTask as e:
+        raise StageError(str(e)) from None
     try:
         base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))
     except yaml.YAMLError as e:

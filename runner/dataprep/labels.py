@@ -3,22 +3,13 @@ must be grounded in the document (normalization-aware: the task's own `grounded`
 the same function the evaluation uses for its hallucination signal)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 
+from runner import task_files
 from runner.env import REPO
-
-
-@lru_cache(maxsize=4)
-def task_utils(task: str):
-    path = REPO / "evals" / f"{task}_extraction" / "utils.py"
-    spec = importlib.util.spec_from_file_location(f"{task}_task_utils", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @lru_cache(maxsize=4)
@@ -33,6 +24,6 @@ def check(task: str, document: str, gold) -> list[str]:
     errors = [f"schema: {e.json_path}: {e.message}" for e in schema_validator(task).iter_errors(gold)]
     if errors:
         return errors
-    utils = task_utils(task)
+    utils = task_files.utils(f"{task}_extraction")
     return [f"ungrounded: {k}={v!r} not found in the document" for k, v in gold.items()
             if v is not None and not utils.grounded(k, v, document)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import importlib.util
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from runner import task_files
 from runner.gateway.admission import Admission, Rejected
 from runner.gateway.resilience import CircuitBreaker, Router, Upstream
 
@@ -69,14 +69,6 @@ class Metrics:
             circuit.labels(u.name).set_function(lambda u=u: STATE_CODE[u.breaker.state])
 
 
-def _task_utils(task: str):
-    path = Path(__file__).resolve().parents[2] / "evals" / task / "utils.py"
-    spec = importlib.util.spec_from_file_location(f"gateway_{task}_utils", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class Gateway:
     def __init__(self, cfg: dict, client: httpx.AsyncClient | None = None):
         self.cfg = cfg
@@ -95,7 +87,7 @@ class Gateway:
         task = cfg.get("task") or {}
         self.task_cfg = task
         if task:
-            self.task_utils = _task_utils(task["name"])
+            self.task_utils = task_files.utils(task["name"])
             self.task_validator = Draft202012Validator(json.loads(Path(task["schema"]).read_text()))
         self.names = {cfg.get("served_model", "model")} | {u.model for u in self.router.upstreams} | \
             {"primary", "fallback"}

@@ -15,7 +15,7 @@ import random
 import time
 
 from runner import eval_analysis as ea
-from runner import gates, models, served_eval
+from runner import gates, models, served_eval, task_files
 from runner.adapters import llama_cpp, lm_eval
 from runner.reports import quality
 from runner.stage import Context, Result, StageError
@@ -136,7 +136,7 @@ def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dic
     ctx.progress(f"{name}: fidelity check, {fcfg['samples']} items through lm-eval's hf backend")
     timing = score_hf(ctx, name, hf_dir, out, test_run, fcfg["samples"], tag="-fidelity")
     _, hf_samples = lm_eval.read_results(out / "lm_eval" / "test", MAIN, ctx.log(f"lm-eval-hf-{name}-fidelity-test.log"))
-    utils = ea.task_utils(MAIN)
+    utils = task_files.utils(MAIN)
     edges = ctx.section("eval")["length_buckets_chars"]
     hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, utils, edges)}
     gg_rows = {r["doc_id"]: r for r in ea.item_details(served, utils, edges) if r["doc_id"] in hf_rows}
@@ -223,7 +223,7 @@ def run(ctx: Context) -> Result:
     metrics["comparisons"] = comparisons
 
     # invoice task: per-item detail, breakdowns, failure cases, PII in outputs, train/test gap
-    utils = ea.task_utils(MAIN)
+    utils = task_files.utils(MAIN)
     edges = cfg["length_buckets_chars"]
     details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in names
                if MAIN in results[m]}

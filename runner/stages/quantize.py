@@ -9,7 +9,7 @@ import json
 import time
 
 from runner import eval_analysis as ea
-from runner import served_eval
+from runner import served_eval, task_files
 from runner.adapters import llama_cpp, lm_eval
 from runner.reports import quantization as report
 from runner.stage import Context, Result, StageError
@@ -92,7 +92,7 @@ def run(ctx: Context) -> Result:
 
     # quality: every quant on the eval stage's test task, same prompts and items, paired against f16
     quality: dict = {"f16": {"ci": ea.summarize(TASK, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
-    details = {"f16": ea.item_details(f16_samples, ea.task_utils(TASK), ecfg["length_buckets_chars"])}
+    details = {"f16": ea.item_details(f16_samples, task_files.utils(TASK), ecfg["length_buckets_chars"])}
     verdicts = {}
     if cfg["evaluate"]:
         tasks_dir = ev.path("tasks")
@@ -114,7 +114,7 @@ def run(ctx: Context) -> Result:
                               **timing}
             files[qtype]["load_s"] = timing["server_ready_s"]
             files[qtype]["peak_rss_mb"] = timing["server_peak_rss_mb"]
-            details[qtype] = ea.item_details(samples, ea.task_utils(TASK), ecfg["length_buckets_chars"])
+            details[qtype] = ea.item_details(samples, task_files.utils(TASK), ecfg["length_buckets_chars"])
             verdicts[qtype] = gate(quality[qtype]["vs_f16"], cfg["gate"])
             v = verdicts[qtype]
             ctx.progress(f"{qtype}: {'passes' if v['passed'] else 'fails'} the regression gate")
