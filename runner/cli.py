@@ -110,8 +110,9 @@ def cmd_serve(a) -> int:
             for e in dep.endpoints:
                 print(f"engine  {e.role:<8} {e.url}  ({e.model}, ready in {e.ready_s:.1f}s)")
             if dep.gateway_url:
-                print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, POST /v1/tasks/invoice, /readyz, "
-                      f"/metrics); logs: {logs}")
+                route = (serving.get("task") or {}).get("route")
+                print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, "
+                      + (f"POST {route}, " if route else "") + f"/readyz, /metrics); logs: {logs}")
             print("serving; engines that exit are restarted (with backoff); Ctrl-C stops everything")
             seen = 0
             while True:

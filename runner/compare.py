@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 from runner import eval_analysis as ea
-from runner import manifest
+from runner import manifest, tasks
 from runner.reports import fmt
-from runner.stages.eval import MAIN, TRAIN_TASK
 
 QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
            "answered_as_json")
@@ -94,7 +93,7 @@ def quality(a: dict, b: dict, dir_a: Path, dir_b: Path, iters: int, seed: int) -
                 sa, sb = _samples(dir_a, model, task), _samples(dir_b, model, task)
                 if sa and sb:
                     # the training-sample task is the main task on other items: same metric definitions
-                    paired = ea.compare(task.replace(TRAIN_TASK, MAIN), sa, sb, iters, seed)
+                    paired = ea.compare(tasks.scored_as(task), sa, sb, iters, seed)
             for metric in QUALITY:
                 ca, cb = ta[task].get("ci", {}).get(metric), tb[task].get("ci", {}).get(metric)
                 if not ca or not cb or ca.get("value") is None or cb.get("value") is None:

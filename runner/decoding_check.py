@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from runner.adapters import llama_cpp
-from runner import task_files
+from runner import tasks
 from runner.perf_analysis import nearest_rank
 
 
 def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, schema: dict, task: str) -> dict:
-    utils = task_files.utils(task)
+    utils = tasks.utils(task)
     out = {}
     for mode in ("free", "json_schema"):
         rows, lat, errors = [], [], []

@@ -147,7 +147,8 @@ def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0
     return out
 
 
-def bad_requests(ctx_tokens: int, max_tokens_cap: int, body_limit: int) -> list[tuple[str, str, dict]]:
+def bad_requests(ctx_tokens: int, max_tokens_cap: int, body_limit: int,
+                 task_route: str | None) -> list[tuple[str, str, dict]]:
     """(name, route, request kwargs) for every kind of bad input the gateway must refuse with a 4xx."""
     msg = [{"role": "user", "content": "hi"}]
     return [
@@ -164,19 +165,20 @@ def bad_requests(ctx_tokens: int, max_tokens_cap: int, body_limit: int) -> list[
         ("prompt over the context", "/v1/chat/completions",
          {"body": {"messages": [{"role": "user", "content": "word " * (ctx_tokens * 2)}], "max_tokens": 4}}),
         ("body over the size limit", "/v1/chat/completions", {"content": b'{"messages": "' + b"x" * body_limit + b'"}'}),
-        ("task without document", "/v1/tasks/invoice", {"body": {}}),
-        ("task document not a string", "/v1/tasks/invoice", {"body": {"document": 42}}),
         ("no API key", "/v1/chat/completions", {"body": {"messages": msg}, "no_key": True}),
         ("wrong API key", "/v1/chat/completions", {"body": {"messages": msg}, "key": "not-the-key"}),
         ("unknown route", "/v1/embeddings", {"body": {"input": "hi"}}),
-    ]
+        ("unknown task", "/v1/tasks/no-such-task", {"body": {"document": "hi"}}),
+    ] + ([("task without document", task_route, {"body": {}}),
+          ("task document not a string", task_route, {"body": {"document": 42}})] if task_route else [])
 
 
 def malformed(dep: Deployment, serving: dict) -> dict:
     gw = serving["gateway"]
     rows = []
     with httpx.Client(timeout=60) as c:
-        for name, route, kw in bad_requests(serving["ctx_size"], gw["max_tokens"], gw["max_body_bytes"]):
+        for name, route, kw in bad_requests(serving["ctx_size"], gw["max_tokens"], gw["max_body_bytes"],
+                                               (serving.get("task") or {}).get("route")):
             headers = {} if kw.get("no_key") else {"Authorization": f"Bearer {kw.get('key', dep.api_key)}"}
             if "content" in kw:
                 headers["Content-Type"] = "application/json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from runner import stats, task_files
+from runner import stats, tasks
 from runner.stage import StageError
 
 # task-YAML aggregation -> how per-item values combine
@@ -25,7 +25,7 @@ OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spu
 
 def task_metrics(task: str) -> dict[str, str]:
     """metric name -> aggregation key, from evals/<task>/<task>.yaml."""
-    src = task_files.task_yaml(task).read_text().replace("!function ", "")
+    src = tasks.task_yaml(task).read_text().replace("!function ", "")
     out = {}
     for m in yaml.safe_load(src).get("metric_list", []):
         agg = m.get("aggregation", "mean")
@@ -38,11 +38,11 @@ def task_metrics(task: str) -> dict[str, str]:
 
 def binary_metrics(task: str) -> set[str]:
     """Metrics the task declares 0/1 per item (`BINARY_METRICS` in its utils): these also get McNemar's test."""
-    return set(getattr(task_files.utils(task), "BINARY_METRICS", ()))
+    return set(getattr(tasks.utils(task), "BINARY_METRICS", ()))
 
 
 def fractional_metrics(task: str) -> set[str]:
-    return set(getattr(task_files.utils(task), "FRACTIONAL_METRICS", ()))
+    return set(getattr(tasks.utils(task), "FRACTIONAL_METRICS", ()))
 
 
 def by_doc(samples: list[dict]) -> dict[int, dict]:
@@ -108,7 +108,7 @@ def compare(task: str, base: list[dict], other: list[dict], iters: int, seed: in
     return out
 
 
-# ---- invoice task: per-item detail, breakdowns, failure cases -------------------------------------------
+# ---- the recipe's task: per-item detail, breakdowns, failure cases ------------------------------------
 
 def length_bucket(chars: int, edges: list[int]) -> str:
     for i, e in enumerate(edges):
@@ -123,8 +123,9 @@ def _bucket_order(label: str):
     return (0 if label.startswith("<") else 2 if label.startswith(">") else 1, int(digits[0]) if digits else 0)
 
 
-def item_details(samples: list[dict], utils, edges: list[int]) -> list[dict]:
-    """One row per test item: slices, per-field outcome, the per-item (tp, fp, fn)."""
+def item_details(samples: list[dict], utils, edges: list[int], slices=()) -> list[dict]:
+    """One row per test item: its values of the task's slice columns, length bucket, per-field outcome, the
+    per-item (tp, fp, fn)."""
     rows = []
     for s in sorted(samples, key=lambda s: s["doc_id"]):
         doc = s["doc"]
@@ -132,8 +133,8 @@ def item_details(samples: list[dict], utils, edges: list[int]) -> list[dict]:
         gold = utils.gold_of(doc)
         pred = utils.parse_prediction(text)
         rows.append({
-            "doc_id": s["doc_id"], "id": doc.get("id"), "layout": doc.get("layout", "?"),
-            "locale": doc.get("locale", "?"), "length": length_bucket(len(doc["document"]), edges),
+            "doc_id": s["doc_id"], "id": doc.get("id"), "slices": {c: str(doc.get(c, "?")) for c in slices},
+            "length": length_bucket(len(doc["document"]), edges),
             "outcomes": utils.field_outcomes(gold, pred, doc["document"]),
             "counts": tuple(s["field_f1"]), "document": doc["document"], "gold": gold, "prediction": text,
             "exact_match": s["exact_match"],
@@ -141,20 +142,23 @@ def item_details(samples: list[dict], utils, edges: list[int]) -> list[dict]:
     return rows
 
 
-def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: int) -> dict:
-    """Per field (accuracy) and per layout / locale / length bucket (micro field-F1): each model's value with
-    CI, and each model's paired difference against the baseline."""
+def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: int, slices=()) -> dict:
+    """Per field (accuracy) and per value of each slice column and length bucket (micro field-F1): each model's
+    value with CI, and each model's paired difference against the baseline."""
     models = list(details)
     fields = list(next(iter(details.values()))[0]["outcomes"]) if details and next(iter(details.values())) else []
-    out: dict = {"field": {}, "layout": {}, "locale": {}, "length": {}}
+    out: dict = {"field": {}, **{c: {} for c in slices}, "length": {}}
     for f in fields:
         vals = {m: stats.Metric(np.asarray([r["outcomes"][f] == "correct" for r in rows], dtype=float))
                 for m, rows in details.items()}
         out["field"][f] = _slice_stats(vals, baseline, iters, seed)
-    for dim in ("layout", "locale", "length"):
-        keys = sorted({r[dim] for r in details[models[0]]}, key=_bucket_order if dim == "length" else str)
+    def value(r: dict, dim: str) -> str:
+        return r["length"] if dim == "length" else r["slices"][dim]
+
+    for dim in (*slices, "length"):
+        keys = sorted({value(r, dim) for r in details[models[0]]}, key=_bucket_order if dim == "length" else str)
         for k in keys:
-            vals = {m: stats.Metric(np.asarray([r["counts"] for r in rows if r[dim] == k], dtype=float),
+            vals = {m: stats.Metric(np.asarray([r["counts"] for r in rows if value(r, dim) == k], dtype=float),
                                     stats.micro_f1) for m, rows in details.items()}
             out[dim][k] = _slice_stats(vals, baseline, iters, seed)
     return out
@@ -199,7 +203,7 @@ def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, l
         b = base.get(r["doc_id"])
         base_right = sum(o == "correct" for o in b["outcomes"].values()) if b else None
         cases.append({
-            "id": r["id"], "doc_id": r["doc_id"], "category": cat, "layout": r["layout"], "locale": r["locale"],
+            "id": r["id"], "doc_id": r["doc_id"], "category": cat, "slices": r["slices"],
             "fields_right": right, "baseline_fields_right": base_right,
             "worse_than_baseline": base_right is not None and right < base_right,
             "wrong_fields": {f: o for f, o in r["outcomes"].items() if o != "correct"},

@@ -12,7 +12,8 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:+.4f}"
 
 
-def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str], baseline: str) -> list[dict]:
+def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str], baseline: str,
+          main_task: str) -> list[dict]:
     """comparisons: model -> task -> metric -> paired result; fields: field -> {"<m>-vs-<baseline>": paired}.
     Returns one verdict per (gate, model)."""
     verdicts = []
@@ -21,7 +22,7 @@ def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str],
             if g.get("per_field"):
                 checks = [(f"{f} accuracy", row.get(f"{m}-vs-{baseline}")) for f, row in fields.items()]
             else:
-                task = g.get("task", "invoice_extraction")
+                task = g.get("task") or main_task
                 checks = [(f"{task}/{g['metric']}", comparisons.get(m, {}).get(task, {}).get(g["metric"]))]
             for what, cmp in checks:
                 verdicts.append(_check(i, g, m, baseline, what, cmp))
@@ -46,8 +47,8 @@ def _check(i: int, g: dict, model: str, baseline: str, what: str, cmp: dict | No
     return v
 
 
-def describe(g: dict) -> str:
-    target = "every field's accuracy" if g.get("per_field") else f"{g.get('task', 'invoice_extraction')}/{g['metric']}"
+def describe(g: dict, main_task: str) -> str:
+    target = "every field's accuracy" if g.get("per_field") else f"{g.get('task') or main_task}/{g['metric']}"
     parts = []
     if "min_gain" in g:
         parts.append(f"gain >= {g['min_gain']}")

@@ -16,6 +16,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from runner import tasks
 from runner.env import REPO
 
 SCHEMA_DIR = REPO / "schemas"
@@ -285,6 +286,15 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
                        f"name not allowed (expected a name {'matching ' if 'pattern' in err.schema else ''}{rule})")
         else:
             out.append(f"{where(path)}: {_dotted(path)}: expected {_expected(err)}, found {_kind(err.instance)}")
+    if isinstance(data.get("task"), str):
+        try:
+            tasks.get(data["task"])
+        except tasks.UnknownTask:
+            out.append(f"{where(['task'])}: task: unknown task '{data['task']}' (expected one of: "
+                       f"{', '.join(tasks.available()) or 'none'}; a task is a folder evals/<name>/ whose <name>.yaml "
+                       f"has a metadata.forge block)")
+        except tasks.TaskError as e:
+            out.append(f"{where(['task'])}: task: '{data['task']}' is not usable: {e}")
     return out
 
 

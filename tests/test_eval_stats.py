@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runner import eval_analysis as ea
-from runner import gates, stats, task_files
+from runner import gates, stats, tasks
 from runner.env import REPO
 from runner.stage import StageError
 
@@ -68,7 +68,7 @@ def _sample(doc_id, doc, text, utils):
 @pytest.fixture(scope="module")
 def invoice_items():
     from runner.datagen import invoice
-    utils = task_files.utils("invoice_extraction")
+    utils = tasks.utils("invoice_extraction")
     recs = invoice.generate(3, 30)
     docs = [{"id": r["id"], "document": r["document"], "gold": json.dumps(r["gold"]), "layout": r["layout"],
              "locale": r["locale"]} for r in recs]
@@ -108,16 +108,16 @@ def test_failure_categories_and_worse_than_baseline_first(invoice_items):
         ]
         tuned_rows.append(_sample(i, d, answers[i], utils))
     edges = [250, 400]
-    bd = ea.item_details(base_rows, utils, edges)
-    td = ea.item_details(tuned_rows, utils, edges)
+    bd = ea.item_details(base_rows, utils, edges, ("layout", "locale"))
+    td = ea.item_details(tuned_rows, utils, edges, ("layout", "locale"))
     counts, cases = ea.failure_cases(td, bd, utils, 10)
     cats = [c["category"] for c in cases]
     assert cats[0] == "invalid_json" and "hallucinated" in cats and "format_error" in cats and "missing" in cats
     assert all(c["worse_than_baseline"] for c in cases)
     assert counts["items"]["invalid_json"] == 1 and counts["fields"]["hallucinated"] >= 1
     assert len(cases) == 5  # the perfect answer is not a failure case
-    bdn = ea.breakdowns({"base": bd, "tuned": td}, "base", 200, 0)
-    assert set(bdn) == {"field", "layout", "locale", "length"}
+    bdn = ea.breakdowns({"base": bd, "tuned": td}, "base", 200, 0, ("layout", "locale"))
+    assert list(bdn) == ["field", "layout", "locale", "length"]
     assert bdn["field"]["total"]["tuned-vs-base"]["diff"] < 0
     assert bdn["field"]["currency"]["base"]["value"] == 1.0
 
@@ -129,17 +129,17 @@ def test_gates_pass_fail_and_say_by_how_much():
     spec = [{"metric": "field_f1", "min_gain": 0.20, "significant": True},
             {"per_field": True, "max_drop": 0.05},
             {"metric": "field_f1", "min_gain": 0.10, "significant": True}]
-    v = gates.judge(spec, cmp, fields, ["base", "tuned"], "base")
+    v = gates.judge(spec, cmp, fields, ["base", "tuned"], "base", "invoice_extraction")
     assert [x["passed"] for x in v] == [False, False, True, True]
     assert "short by 0.0500" in v[0]["reasons"][0]
     assert v[1]["what"] == "total accuracy" and "exceeds the allowed 0.0500 (by 0.0300)" in v[1]["reasons"][0]
     missing = gates.judge([{"task": "general_instructions", "metric": "accuracy", "max_drop": 0.1}], cmp, {},
-                          ["base", "tuned"], "base")
+                          ["base", "tuned"], "base", "invoice_extraction")
     assert not missing[0]["passed"] and "no paired result" in missing[0]["reasons"][0]
 
 
 def test_general_task_scoring():
-    utils = task_files.utils("general_instructions")
+    utils = tasks.utils("general_instructions")
     doc = {"question": "What is 2 plus 3?", "answers": ["5", "five"]}
     assert utils.process_results(doc, ["The answer is 5."])["accuracy"] == 1
     assert utils.process_results(doc, ["It is 15."])["accuracy"] == 0
@@ -174,8 +174,8 @@ def test_task_files_with_errors_are_named(tmp_path, monkeypatch):
     (evals / "broken" / "broken.yaml").write_text("task: broken\nmetric_list: [\n")
     (evals / "nodata").mkdir()
     (evals / "nodata" / "nodata.yaml").write_text("task: nodata\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n")
-    real = task_files.EVALS
-    monkeypatch.setattr(task_files, "EVALS", evals)
+    real = tasks.EVALS
+    monkeypatch.setattr(tasks, "EVALS", evals)
     with pytest.raises(StageError, match=r"broken\.yaml: not valid YAML"):
         lm_eval.write_task("broken", tmp_path / "out")
     with pytest.raises(StageError, match=r"no task 'missing'.*tasks there: broken, nodata"):
@@ -183,7 +183,7 @@ def test_task_files_with_errors_are_named(tmp_path, monkeypatch):
     with pytest.raises(StageError, match=r"nodata\.yaml: dataset_kwargs\.data_files\.test should name a file"):
         lm_eval.write_task("nodata", tmp_path / "out")
     # the packaged general task resolves its own data file
-    monkeypatch.setattr(task_files, "EVALS", real)
+    monkeypatch.setattr(tasks, "EVALS", real)
     spec = (lm_eval.write_task("general_instructions", tmp_path / "out") / "general_instructions.yaml").read_text()
     assert str(REPO / "evals/general_instructions/general_instructions.jsonl") in spec
 
@@ -191,10 +191,10 @@ def test_task_files_with_errors_are_named(tmp_path, monkeypatch):
 def test_eval_recipe_gates_are_validated(tmp_path):
     from runner.recipe import RecipeError, load
     p = tmp_path / "r.yaml"
-    p.write_text("name: g\neval:\n  gates:\n    - {metric: field_f1}\n")
+    p.write_text("name: g\ntask: invoice_extraction\neval:\n  gates:\n    - {metric: field_f1}\n")
     with pytest.raises(RecipeError, match=r"eval.gates\[0\]: expected a gate with min_gain and/or max_drop"):
         load(p)
-    p.write_text("name: g\neval:\n  gates:\n    - {metric: field_f1, min_gain: 0.2, significant: true}\n"
+    p.write_text("name: g\ntask: invoice_extraction\neval:\n  gates:\n    - {metric: field_f1, min_gain: 0.2, significant: true}\n"
                  "    - {per_field: true, max_drop: 0.05}\n")
     g = load(p).data["eval"]["gates"]
-    assert g[0]["task"] == "invoice_extraction" and g[1]["per_field"] is True
+    assert "task" not in g[0] and g[1]["per_field"] is True  # no task: the recipe's task

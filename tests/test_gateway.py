@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner import deploy, proc
+from runner import deploy, proc, tasks
 from runner.adapters import llama_cpp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +28,8 @@ def tiny_gguf(tiny_model, tmp_path_factory):
 
 
 def config(endpoints, constrained=False):
-    task = {"name": "invoice_extraction", "schema": str(REPO / "schemas/tasks/invoice.schema.json"),
-            "system_prompt": SYSTEM, "max_tokens": 48, "constrained": constrained}
+    task = {**tasks.get("invoice_extraction").describe(), "system_prompt": SYSTEM, "max_tokens": 48,
+            "constrained": constrained}
     return deploy.gateway_config(endpoints, LIMITS, task, "invoice-extraction")
 
 
@@ -155,11 +155,14 @@ def test_admission_refuses_beyond_the_queue_with_429_and_retry_after(tmp_path):
 
 def test_task_endpoint_validates_output_and_says_which_model_answered(stack):
     url, _ = stack
-    r = httpx.post(url + "/v1/tasks/invoice", headers=AUTH, json={"document": ""}, timeout=60)
+    r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH, json={"document": ""}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "document"
+    # another task's route: a JSON 404 that names the task this deployment serves
+    r = httpx.post(url + "/v1/tasks/support_tickets", headers=AUTH, json={"document": "hi"}, timeout=60)
+    assert r.status_code == 404 and "serves 'invoice_extraction'" in r.json()["error"]["message"]
     # the random-weight model never writes schema-valid JSON: primary fails the schema, fallback too -> 502
-    r = httpx.post(url + "/v1/tasks/invoice", headers=AUTH, json={"document": "Invoice INV-1, total 12.00 EUR"},
-                   timeout=120)
+    r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH,
+                   json={"document": "Invoice INV-1, total 12.00 EUR"}, timeout=120)
     assert r.status_code == 502 and r.json()["error"]["code"] == "task_schema_failed"
     assert "primary-0" in r.json()["error"]["message"] and "fallback-1" in r.json()["error"]["message"]
 

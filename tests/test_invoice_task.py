@@ -10,7 +10,7 @@ from runner.datagen import invoice
 from runner.stages import data
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "schemas" / "tasks" / "invoice.schema.json").read_text())
+SCHEMA = json.loads((REPO / "evals" / "invoice_extraction" / "schema.json").read_text())
 
 
 def load_utils():
@@ -46,9 +46,9 @@ def test_gold_validates_and_is_grounded_in_the_document():
 def test_split_is_seeded_stratified_and_sized_by_fractions():
     recs = [{"id": f"r{i}", "layout": invoice.LAYOUTS[i % 5], "locale": f"l{i % 7}"} for i in range(500)]
     fr = {"train": 0.8, "eval": 0.1, "test": 0.1}
-    a = data.split([dict(r) for r in recs], fr, seed=1)
-    b = data.split([dict(r) for r in recs], fr, seed=1)
-    c = data.split([dict(r) for r in recs], fr, seed=2)
+    a = data.split([dict(r) for r in recs], fr, seed=1, slices=("layout", "locale"))
+    b = data.split([dict(r) for r in recs], fr, seed=1, slices=("layout", "locale"))
+    c = data.split([dict(r) for r in recs], fr, seed=2, slices=("layout", "locale"))
     assert a == b and a != c
     assert {k: len(v) for k, v in a.items()} == {"train": 400, "eval": 50, "test": 50}
     ids = [r["id"] for part in a.values() for r in part]

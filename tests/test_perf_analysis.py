@@ -94,7 +94,7 @@ def test_vegeta_targets_and_report_parsing(tmp_path):
     import json
 
     from runner.adapters import vegeta
-    lines = vegeta.targets("http://127.0.0.1:1/v1/tasks/invoice", "k3y", ["Invoice A", "Invoice B"]).splitlines()
+    lines = vegeta.targets("http://127.0.0.1:1/v1/tasks/invoice_extraction", "k3y", ["Invoice A", "Invoice B"]).splitlines()
     t = json.loads(lines[1])
     assert t["method"] == "POST" and t["header"]["Authorization"] == ["Bearer k3y"]
     assert json.loads(base64.b64decode(t["body"])) == {"document": "Invoice B"}

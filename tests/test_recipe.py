@@ -18,6 +18,7 @@ BROKEN = REPO / "tests" / "recipes" / "broken"
     ("missing_required.yaml", 1, "name", "required key is missing"),
     ("bad_enum.yaml", 4, "quantize.types[1]", "found 'q4_k_xl' (string)"),
     ("bad_extends.yaml", 1, "extends", "expected an existing recipe file"),
+    ("unknown_task.yaml", 3, "task", "unknown task 'support_tickets' (expected one of: invoice_extraction;"),
 ])
 def test_broken_recipes_name_file_line_and_path(name, line, path, expected):
     with pytest.raises(recipe.RecipeError) as e:
@@ -51,7 +52,7 @@ def test_missing_required_reports_conditional_requirement():
 
 def test_defaults_come_from_the_schema(tmp_path):
     p = tmp_path / "r.yaml"
-    p.write_text("name: minimal\n")
+    p.write_text("name: minimal\ntask: invoice_extraction\n")
     r = recipe.load(p)
     schema = json.loads((REPO / "schemas" / "train.schema.json").read_text())
     assert r.data["train"]["learning_rate"] == schema["$defs"]["hyper"]["properties"]["learning_rate"]["default"]
@@ -61,7 +62,7 @@ def test_defaults_come_from_the_schema(tmp_path):
 
 
 def test_extends_merges_mappings_and_replaces_lists(tmp_path):
-    (tmp_path / "base.yaml").write_text("name: base\ntrain:\n  max_steps: 7\n  lora: {r: 4, alpha: 8}\n"
+    (tmp_path / "base.yaml").write_text("name: base\ntask: invoice_extraction\ntrain:\n  max_steps: 7\n  lora: {r: 4, alpha: 8}\n"
                                         "quantize:\n  types: [q8_0, q4_k_m]\n")
     (tmp_path / "exp.yaml").write_text("extends: base.yaml\nname: exp\ntrain:\n  lora: {r: 32}\n"
                                        "quantize:\n  types: [q5_k_m]\n")
@@ -108,7 +109,7 @@ def test_variant_unknown_key_and_reserved_name(tmp_path):
 
 def test_recipe_hash_changes_with_content(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    a.write_text("name: x\ntrain: {max_steps: 5}\n")
-    b.write_text("name: x\ntrain: {max_steps: 6}\n")
+    a.write_text("name: x\ntask: invoice_extraction\ntrain: {max_steps: 5}\n")
+    b.write_text("name: x\ntask: invoice_extraction\ntrain: {max_steps: 6}\n")
     assert recipe.load(a).hash != recipe.load(b).hash
     assert recipe.load(a).hash == recipe.load(a).hash

@@ -39,7 +39,7 @@ def test_curve_checks():
 def test_variants_override_the_base_hyperparameters(tmp_path):
     from runner.recipe import load
     p = tmp_path / "r.yaml"
-    p.write_text("name: v\ntrain:\n  learning_rate: 0.001\n  lora: {r: 8}\n  variants:\n"
+    p.write_text("name: v\ntask: invoice_extraction\ntrain:\n  learning_rate: 0.001\n  lora: {r: 8}\n  variants:\n"
                  "    tuned-v2: {learning_rate: 0.0001, lora: {alpha: 64}, axolotl: {warmup_ratio: 0.1}}\n")
     v = train.variants(load(p).data["train"])
     assert set(v) == {"tuned", "tuned-v2"}

@@ -13,7 +13,7 @@ NUMBERS = ("subtotal", "tax", "total")
 DATES = ("invoice_date", "due_date")
 BINARY_METRICS = ("json_valid", "schema_valid", "exact_match")  # 0/1 per item: McNemar applies
 FRACTIONAL_METRICS = ("field_accuracy",)
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "tasks" / "invoice.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 
 
 def doc_to_text(doc: dict) -> str:

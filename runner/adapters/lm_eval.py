@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from runner import env, proc, task_files
+from runner import env, proc, tasks
 from runner.env import REPO
 from runner.stage import StageError
 
@@ -22,8 +22,8 @@ def write_task(task: str, out_dir: Path, data_file: Path | None = None, max_gen_
     """A task YAML (named `name`, default the task's own) that includes the repo's task and sets its data file
     (default: the task's packaged file, resolved against the repo) and, if given, the generation length."""
     try:
-        src = task_files.task_yaml(task)
-    except task_files.UnknownTask as e:
+        src = tasks.task_yaml(task)
+    except tasks.UnknownTask as e:
         raise StageError(str(e)) from None
     try:
         base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))

@@ -1,4 +1,4 @@
-"""Deterministic synthetic invoice documents with gold JSON (schemas/tasks/invoice.schema.json).
+"""Deterministic synthetic invoice documents with gold JSON (evals/invoice_extraction/schema.json).
 
 Seeded per record (seed, index), so record i is the same whatever the corpus size. Layouts: table,
 e-mail, letter, receipt, key:value export. Locales carry their own number and date conventions.

@@ -3,27 +3,25 @@ must be grounded in the document (normalization-aware: the task's own `grounded`
 the same function the evaluation uses for its hallucination signal)."""
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 
-from runner import task_files
-from runner.env import REPO
+from runner.tasks import Task
 
 
-@lru_cache(maxsize=4)
-def schema_validator(task: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads((REPO / "schemas" / "tasks" / f"{task}.schema.json").read_text()))
+@lru_cache(maxsize=8)
+def schema_validator(task: Task) -> Draft202012Validator:
+    return Draft202012Validator(task.schema_json())
 
 
-def check(task: str, document: str, gold) -> list[str]:
+def check(task: Task, document: str, gold) -> list[str]:
     """Problems with one record's gold answer (empty list: fine)."""
     if not isinstance(gold, dict):
         return [f"gold is not a JSON object ({type(gold).__name__})"]
     errors = [f"schema: {e.json_path}: {e.message}" for e in schema_validator(task).iter_errors(gold)]
     if errors:
         return errors
-    utils = task_files.utils(f"{task}_extraction")
+    utils = task.utils()
     return [f"ungrounded: {k}={v!r} not found in the document" for k, v in gold.items()
             if v is not None and not utils.grounded(k, v, document)]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from runner.stage import StageError
 
+COLUMNS = ("document", "answer", "id")  # the mapping keys that are not slice columns
+
 
 def _format(path: Path, declared: str) -> str:
     if declared != "auto":
@@ -74,9 +76,13 @@ def load(source: dict) -> list[dict]:
                                  f"(it has: {', '.join(sorted(row)) or 'no fields'})")
         out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else f"{path.stem}-{n}",
                     "document": str(row[m["document"]] or ""), "gold": _answer(row[m["answer"]], where),
-                    "layout": str(row.get(m.get("layout", ""), "user")), "locale": str(row.get(m.get("locale", ""), "any")),
-                    "pii": [], "source": where})
+                    **_slices(row, m), "pii": [], "source": where})
     return out
+
+
+def _slices(row: dict, mapping: dict) -> dict:
+    """The slice columns the mapping names (every key but document, answer and id), read as text."""
+    return {col: str(row.get(field, "?")) for col, field in mapping.items() if col not in COLUMNS}
 
 
 def _load_hub(source: dict) -> list[dict]:  # pragma: no cover - needs network
@@ -87,5 +93,4 @@ def _load_hub(source: dict) -> list[dict]:  # pragma: no cover - needs network
     m = source["mapping"]
     ds = load_dataset(source["hub_id"], split=source["split"])
     return [{"id": f"{source['hub_id']}-{i}", "document": str(r[m["document"]]), "gold": _answer(r[m["answer"]], ""),
-             "layout": str(r.get(m.get("layout", ""), "user")), "locale": str(r.get(m.get("locale", ""), "any")),
-             "pii": [], "source": f"{source['hub_id']}[{i}]"} for i, r in enumerate(ds)]
+             **_slices(r, m), "pii": [], "source": f"{source['hub_id']}[{i}]"} for i, r in enumerate(ds)]

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runner import task_files
+from runner import tasks
 from runner.gateway.admission import Admission, Rejected
 from runner.gateway.resilience import CircuitBreaker, Router, Upstream
 
@@ -87,7 +87,7 @@ class Gateway:
         task = cfg.get("task") or {}
         self.task_cfg = task
         if task:
-            self.task_utils = task_files.utils(task["name"])
+            self.task_utils = tasks.utils(task["name"])
             self.task_validator = Draft202012Validator(json.loads(Path(task["schema"]).read_text()))
         self.names = {cfg.get("served_model", "model")} | {u.model for u in self.router.upstreams} | \
             {"primary", "fallback"}
@@ -264,6 +264,9 @@ class Gateway:
     async def task(self, request: Request, ctx: dict) -> Response:
         if not self.task_cfg:
             raise ApiError(404, "this deployment has no task endpoint")
+        if request.path_params["name"] != self.task_cfg["name"]:
+            raise ApiError(404, f"no task '{request.path_params['name']}' here: this deployment serves "
+                                f"'{self.task_cfg['name']}' (POST {self.task_cfg['route']})")
         body = await self.body(request)
         doc = body.get("document")
         if not isinstance(doc, str) or not doc.strip():
@@ -387,7 +390,7 @@ def build(cfg: dict) -> Starlette:
     routes = [
         Route("/v1/chat/completions", endpoint("chat", gw.chat), methods=["POST"]),
         Route("/v1/models", endpoint("models", gw.models), methods=["GET"]),
-        Route("/v1/tasks/invoice", endpoint("task", gw.task), methods=["POST"]),
+        Route("/v1/tasks/{name}", endpoint("task", gw.task), methods=["POST"]),
         Route("/healthz", endpoint("healthz", healthz, auth=False), methods=["GET"]),
         Route("/health", endpoint("healthz", healthz, auth=False), methods=["GET"]),  # what GuideLLM probes
         Route("/readyz", endpoint("readyz", gw.readyz, auth=False), methods=["GET"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from runner.perf_analysis import VERDICTS
 from runner.stage import Output
 
-MAIN = "invoice_extraction"
 
 
 def _ci(c: dict) -> str:
@@ -19,7 +18,7 @@ def quality(inputs: dict[str, Output]) -> list[str]:
         return L + ["Not measured: the run has no eval stage.", ""]
     em = ev.metrics
     for m, d in (em.get("comparisons") or {}).items():
-        main = d.get(MAIN, {})
+        main = d.get(em["task"]["name"], {})
         f1 = main.get("field_f1")
         if not f1 or f1.get("diff") is None:
             continue
@@ -27,7 +26,7 @@ def quality(inputs: dict[str, Output]) -> list[str]:
         L.append(f"- `{m}` vs base on the held-out test split: field F1 {verdict}, {_ci(f1)} (paired bootstrap, "
                  f"p={f1['p']:.3f}, n={f1['n']})" + (f"; exact match {_ci(main['exact_match'])}" if main.get(
                      "exact_match", {}).get("diff") is not None else "") + ".")
-        gen = d.get("general_instructions", {}).get("accuracy")
+        gen = d.get(em.get("general_task") or "", {}).get("accuracy")
         if gen and gen.get("diff") is not None:
             L.append(f"  - General instructions (forgetting check): accuracy {_ci(gen)}" +
                      (" — **a significant drop**" if gen.get("worse") else "") + ".")
@@ -84,7 +83,7 @@ def risks(inputs: dict[str, Output]) -> list[str]:
              "quantization): [risks.md](risks.md).")
     if ev:
         for m, d in ev.metrics["models"].items():
-            gr = d["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate") or {}
+            gr = d["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("grounding_rate") or {}
             if m != "base" and gr.get("value") is not None:
                 L.append(f"  - `{m}` grounding rate {gr['value']:.3f}: the rest of its predicted values are not in "
                          "the document.")

@@ -7,8 +7,6 @@ from pathlib import Path
 from runner import gates as gates_mod
 from runner.reports import fmt
 
-MAIN = "invoice_extraction"
-TRAIN_TASK = "invoice_extraction_train"
 CATEGORY_TEXT = {"invalid_json": "no parsable JSON object", "format_error": "value breaks the schema's format",
                  "hallucinated": "value not in the document", "missing": "null where the document has a value",
                  "spurious": "a value where the document has none", "wrong_value": "wrong span of the document"}
@@ -23,28 +21,29 @@ def _pairs(row: dict) -> dict:
 
 
 def chart_metrics(metrics: dict, out: Path) -> str | None:
+    main = metrics["task"]["name"]
     names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
-    models = [m for m, d in metrics["models"].items() if MAIN in d["tasks"]]
+    models = [m for m, d in metrics["models"].items() if main in d["tasks"]]
     if not models:
         return None
     with fmt.figure(out / "quality_metrics.png", figsize=(9, 3.6)) as (fig, ax):
         width = 0.8 / len(models)
         for i, m in enumerate(models):
-            ci = metrics["models"][m]["tasks"][MAIN]["ci"]
+            ci = metrics["models"][m]["tasks"][main]["ci"]
             vals = [ci[n]["value"] if ci.get(n) and ci[n]["value"] is not None else 0 for n in names]
             err = [[max(0, v - (ci[n]["low"] if ci.get(n) and ci[n]["low"] is not None else v)) for v, n in zip(vals, names)],
                    [max(0, (ci[n]["high"] if ci.get(n) and ci[n]["high"] is not None else v) - v) for v, n in zip(vals, names)]]
             ax.bar([x + i * width for x in range(len(names))], vals, width, yerr=err, capsize=2, label=m)
         ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))], names, fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.set_title("invoice_extraction on the test split (95% bootstrap CI)")
+        ax.set_title(f"{main} on the test split (95% bootstrap CI)")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     return "quality_metrics.png"
 
 
 def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
-    dims = [d for d in ("field", "layout", "locale", "length") if breakdowns.get(d)]
+    dims = [d for d in breakdowns if breakdowns.get(d)]  # field, the task's slice columns, length
     if not dims:
         return None
     with fmt.figure(out / "quality_breakdowns.png", 1, len(dims), figsize=(4 * len(dims), 3.6), squeeze=False) as (fig, axes):
@@ -67,8 +66,8 @@ def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
 def _where(breakdowns: dict, model: str) -> list[str]:
     """Sentences on where `model` changed against the baseline, from the paired breakdowns."""
     lines = []
-    for dim, label in (("field", "field"), ("layout", "layout"), ("locale", "locale"), ("length", "length bucket")):
-        rows = breakdowns.get(dim, {})
+    for dim, rows in breakdowns.items():
+        label = "length bucket" if dim == "length" else dim
         diffs = [(k, _pairs(r).get(model)) for k, r in rows.items()]
         diffs = [(k, c) for k, c in diffs if c and c.get("diff") is not None]
         if not diffs:
@@ -90,6 +89,7 @@ def _where(breakdowns: dict, model: str) -> list[str]:
 
 
 def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -> dict:
+    main = metrics["task"]["name"]
     charts = {k: v for k, v in (("quality_metrics_png", chart_metrics(metrics, out)),
                                  ("quality_breakdowns_png", chart_breakdowns(analysis.get("breakdowns", {}), out)))
               if v}
@@ -109,21 +109,21 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
     # comparison table
     main_metrics = ["json_valid", "schema_valid", "field_accuracy", "field_f1", "field_f1_macro", "exact_match",
                     "grounding_rate"]
-    if any(MAIN in metrics["models"][m]["tasks"] for m in models):
-        n = next(metrics["models"][m]["tasks"][MAIN]["samples"] for m in models if MAIN in metrics["models"][m]["tasks"])
-        L += [f"## {MAIN} (test split, {n} items)", "", "| metric | " + " | ".join(models) + " | " +
+    if any(main in metrics["models"][m]["tasks"] for m in models):
+        n = next(metrics["models"][m]["tasks"][main]["samples"] for m in models if main in metrics["models"][m]["tasks"])
+        L += [f"## {main} (test split, {n} items)", "", "| metric | " + " | ".join(models) + " | " +
               " | ".join(f"{m} − {base}" for m in tuned if base) + " |",
               "|---" * (1 + len(models) + (len(tuned) if base else 0)) + "|"]
         for k in main_metrics:
-            row = [fmt.ci(metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get(k)) for m in models]
+            row = [fmt.ci(metrics["models"][m]["tasks"].get(main, {}).get("ci", {}).get(k)) for m in models]
             if base:
-                row += [fmt.diff(metrics["comparisons"].get(m, {}).get(MAIN, {}).get(k)) for m in tuned]
+                row += [fmt.diff(metrics["comparisons"].get(m, {}).get(main, {}).get(k)) for m in tuned]
             L.append(f"| {k} | " + " | ".join(row) + " |")
         L += ["", f"▲/▼: the 95% CI of the difference excludes zero (improved / worse). Paired-bootstrap p-values "
               f"cannot go below 2/(B+1) = {2 / (cfg['bootstrap_iters'] + 1):.4f}. Binary metrics also get McNemar's "
               "exact test:", ""]
         for m in tuned:
-            for k, c in metrics["comparisons"].get(m, {}).get(MAIN, {}).items():
+            for k, c in metrics["comparisons"].get(m, {}).get(main, {}).items():
                 if "mcnemar" in c:
                     mc = c["mcnemar"]
                     L.append(f"- {m} vs {base}, {k}: {mc['b_only']} items right only for {m}, {mc['a_only']} only "
@@ -137,8 +137,7 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         L += ["## Where it changed", ""]
         for m in tuned:
             L += [f"**{m} vs {base}**", ""] + _where(bd, m) + [""]
-        for dim in ("field", "layout", "locale", "length"):
-            rows = bd.get(dim, {})
+        for dim, rows in bd.items():
             if not rows:
                 continue
             label = "accuracy" if dim == "field" else "micro field-F1"
@@ -173,7 +172,7 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         for c in f["cases"]:
             flag = f" — worse than {base} ({c['baseline_fields_right']} → {c['fields_right']} fields right)" \
                 if c["worse_than_baseline"] else f" ({c['fields_right']}/9 fields right)"
-            L += [f"<details><summary><code>{c['id']}</code> {c['category']}, {c['layout']}/{c['locale']}{flag}"
+            L += [f"<details><summary><code>{c['id']}</code> {c['category']}, {'/'.join(c['slices'].values())}{flag}"
                   "</summary>", "", "Wrong fields: " + ", ".join(f"{k} ({v})" for k, v in c["wrong_fields"].items()),
                   "", "```text", c["document"], "```", "", "gold: `" + _compact(c["gold"]) + "`", "",
                   "prediction: `" + c["prediction"].replace("`", "'").replace("\n", " ")[:600] + "`", "", "</details>"]
@@ -201,7 +200,7 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         for v in metrics["gates"]:
             g = cfg["gates"][v["gate"]]
             measured = f"{v['what']}: {fmt.diff(v) if 'diff' in v else '–'}"
-            L.append(f"| {gates_mod.describe(g)} | {v['model']} | {measured} | "
+            L.append(f"| {gates_mod.describe(g, main)} | {v['model']} | {measured} | "
                      + ("pass" if v["passed"] else "**FAIL**: " + "; ".join(v["reasons"])) + " |")
         L += [""]
     # fidelity
@@ -229,7 +228,7 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
                      f"{fmt.ci(te)}: gap {gap:+.3f}" + (" — the intervals do not overlap" if tr["low"] is not None and
                                                     te["high"] is not None and tr["low"] > te["high"] else "") + ".")
     for m in models:
-        gr = metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate")
+        gr = metrics["models"][m]["tasks"].get(main, {}).get("ci", {}).get("grounding_rate")
         if gr:
             L.append(f"- Hallucination ({m}): grounding rate {fmt.ci(gr)} (share of predicted values found in the "
                      "document)" + ("; no values predicted" if gr.get("value") is None else "") + ".")

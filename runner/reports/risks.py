@@ -11,7 +11,6 @@ from pathlib import Path
 from runner.reports import fmt
 from runner.stage import Output
 
-MAIN = "invoice_extraction"
 
 
 def _ci(c: dict | None) -> str:
@@ -50,7 +49,7 @@ def hallucination(ev: Output | None, an: dict) -> list[str]:
         return []
     L = ["## Hallucination", ""]
     for m, d in ev.metrics["models"].items():
-        gr = d["tasks"].get(MAIN, {}).get("ci", {}).get("grounding_rate")
+        gr = d["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("grounding_rate")
         if gr and gr.get("value") is not None:
             L.append(f"- `{m}`: grounding rate {_ci(gr)}: the share of predicted field values found in the document.")
     for m, f in an.get("failures", {}).items():
@@ -86,9 +85,9 @@ def slices(an: dict, ev: Output | None) -> list[str]:
          "model's overall interval. Slices hold few test items, so wide intervals mean *not measured precisely*, "
          "not *fine*.", ""]
     for m in tuned:
-        overall = ev.metrics["models"][m]["tasks"].get(MAIN, {}).get("ci", {}).get("field_f1") or {}
-        for dim in ("locale", "layout", "length"):
-            rows = {s: d[m] for s, d in bd.get(dim, {}).items() if m in d and d[m].get("value") is not None}
+        overall = ev.metrics["models"][m]["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("field_f1") or {}
+        for dim in [d for d in bd if d != "field"]:  # the task's slice columns, then length
+            rows = {s: d[m] for s, d in bd[dim].items() if m in d and d[m].get("value") is not None}
             if not rows:
                 continue
             worst = min(rows, key=lambda s: rows[s]["value"])
@@ -110,10 +109,10 @@ def synthetic(recipe: dict, data: Output | None) -> list[str]:
             f"- The dataset is generated (`{gen.get('name')}` generator, {gen.get('size')} records, seed "
             f"{gen.get('seed')}) with injected defects at known rates "
             f"({', '.join(f'{k} {v}' for k, v in (gen.get('defects') or {}).items())}).",
-            f"- It covers {len(m.get('locales') or [])} locales and {len(m.get('layouts') or [])} layouts. Real "
-            "invoices have scans/OCR noise, multi-page tables, handwriting and vendors never seen here; the quality "
-            "numbers describe this distribution only. Re-run the recipe with `data.sources` pointing at a labelled "
-            "sample of your own documents before trusting them in production.",
+            "- It covers " + (", ".join(f"{len(v)} values of `{k}`" for k, v in (m.get("slices") or {}).items())
+                              or "no declared slices") + ". Real documents have noise, layouts and sources never "
+            "generated here; the quality numbers describe this distribution only. Re-run the recipe with "
+            "`data.sources` pointing at a labelled sample of your own documents before trusting them in production.",
             "- The train/test split is by record; templates are shared across splits, which inflates scores on "
             "template-like documents (see the overfitting gap above).", ""]
 

@@ -14,16 +14,16 @@ import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from runner import env, models
+from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects, invoice
 from runner.dataprep import dedup, labels, pii, sources, truth
 from runner.reports import data_audit
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("data", "base_model", "seed", "threads")
+SECTIONS = ("task", "data", "base_model", "seed", "threads")
 INPUTS = ()
-RUNS = ("evals", "schemas/tasks")  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("core", "ml")
 GENERATORS = {"invoice": invoice.generate}
 SPLITS = ("train", "eval", "test")
@@ -52,12 +52,12 @@ def normalize(text: str, cfg: dict) -> str:
     return text
 
 
-def to_chat(rec: dict, system_prompt: str) -> dict:
-    """A chat record for Axolotl (messages) and lm-eval (document, gold). `gold` is JSON text: the
-    datasets JSON loader would otherwise turn ISO date strings into timestamps."""
+def to_chat(rec: dict, system_prompt: str, slices=()) -> dict:
+    """A chat record for Axolotl (messages) and lm-eval (document, gold), with the task's slice columns. `gold`
+    is JSON text: the datasets JSON loader would otherwise turn ISO date strings into timestamps."""
     answer = json.dumps(rec["gold"], ensure_ascii=False)
     return {
-        "id": rec["id"], "layout": rec["layout"], "locale": rec["locale"], "document": rec["document"],
+        "id": rec["id"], **{c: rec.get(c, "?") for c in slices}, "document": rec["document"],
         "gold": answer,
         "messages": [{"role": "system", "content": system_prompt},
                      {"role": "user", "content": rec["document"]},
@@ -65,13 +65,13 @@ def to_chat(rec: dict, system_prompt: str) -> dict:
     }
 
 
-def split(records: list[dict], fractions: dict, seed: int) -> dict[str, list[dict]]:
-    """Seeded, stratified by (layout, locale). Each stratum is shuffled and cut by the fractions; the
+def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[str, list[dict]]:
+    """Seeded, stratified by the task's slice columns. Each stratum is shuffled and cut by the fractions; the
     fractional remainders carry over from stratum to stratum, so small strata still feed every split and the
     overall sizes match the fractions."""
     strata = defaultdict(list)
     for r in records:
-        strata[(r["layout"], r["locale"])].append(r)
+        strata[tuple(str(r.get(c, "?")) for c in slices)].append(r)
     out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
     rng = random.Random(seed)
     want = {"test": 0.0, "eval": 0.0}
@@ -134,6 +134,7 @@ def ingest(cfg: dict, out) -> tuple[list[dict], list[dict]]:
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
+    task = tasks.get(ctx.recipe["task"])
     total = sum(cfg["split"].values())
     if abs(total - 1.0) > 1e-6:
         raise StageError(f"data.split: fractions must add up to 1.0, found {total:g}")
@@ -221,7 +222,7 @@ def run(ctx: Context) -> Result:
     t0 = time.time()
     kept = []
     for r in recs:
-        problems = labels.check(cfg["task"], r["document"], r["gold"])
+        problems = labels.check(task, r["document"], r["gold"])
         if problems:
             kind = "schema_invalid" if problems[0].startswith(("schema", "gold is not")) else "ungrounded"
             if cfg["labels"][kind] == "drop":
@@ -240,7 +241,7 @@ def run(ctx: Context) -> Result:
     tok = Tokenizer.from_file(str(tok_file))
     chats = []
     for r in recs:
-        c = to_chat(r, cfg["system_prompt"])
+        c = to_chat(r, cfg["system_prompt"], task.slices)
         c["tokens"] = sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"])
         c["chars"] = len(r["document"])
         if c["tokens"] > cfg["max_tokens"]:
@@ -272,7 +273,7 @@ def run(ctx: Context) -> Result:
     led.step("datalab", chats, t0)
 
     t0 = time.time()
-    parts = split(chats, cfg["split"], ctx.seed)
+    parts = split(chats, cfg["split"], ctx.seed, task.slices)
     leaks = {}
     for name in ("eval", "test"):
         if parts[name] and parts["train"]:
@@ -330,8 +331,7 @@ def run(ctx: Context) -> Result:
         "tokens_mean": {n: round(sum(c["tokens"] for c in p) / len(p), 1) for n, p in parts.items() if p},
         "tokens_max": {n: max(c["tokens"] for c in p) for n, p in parts.items() if p},
         "train_tokens": sum(c["tokens"] for c in parts["train"]),
-        "layouts": dict(Counter(c["layout"] for p in parts.values() for c in p)),
-        "locales": dict(Counter(c["locale"] for p in parts.values() for c in p)),
+        "slices": {s: dict(Counter(c[s] for p in parts.values() for c in p)) for s in task.slices},
     }
     if cfg["dvc"]["enabled"]:
         from runner.adapters import dvc

@@ -15,17 +15,15 @@ import random
 import time
 
 from runner import eval_analysis as ea
-from runner import gates, models, served_eval, task_files
+from runner import gates, models, served_eval, tasks
 from runner.adapters import llama_cpp, lm_eval
 from runner.reports import quality
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("eval", "base_model", "seed", "threads", "data")
+SECTIONS = ("task", "eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
 RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("ml", "llama")
-MAIN = "invoice_extraction"
-TRAIN_TASK = "invoice_extraction_train"
 
 
 def fingerprint(recipe: dict) -> str:
@@ -66,16 +64,15 @@ def models_of(ctx: Context) -> list[str]:
 def plan(ctx: Context, names: list[str]) -> list[dict]:
     """The lm-eval invocations per model: test-split tasks (+ a training-split sample for fine-tuned models)
     with the task's system prompt; the general task without one."""
-    cfg, data = ctx.section("eval"), ctx.inputs["data"]
+    cfg, data, task = ctx.section("eval"), ctx.inputs["data"], tasks.get(ctx.recipe["task"])
     tasks_dir = ctx.out / "tasks"
-    for task in cfg["tasks"]:
-        lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
-    runs = [{"name": "test", "tasks": list(cfg["tasks"]), "system": ctx.section("data")["system_prompt"],
+    lm_eval.write_task(task.name, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
+    runs = [{"name": "test", "tasks": [task.name], "system": ctx.section("data")["system_prompt"],
              "tuned_tasks": []}]
     if cfg["train_sample"] and any(m != "base" for m in names):
         sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
-        lm_eval.write_task(MAIN, tasks_dir, sample, cfg["max_gen_tokens"], name=TRAIN_TASK)
-        runs[0]["tuned_tasks"] = [TRAIN_TASK]
+        lm_eval.write_task(task.name, tasks_dir, sample, cfg["max_gen_tokens"], name=task.train_task)
+        runs[0]["tuned_tasks"] = [task.train_task]
     if cfg["general_task"]:
         lm_eval.write_task(cfg["general_task"], tasks_dir)
         runs.append({"name": "general", "tasks": [cfg["general_task"]], "system": None, "tuned_tasks": []})
@@ -130,16 +127,17 @@ def collect(ctx: Context, name: str, out, runs: list[dict]) -> dict[str, dict]:
 
 def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dict]) -> dict:
     """Score the first N test items of the HF model in process (lm-eval hf) and compare with the served GGUF."""
-    fcfg = ctx.section("eval")["fidelity"]
+    fcfg, task = ctx.section("eval")["fidelity"], tasks.get(ctx.recipe["task"])
     out = ctx.out / name / "fidelity"
     test_run = [dict(runs[0], tuned_tasks=[])]
     ctx.progress(f"{name}: fidelity check, {fcfg['samples']} items through lm-eval's hf backend")
     timing = score_hf(ctx, name, hf_dir, out, test_run, fcfg["samples"], tag="-fidelity")
-    _, hf_samples = lm_eval.read_results(out / "lm_eval" / "test", MAIN, ctx.log(f"lm-eval-hf-{name}-fidelity-test.log"))
-    utils = task_files.utils(MAIN)
+    _, hf_samples = lm_eval.read_results(out / "lm_eval" / "test", task.name,
+                                         ctx.log(f"lm-eval-hf-{name}-fidelity-test.log"))
+    utils, slices = task.utils(), task.slices
     edges = ctx.section("eval")["length_buckets_chars"]
-    hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, utils, edges)}
-    gg_rows = {r["doc_id"]: r for r in ea.item_details(served, utils, edges) if r["doc_id"] in hf_rows}
+    hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, utils, edges, slices)}
+    gg_rows = {r["doc_id"]: r for r in ea.item_details(served, utils, edges, slices) if r["doc_id"] in hf_rows}
     pairs = mismatched = same_text = 0
     items = []
     for i, h in hf_rows.items():
@@ -186,13 +184,16 @@ def pii_in_outputs(rows: list[dict], utils) -> dict:
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("eval")
+    task = tasks.get(ctx.recipe["task"])
+    main, train_task = task.name, task.train_task
     iters, seed = cfg["bootstrap_iters"], ctx.seed
     names = models_of(ctx)
     runs = plan(ctx, names)
     tuned = [m for m in names if m != "base"]
     baseline = "base" if "base" in names else None
     results: dict[str, dict] = {}
-    metrics: dict = {"backend": cfg["backend"], "models": {}, "dataset_version":
+    metrics: dict = {"task": task.describe(), "general_task": cfg["general_task"], "backend": cfg["backend"],
+                     "models": {}, "dataset_version":
                      ctx.inputs["data"].metrics.get("dataset_version")}
     artifacts: dict = {"tasks": "tasks"}
     for name in names:
@@ -205,14 +206,14 @@ def run(ctx: Context) -> Result:
         else:
             timing = score_hf(ctx, name, hf_dir, out, runs, cfg["limit"])
         results[name] = collect(ctx, name, out, runs)
-        tasks = {}
-        for task, got in results[name].items():
-            (out / f"samples_{task}.jsonl").write_text(
+        scored = {}
+        for t, got in results[name].items():
+            (out / f"samples_{t}.jsonl").write_text(
                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in got["samples"]))
-            artifacts[f"{name}-samples-{task}"] = f"{name}/samples_{task}.jsonl"
-            ci = ea.summarize(task.replace(TRAIN_TASK, MAIN), got["samples"], got["agg"], iters, seed)
-            tasks[task] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
-        metrics["models"][name] = {"tasks": tasks, **timing}
+            artifacts[f"{name}-samples-{t}"] = f"{name}/samples_{t}.jsonl"
+            ci = ea.summarize(tasks.scored_as(t), got["samples"], got["agg"], iters, seed)
+            scored[t] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
+        metrics["models"][name] = {"tasks": scored, **timing}
 
     # paired comparisons against the baseline, per task
     comparisons = {}
@@ -222,20 +223,20 @@ def run(ctx: Context) -> Result:
                               for t in results[baseline] if t in results[m]}
     metrics["comparisons"] = comparisons
 
-    # invoice task: per-item detail, breakdowns, failure cases, PII in outputs, train/test gap
-    utils = task_files.utils(MAIN)
+    # the recipe's task: per-item detail, breakdowns by field and slice, failure cases, PII in outputs, train/test gap
+    utils = task.utils()
     edges = cfg["length_buckets_chars"]
-    details = {m: ea.item_details(results[m][MAIN]["samples"], utils, edges) for m in names
-               if MAIN in results[m]}
-    analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed) if details else {},
+    details = {m: ea.item_details(results[m][main]["samples"], utils, edges, task.slices) for m in names
+               if main in results[m]}
+    analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed, task.slices) if details else {},
                 "failures": {}, "pii": {m: pii_in_outputs(rows, utils) for m, rows in details.items()}, "gap": {}}
     for m in tuned:
         if m in details:
             counts, cases = ea.failure_cases(details[m], details.get(baseline), utils, cfg["failure_cases"])
             analysis["failures"][m] = {"counts": counts, "cases": cases}
         tt = metrics["models"][m]["tasks"]
-        if TRAIN_TASK in tt and MAIN in tt:
-            analysis["gap"][m] = {k: {"train": tt[TRAIN_TASK]["ci"][k], "test": tt[MAIN]["ci"][k]}
+        if train_task in tt and main in tt:
+            analysis["gap"][m] = {k: {"train": tt[train_task]["ci"][k], "test": tt[main]["ci"][k]}
                                   for k in ("field_f1", "exact_match", "json_valid")}
 
     # fidelity: served GGUF vs HF model
@@ -244,7 +245,7 @@ def run(ctx: Context) -> Result:
         for m in cfg["fidelity"]["models"]:
             if m in names:
                 metrics["fidelity"][m] = {k: v for k, v in fidelity(ctx, m, model_dir(ctx, m),
-                                          results[m][MAIN]["samples"], runs).items() if k != "detail"}
+                                          results[m][main]["samples"], runs).items() if k != "detail"}
                 artifacts[f"{m}-fidelity"] = f"{m}/fidelity/fidelity.json"
 
     # gates
@@ -252,7 +253,8 @@ def run(ctx: Context) -> Result:
     if cfg["gates"]:
         if not baseline:
             raise StageError("eval.gates compare against a baseline, but eval.models has no 'base'")
-        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get("field", {}), tuned, baseline)
+        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get("field", {}), tuned, baseline,
+                               main)
     metrics["gates"] = verdicts
     # llama-server batches concurrent requests across its slots and its kernels are not batch-invariant, so
     # greedy answers are bit-exact from run to run only with one slot (llama.cpp issues #6950, #7052)
@@ -264,9 +266,9 @@ def run(ctx: Context) -> Result:
 
     notes = []
     for m, d in metrics["models"].items():
-        t = d["tasks"].get(MAIN)
-        if t:
-            notes.append(f"{m}: field_f1 {t['field_f1']:.3f} json_valid {t['json_valid']:.2f}")
+        t = d["tasks"].get(main)
+        if t and t.get(task.headline) is not None:
+            notes.append(f"{m}: {task.headline} {t[task.headline]:.3f}")
     failed = [v for v in verdicts if not v["passed"]]
     if failed:
         notes += [f"gate failed: {v['model']} {v['what']}: {'; '.join(v['reasons'])}" for v in failed]

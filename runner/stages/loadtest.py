@@ -20,7 +20,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
 INPUTS = ("serve", "data")
-RUNS = ("evals", "schemas/tasks")  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("loadtest", "llama", "gateway")
 
 
@@ -66,10 +66,10 @@ def measure_baseline(ctx: Context, cfg: dict, serving: dict, tokenizer) -> tuple
     return settings, rows
 
 
-def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment) -> list[dict] | None:
+def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment, route: str | None) -> list[dict] | None:
     """vegeta attacks on the task endpoint, one per rate, when vegeta is wanted and present."""
     v = cfg["vegeta"]
-    if v["enabled"] is False or not dep.gateway_url:
+    if v["enabled"] is False or not dep.gateway_url or not route:
         return None
     if not vegeta.available():
         if v["enabled"] is True:
@@ -81,7 +81,7 @@ def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment) -> list[dict]
     rows = []
     for rate in v["rates"]:
         ctx.progress(f"vegeta: {rate:g} task requests/s for {v['seconds']:g}s")
-        rows.append(vegeta.attack(dep.gateway_url + "/v1/tasks/invoice", dep.api_key, docs, rate, v["seconds"],
+        rows.append(vegeta.attack(dep.gateway_url + route, dep.api_key, docs, rate, v["seconds"],
                                   v["timeout_s"], ctx.out, ctx.log(f"vegeta-{rate:g}.log")))
     return rows
 
@@ -133,7 +133,7 @@ def run(ctx: Context) -> Result:
     wants_vegeta = cfg["vegeta"]["enabled"] is True or (cfg["vegeta"]["enabled"] == "auto" and vegeta.available())
     if has_gateway and (cfg["drills"]["enabled"] or wants_vegeta):
         with deploy.up(serving, ctx.logs / "drills") as dep:
-            task_attacks = constant_rate(ctx, cfg, dep)
+            task_attacks = constant_rate(ctx, cfg, dep, (serving.get("task") or {}).get("route"))
             if cfg["drills"]["enabled"]:
                 drill_results = drills.run_all(dep, serving, cfg["drills"], ctx.progress)
             restarts += dep.restarts()

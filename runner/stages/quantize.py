@@ -9,16 +9,15 @@ import json
 import time
 
 from runner import eval_analysis as ea
-from runner import served_eval, task_files
+from runner import served_eval, tasks
 from runner.adapters import llama_cpp, lm_eval
 from runner.reports import quantization as report
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("quantize", "threads", "seed", "eval", "data")
+SECTIONS = ("task", "quantize", "threads", "seed", "eval", "data")
 INPUTS = ("data", "eval")
 RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "ml")
-TASK = "invoice_extraction"
 
 
 def calibration_text(train_file, out):
@@ -45,6 +44,7 @@ def gate(cmp: dict, gate_cfg: dict) -> dict:
 
 def run(ctx: Context) -> Result:
     cfg, ecfg = ctx.section("quantize"), ctx.section("eval")
+    task = tasks.get(ctx.recipe["task"])
     ev = ctx.inputs["eval"]
     model = cfg["model"]
     if f"{model}-f16" not in ev.artifacts:
@@ -55,7 +55,7 @@ def run(ctx: Context) -> Result:
         raise StageError(f"quantize.types: unknown type(s) {', '.join(unknown)} for {ev.path(f'{model}-f16')}; "
                          f"supported: {', '.join(llama_cpp.QUANT_TYPES)}")
     f16 = ev.path(f"{model}-f16")
-    f16_samples = ea.read_samples(ev.path(f"{model}-samples-{TASK}"))
+    f16_samples = ea.read_samples(ev.path(f"{model}-samples-{task.name}"))
     system = ctx.section("data")["system_prompt"]
     variants = {"f16": f16}
     served = ev.metrics["models"].get(model, {})
@@ -91,8 +91,8 @@ def run(ctx: Context) -> Result:
                                                    bcfg["prompt_tokens"], bcfg["gen_tokens"], bcfg["repetitions"])
 
     # quality: every quant on the eval stage's test task, same prompts and items, paired against f16
-    quality: dict = {"f16": {"ci": ea.summarize(TASK, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
-    details = {"f16": ea.item_details(f16_samples, task_files.utils(TASK), ecfg["length_buckets_chars"])}
+    quality: dict = {"f16": {"ci": ea.summarize(task.name, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
+    details = {"f16": ea.item_details(f16_samples, task.utils(), ecfg["length_buckets_chars"], task.slices)}
     verdicts = {}
     if cfg["evaluate"]:
         tasks_dir = ev.path("tasks")
@@ -100,21 +100,21 @@ def run(ctx: Context) -> Result:
         for qtype in cfg["types"]:
             out = ctx.out / qtype
             out.mkdir()
-            timing = served_eval.score(variants[qtype], qtype, [{"name": "test", "tasks": [TASK], "system": system}],
+            timing = served_eval.score(variants[qtype], qtype, [{"name": "test", "tasks": [task.name], "system": system}],
                                        tasks_dir, out, ctx.log, ctx.progress, threads=ctx.threads,
                                        concurrency=ecfg["concurrency"], ctx_size=ecfg["ctx_size"],
                                        limit=ecfg["limit"], seed=ctx.seed)
-            agg, samples = lm_eval.read_results(out / "lm_eval" / "test", TASK, ctx.log(f"lm-eval-{qtype}-test.log"))
+            agg, samples = lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{qtype}-test.log"))
             if sorted(s["doc_id"] for s in samples) != f16_ids:
                 raise StageError(f"{qtype} was scored on different items than f16 (eval.limit changed?)")
-            (out / f"samples_{TASK}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-            artifacts[f"{qtype}-samples"] = f"{qtype}/samples_{TASK}.jsonl"
-            quality[qtype] = {"ci": ea.summarize(TASK, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
-                              "vs_f16": ea.compare(TASK, f16_samples, samples, ecfg["bootstrap_iters"], ctx.seed),
+            (out / f"samples_{task.name}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+            artifacts[f"{qtype}-samples"] = f"{qtype}/samples_{task.name}.jsonl"
+            quality[qtype] = {"ci": ea.summarize(task.name, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
+                              "vs_f16": ea.compare(task.name, f16_samples, samples, ecfg["bootstrap_iters"], ctx.seed),
                               **timing}
             files[qtype]["load_s"] = timing["server_ready_s"]
             files[qtype]["peak_rss_mb"] = timing["server_peak_rss_mb"]
-            details[qtype] = ea.item_details(samples, task_files.utils(TASK), ecfg["length_buckets_chars"])
+            details[qtype] = ea.item_details(samples, task.utils(), ecfg["length_buckets_chars"], task.slices)
             verdicts[qtype] = gate(quality[qtype]["vs_f16"], cfg["gate"])
             v = verdicts[qtype]
             ctx.progress(f"{qtype}: {'passes' if v['passed'] else 'fails'} the regression gate")

@@ -108,11 +108,11 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         lines += ["| model | samples | " + " | ".join(metric_names) + " | eval s |",
                   "|---|---|" + "---|" * len(metric_names) + "---|"]
         for name, m in ev.metrics["models"].items():
-            t = m["tasks"].get("invoice_extraction", {})
+            t = m["tasks"].get(ev.metrics["task"]["name"], {})
             lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(fmt.num(t.get(k)) for k in metric_names)
                          + f" | {fmt.num(m.get('seconds'), 0)} |")
         for name, d in (ev.metrics.get("comparisons") or {}).items():
-            t = d.get("invoice_extraction", {})
+            t = d.get(ev.metrics["task"]["name"], {})
             lines += ["", f"{name} − base (paired bootstrap 95% CI): " + ", ".join(
                 f"{k} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" + (" ▲" if c.get("improved") else
                                                                               " ▼" if c.get("worse") else "")
@@ -150,7 +150,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         g = s.metrics.get("gateway")
         if g:
             t = g["task"]
-            lines += ["", f"Gateway: /readyz **{g['readyz']['status']}**; `POST /v1/tasks/invoice` answered HTTP "
+            lines += ["", f"Gateway: /readyz **{g['readyz']['status']}**; `POST {t.get('route')}` answered HTTP "
                       f"{t['status']} in {t['latency_s']} s from `{t.get('model')}`"
                       + (" (fallback)" if t.get("fallback") else "") + f"; without a key: HTTP {g['refused']['no_key']}; "
                       f"malformed JSON: HTTP {g['refused']['malformed_json']}."]

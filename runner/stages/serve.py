@@ -6,14 +6,13 @@ import json
 import time
 from pathlib import Path
 
-from runner import decoding_check, deploy
-from runner.env import REPO
+from runner import decoding_check, deploy, tasks
 from runner.adapters import llama_cpp
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("serve", "threads", "data", "name")
+SECTIONS = ("task", "serve", "threads", "data", "name")
 INPUTS = ("data", "train", "eval", "quantize")
-RUNS = ("evals", "schemas/tasks")  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "gateway")
 
 
@@ -31,14 +30,14 @@ def choose_model(cfg: dict, quant) -> tuple[str, object]:
     return choice, quant.path(choice)
 
 
-def gateway_checks(dep: deploy.Deployment, doc: dict) -> dict:
+def gateway_checks(dep: deploy.Deployment, doc: dict, route: str) -> dict:
     """Through the gateway: readiness, one task request, one refused request (no key), one malformed request."""
     import httpx
     auth = {"Authorization": f"Bearer {dep.api_key}"}
     url = dep.gateway_url
     ready = httpx.get(url + "/readyz", timeout=30)
     t0 = time.time()
-    task = httpx.post(url + "/v1/tasks/invoice", headers=auth, json={"document": doc["document"]}, timeout=120)
+    task = httpx.post(url + route, headers=auth, json={"document": doc["document"]}, timeout=120)
     latency = round(time.time() - t0, 2)
     body = task.json()
     no_key = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
@@ -48,7 +47,7 @@ def gateway_checks(dep: deploy.Deployment, doc: dict) -> dict:
     if no_key.status_code != 401 or malformed.status_code != 400:
         raise StageError(f"the gateway let bad requests through: no key -> {no_key.status_code}, "
                          f"malformed JSON -> {malformed.status_code}")
-    return {"readyz": ready.json(), "task": {"status": task.status_code, "latency_s": latency,
+    return {"readyz": ready.json(), "task": {"route": route, "status": task.status_code, "latency_s": latency,
                                              "model": body.get("model"), "fallback": body.get("fallback"),
                                              "fields": body.get("fields"), "error": body.get("error")},
             "refused": {"no_key": no_key.status_code, "malformed_json": malformed.status_code}}
@@ -61,9 +60,8 @@ def run(ctx: Context) -> Result:
     model_name = quant.metrics["model"]
     hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
     fallback = quant.path("fallback") if "fallback" in quant.artifacts else None
-    task = {"name": "invoice_extraction", "schema": str(REPO / "schemas" / "tasks" / "invoice.schema.json"),
-            "system_prompt": ctx.section("data")["system_prompt"], "max_tokens": cfg["gateway"]["task_max_tokens"],
-            "constrained": cfg["gateway"]["constrained_task"]}
+    task = {**tasks.get(ctx.recipe["task"]).describe(), "system_prompt": ctx.section("data")["system_prompt"],
+            "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"]}
     serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads, task)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
@@ -102,7 +100,7 @@ def run(ctx: Context) -> Result:
                                                      schema, task["name"])
                         for role, ep in sorted(first.items(), key=lambda kv: kv[0] != "primary")}
         if dep.gateway_url:
-            gateway = gateway_checks(dep, doc)
+            gateway = gateway_checks(dep, doc, task["route"])
             ctx.progress(f"gateway: /readyz {gateway['readyz']['status']}, task endpoint HTTP "
                          f"{gateway['task']['status']} in {gateway['task']['latency_s']}s")
     return Result(metrics={"model_type": qtype, "model": model_name, "endpoints": checks, "gateway": gateway,
