@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import eval_analysis as ea  # noqa: E402
 from runner import models, pipeline, recipe  # noqa: E402
 from runner.adapters import llama_cpp, lm_eval  # noqa: E402
+from runner.quality import eval_analysis as ea  # noqa: E402
 
 TASK = "invoice_extraction"
 

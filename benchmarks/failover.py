@@ -19,7 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import deploy, drills, pipeline, recipe  # noqa: E402
+from runner import pipeline, recipe  # noqa: E402
+from runner.serving import deploy, drills
 
 VARIANTS = {
     "both engines 2 threads (default)": {},

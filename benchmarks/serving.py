@@ -24,9 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import deploy, models, pipeline, proc, recipe, setup  # noqa: E402
+from runner import models, pipeline, proc, recipe, setup  # noqa: E402
 from runner.adapters import guidellm, llama_cpp  # noqa: E402
-from runner.perf_analysis import overhead  # noqa: E402
+from runner.serving import deploy
+from runner.serving.perf_analysis import overhead  # noqa: E402
 
 
 def ladder(target: str, model: str, tokenizer: Path, levels: list[int], seconds: float, cfg: dict, out: Path,

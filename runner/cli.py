@@ -63,15 +63,15 @@ def cmd_status(a) -> int:
 
 def cmd_report(a) -> int:
     from runner import manifest
-    from runner.stages import report
+    from runner.reports import pack
     run_dir = manifest.find_run(a.run)
-    out = report.render_run(run_dir)
+    out = pack.render_run(run_dir)
     print(f"report: {out}")
     return 0
 
 
 def cmd_compare(a) -> int:
-    from runner import compare
+    from runner.reports import compare
     text, failed = compare.render(a.run_a, a.run_b, iters=a.iters)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,8 @@ def cmd_serve(a) -> int:
     import signal
     import time
 
-    from runner import deploy, pipeline
+    from runner import pipeline
+    from runner.serving import deploy
     r = _load_or_exit(a.recipe)
     out = pipeline.cached_stage(r.data, "serve")
     if not out:

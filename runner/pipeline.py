@@ -187,8 +187,8 @@ def execute(recipe: Recipe, only: str | None = None, start: str | None = None, f
     print(summary(records, run_dir), flush=True)
     rcfg = recipe.data.get("report") or {}
     if "report" in wanted and rcfg.get("publish") and (failure is None or failure.status == "gated"):
-        from runner.stages import report
-        dest = report.publish(run_dir, reports_root(), rcfg["keep"])
+        from runner.reports import pack
+        dest = pack.publish(run_dir, reports_root(), rcfg["keep"])
         print(f"evidence pack: {dest}", flush=True)
     if failure:
         raise failure

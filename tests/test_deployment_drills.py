@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner import deploy, drills, resources, supervisor
 from runner.adapters import llama_cpp
+from runner.serving import deploy, drills, resources, supervisor
 
 GATEWAY = {"enabled": True, "max_in_flight": 2, "max_queue": 2, "queue_timeout_s": 20, "upstream_timeout_s": 30,
            "max_tokens": 64, "max_body_bytes": 20000, "breaker": {"threshold": 2, "reset_s": 2.0},

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from runner import eval_analysis as ea
-from runner import gates, stats, tasks
+from runner import tasks
 from runner.env import REPO
+from runner.quality import eval_analysis as ea
+from runner.quality import gates, stats
 from runner.stage import StageError
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner import deploy, proc, tasks
+from runner import proc, tasks
 from runner.adapters import llama_cpp
+from runner.serving import deploy
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"

@@ -1,8 +1,8 @@
 """Reading a load test without a server: SLO verdicts, the throughput knee, the bottleneck rules, overhead,
 before/after, the /metrics gauge parser, and perf_cost.md rendered from those numbers."""
-from runner import perf_analysis as pa
-from runner import resources
 from runner.reports import perf_cost
+from runner.serving import perf_analysis as pa
+from runner.serving import resources
 
 
 def level(streams, tps, p99=1.0, ttft_p95=200.0, errored=0, total=20):

@@ -192,10 +192,10 @@ def test_a_stage_key_covers_the_code_it_imports_and_runs_found_from_the_source()
     loadtest = {str(f.relative_to(REPO)) for f in pipeline.code_files(pipeline.stage_module("loadtest"))}
     report = {str(f.relative_to(REPO)) for f in pipeline.code_files(pipeline.stage_module("report"))}
     # imported directly, imported by an import, run as `python -m runner.gateway`, and named in RUNS
-    assert {"runner/adapters/guidellm.py", "runner/supervisor.py", "runner/gateway/__main__.py",
+    assert {"runner/adapters/guidellm.py", "runner/serving/supervisor.py", "runner/gateway/__main__.py",
             "runner/gateway/app.py", "runner/__init__.py"} <= loadtest
     assert any(f.startswith("evals/") for f in loadtest)
-    assert "runner/adapters/guidellm.py" not in report and "runner/stages/report.py" in report
+    assert "runner/adapters/guidellm.py" not in report and "runner/reports/pack.py" in report
     assert code_deps.closure("runner.stage") == [REPO / "runner" / "__init__.py", REPO / "runner" / "stage.py"]
 
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import deploy, recipe
+from runner import recipe
 from runner.adapters import sglang
+from runner.serving import deploy
 from runner.stage import StageError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 admission control, least-outstanding routing, circuit breakers, fallback, a task endpoint validated against the
 task's JSON Schema, health, Prometheus metrics and one JSON log line per request.
 
-Config (written by the serve stage, see `runner/deploy.py`): upstreams, limits, breaker, auth, task, log.
+Config (written by the serve stage, see `runner/serving/deploy.py`): upstreams, limits, breaker, auth, task, log.
 Every bad request gets a 4xx with an OpenAI-style error body; no stack trace ever reaches a client.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 run's stage metrics and linking to the page with the evidence."""
 from __future__ import annotations
 
-from runner.perf_analysis import VERDICTS
+from runner.serving.perf_analysis import VERDICTS
 from runner.stage import Output
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.perf_analysis import VERDICTS
 from runner.reports import fmt
+from runner.serving.perf_analysis import VERDICTS
 
 
 def _ms(v_s) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import gates as gates_mod
+from runner.quality import gates as gates_mod
 from runner.reports import fmt
 
 CATEGORY_TEXT = {"invalid_json": "no parsable JSON object", "format_error": "value breaks the schema's format",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner import eval_analysis as ea
+from runner.quality import eval_analysis as ea
 from runner.reports import fmt
 
 

@@ -14,9 +14,10 @@ import json
 import random
 import time
 
-from runner import eval_analysis as ea
-from runner import gates, models, served_eval, tasks
+from runner import models, tasks
 from runner.adapters import llama_cpp, lm_eval
+from runner.quality import eval_analysis as ea
+from runner.quality import gates, served_eval
 from runner.reports import quality
 from runner.stage import Context, Result, StageError
 

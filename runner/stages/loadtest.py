@@ -1,8 +1,8 @@
 """loadtest: bring the deployment up from serving.json and measure it.
 
 1. GuideLLM's concurrency ladder through the gateway and, for its overhead, straight to the primary engine,
-   while CPU/RSS of every process and both /metrics endpoints are sampled (runner/resources.py);
-2. the fault drills (runner/drills.py) against the live deployment;
+   while CPU/RSS of every process and both /metrics endpoints are sampled (runner/serving/resources.py);
+2. the fault drills (runner/serving/drills.py) against the live deployment;
 3. with the deployment down, the baseline engine settings at the same load (an optimization's before/after);
 4. the SLO verdict per level, the concurrency ceiling, the bottleneck, cost per 1M output tokens, and
    perf_cost.md with its plots."""
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import psutil
 
-from runner import deploy, drills, models, perf_analysis, resources
+from runner import models
 from runner.adapters import guidellm, llama_cpp, vegeta
 from runner.reports import perf_cost
+from runner.serving import deploy, drills, perf_analysis, resources
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")

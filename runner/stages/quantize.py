@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import time
 
-from runner import eval_analysis as ea
-from runner import served_eval, tasks
+from runner import tasks
 from runner.adapters import llama_cpp, lm_eval
+from runner.quality import eval_analysis as ea
+from runner.quality import served_eval
 from runner.reports import quantization as report
 from runner.stage import Context, Result, StageError
 

@@ -6,8 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from runner import decoding_check, deploy, tasks
+from runner import tasks
 from runner.adapters import llama_cpp
+from runner.serving import decoding_check, deploy
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "serve", "threads", "data", "name")

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from runner import stats, tasks
+from runner import tasks
+from runner.quality import stats
 from runner.stage import StageError
 
 # task-YAML aggregation -> how per-item values combine

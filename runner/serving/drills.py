@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 
-from runner import supervisor
-from runner.perf_analysis import nearest_rank
-from runner.deploy import Deployment
+from runner.serving import supervisor
+from runner.serving.deploy import Deployment
+from runner.serving.perf_analysis import nearest_rank
 
 CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12, "temperature": 0}
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner import supervisor
 from runner.adapters import llama_cpp, sglang
+from runner.serving import supervisor
 from runner.stage import StageError
 
 

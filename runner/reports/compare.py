@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner import eval_analysis as ea
 from runner import manifest, tasks
+from runner.quality import eval_analysis as ea
 from runner.reports import fmt
 
 QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from runner.adapters import llama_cpp
 from runner import tasks
-from runner.perf_analysis import nearest_rank
+from runner.adapters import llama_cpp
+from runner.serving.perf_analysis import nearest_rank
 
 
 def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, schema: dict, task: str) -> dict:
