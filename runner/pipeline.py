@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import code_deps, env, manifest, progress
+from runner import code_deps, env, manifest, progress, tasks
 from runner.env import REPO, reports_root, runs_root
 from runner.recipe import Recipe, content_hash
 from runner.stage import Context, Output, Result, StageError
@@ -54,6 +54,8 @@ def stage_deps(name: str, recipe: dict, input_keys: dict[str, str]) -> dict:
     return {"sections": {s: content_hash(recipe.get(s))[:16] for s in mod.SECTIONS},
             "inputs": dict(input_keys),
             "code": {str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in code_files(mod)},
+            # the task's own folder (it may live outside the repository, in the recipe's task_paths)
+            "task": tasks.of(recipe).files() if "task" in mod.SECTIONS else {},
             "tools": tool_keys(mod),
             "fingerprint": mod.fingerprint(recipe) if hasattr(mod, "fingerprint") else None}
 

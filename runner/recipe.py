@@ -286,13 +286,15 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
                        f"name not allowed (expected a name {'matching ' if 'pattern' in err.schema else ''}{rule})")
         else:
             out.append(f"{where(path)}: {_dotted(path)}: expected {_expected(err)}, found {_kind(err.instance)}")
+    paths = data.get("task_paths") if isinstance(data.get("task_paths"), list) else []
+    paths = tuple(p for p in paths if isinstance(p, str))
     if isinstance(data.get("task"), str):
         try:
-            tasks.get(data["task"])
+            tasks.get(data["task"], paths)
         except tasks.UnknownTask:
             out.append(f"{where(['task'])}: task: unknown task '{data['task']}' (expected one of: "
-                       f"{', '.join(tasks.available()) or 'none'}; a task is a folder evals/<name>/ whose <name>.yaml "
-                       f"has a metadata.forge block)")
+                       f"{', '.join(tasks.available(paths)) or 'none'}; a task is a folder <name>/ whose <name>.yaml "
+                       f"has a metadata.forge block, in evals/ or a recipe's task_paths)")
         except tasks.TaskError as e:
             out.append(f"{where(['task'])}: task: '{data['task']}' is not usable: {e}")
     return out
@@ -301,7 +303,7 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
 # ---------------------------------------------------------------- entry points
 
 # Recipe values that are file paths: resolved against the directory of the recipe file that set them.
-PATH_KEYS = (("base_model", "path"), ("data", "sources", "*", "path"))
+PATH_KEYS = (("base_model", "path"), ("data", "sources", "*", "path"), ("task_paths", "*"))
 
 
 def _resolve_paths(data: dict, origin: dict, main_file: Path) -> None:
@@ -309,15 +311,17 @@ def _resolve_paths(data: dict, origin: dict, main_file: Path) -> None:
         if not pattern:
             return
         head, rest = pattern[0], pattern[1:]
-        keys = range(len(node)) if head == "*" and isinstance(node, list) else [head]
+        if head == "*":
+            keys = range(len(node)) if isinstance(node, list) else []
+        else:
+            keys = [head] if isinstance(node, dict) and head in node else []
         for k in keys:
-            if isinstance(node, (dict, list)) and (k in node if isinstance(node, dict) else True):
-                if not rest and isinstance(node[k], str):
-                    src = origin.get(path + (k,), (main_file, 0))[0]
-                    p = Path(node[k]).expanduser()
-                    node[k] = str(p if p.is_absolute() else (Path(src).parent / p).resolve())
-                else:
-                    walk(node[k], rest, path + (k,))
+            if not rest and isinstance(node[k], str):
+                src = origin.get(path + (k,), origin.get(path, (main_file, 0)))[0]
+                p = Path(node[k]).expanduser()
+                node[k] = str(p if p.is_absolute() else (Path(src).parent / p).resolve())
+            elif rest:
+                walk(node[k], rest, path + (k,))
     for pattern in PATH_KEYS:
         walk(data, pattern, ())
 
@@ -327,10 +331,10 @@ def load(path: str | Path) -> Recipe:
     if not path.exists():
         raise RecipeError([f"{path}: no such recipe file"])
     data, origin, files = _load_chain(path)
+    _resolve_paths(data, origin, path.resolve())  # first: the task check searches the resolved task_paths
     problems = _problems(data, origin, path.resolve())
     if problems:
         raise RecipeError(problems)
-    _resolve_paths(data, origin, path.resolve())
     schemas = _schemas()
     resolved = fill_defaults(copy.deepcopy(data), schemas[ROOT_SCHEMA], schemas[ROOT_SCHEMA], schemas)
     errors = list(validator().iter_errors(resolved))

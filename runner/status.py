@@ -49,7 +49,7 @@ def last_deps(recipe_name: str) -> dict[str, dict]:
 def changes(old: dict, new: dict) -> list[str]:
     """What differs between two deps records, in words."""
     out = []
-    for part, noun in (("sections", "recipe section"), ("inputs", "input"), ("tools", "tool")):
+    for part, noun in (("sections", "recipe section"), ("inputs", "input"), ("task", "task file"), ("tools", "tool")):
         a, b = old.get(part) or {}, new.get(part) or {}
         for name in sorted(set(a) | set(b)):
             if a.get(name) != b.get(name):

@@ -106,7 +106,7 @@ def test_pii_policy_redacts_drops_and_flags():
     assert pii.apply_policy(text, found, {"email": "flag", "iban": "keep"}) == (text, "flag")
 
 
-def _sources_recipe(path: Path, mapping: str = "{document: text, answer: label}") -> str:
+def _sources_recipe(path: Path, mapping: str = "{input: text, output: label}") -> str:
     return (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: own-data\n"
             f"data:\n  sources:\n    - path: {path.name}\n      mapping: {mapping}\n  datalab: {{enabled: false}}\n")
 
@@ -123,7 +123,7 @@ def test_missing_mapped_field_is_named(tmp_path, runs_dir):
     (tmp_path / "mine.jsonl").write_text('{"text": "a", "label": "{}"}\n{"body": "b", "label": "{}"}\n')
     r, _ = run_data(_sources_recipe(tmp_path / "mine.jsonl"), tmp_path, runs_dir)
     assert r.returncode == 1
-    assert f"{tmp_path / 'mine.jsonl'}:2: mapping.document names field 'text', which this record lacks" in r.stderr + r.stdout
+    assert f"{tmp_path / 'mine.jsonl'}:2: mapping.input names field 'text', which this record lacks" in r.stderr + r.stdout
 
 
 def test_unreadable_file_is_named(tmp_path, runs_dir):

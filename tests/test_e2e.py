@@ -135,7 +135,8 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     # serve measured constrained decoding on the deployed model
     dc = st["serve"]["metrics"]["decoding_check"]
     assert list(dc) == ["primary", "fallback"]
-    assert all(set(d) == {"free", "json_schema"} and d["free"]["n"] + d["free"]["error_count"] == 2 for d in dc.values())
+    assert all(d["constrainable"] and {"free", "constrained"} <= set(d) and d["free"]["n"] + d["free"]["error_count"] == 2
+               for d in dc.values())
     # report rendered from the artifacts
     readme = (run_dir / "stages" / "report" / "README.md").read_text()
     assert man["dataset_version"] in readme and "| q4_k_m |" in readme
@@ -235,3 +236,61 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert bad.returncode == 1
     out = bad.stdout + bad.stderr
     assert "scoring model 'base' failed" in out and "llama-server-base.log" in out and "lm-eval-base-test.log" in out
+
+
+KIND_RECIPES = {"extraction": "purchase-orders", "classification": "ticket-routing", "generation": "de-en-translation"}
+
+
+def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model, tmp_path, runs_dir):
+    """tests/tasks/ holds one task of each kind: a YAML, a schema or label list, and data. No Python file was written
+    for any of them; each goes through every stage (offline: the generation kind loads MiniLM inside lm-eval)."""
+    task_files = sorted(p.relative_to(REPO / "tests" / "tasks").as_posix() for p in (REPO / "tests" / "tasks").rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    assert not [f for f in task_files if f.endswith(".py")], task_files
+    for kind, name in KIND_RECIPES.items():
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(f"extends: {REPO / 'tests' / 'recipes' / 'kinds' / f'{name}.yaml'}\n"
+                          f"base_model: {{source: path, path: {tiny_model}}}\n")
+        trace = tmp_path / f"{name}.trace" if kind == "generation" else None
+        r = run_recipe(recipe, runs_dir, trace=trace)
+        assert r.returncode == 0, (kind, r.stdout[-3000:] + r.stderr[-3000:])
+        assert "Traceback" not in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+        if trace:
+            assert trace.stat().st_size > 0 and egress.outbound(trace) == []
+        man = latest_manifest(runs_dir, f"tiny-{name}")
+        st = man["stages"]
+        assert [s for s in STAGES if st[s]["status"] in ("ok", "suspect")] == STAGES, {s: st[s]["status"] for s in STAGES}
+        ev = st["eval"]["metrics"]
+        task = ev["task"]
+        assert task["kind"] == kind and task["headline"] in ev["models"]["tuned"]["tasks"][task["name"]]["ci"]
+        assert set(ev["comparisons"]["tuned"][task["name"]]) == set(task["metrics"])
+        run_dir = sorted((runs_dir / f"tiny-{name}").iterdir())[-1]
+        analysis = json.loads((run_dir / "stages" / "eval" / "analysis.json").read_text())
+        quality_md = (run_dir / "stages" / "eval" / "quality.md").read_text()
+        assert f"## {task['name']} (test split," in quality_md and f"### By {task['slices'][0]}" in quality_md
+        qm = st["quantize"]["metrics"]
+        assert qm["quality"]["q8_0"]["vs_f16"][qm["gate"]["metrics"][0]]["n"] == qm["quality"]["q8_0"]["ci"][task["headline"]]["n"]
+        gw = st["serve"]["metrics"]["gateway"]["task"]
+        assert gw["route"] == f"/v1/tasks/{task['name']}" and gw["status"] in (200, 502)
+        assert st["loadtest"]["metrics"]["levels"][0]["requests"]["successful"] > 0
+        dc = st["serve"]["metrics"]["decoding_check"]["primary"]
+        if kind == "extraction":
+            assert set(analysis["breakdowns"]) == {"field", "style", "length"}
+            assert list(analysis["breakdowns"]["field"]) == ["po_number", "order_date", "delivery_date", "supplier",
+                                                             "currency", "total"]
+            assert "consistent" in task["metrics"] and dc["constrainable"]
+        elif kind == "classification":
+            assert set(analysis["breakdowns"]) == {"class", "language", "length"}
+            conf = analysis["confusion"]["tuned"]
+            assert conf["labels"] == ["billing", "shipping", "technical", "account"]
+            assert sum(sum(row.values()) for row in conf["matrix"].values()) == ev["models"]["tuned"]["tasks"][task["name"]]["samples"]
+            assert "### Confusion matrix of tuned" in quality_md
+            # decoding constrained to the labels: every answer is a label, even from a random-weight model
+            assert dc["constrained"]["label_valid"] == 1.0 and gw["status"] == 200 and gw["answer"] in conf["labels"]
+        else:
+            assert set(analysis["breakdowns"]) == {"domain", "length"}
+            assert {"chrf", "bleu", "rouge_l", "similarity"} <= set(task["metrics"]) and not dc["constrainable"]
+            sim = ev["models"]["tuned"]["tasks"][task["name"]]["ci"]["similarity"]
+            assert 0.0 <= sim["value"] <= 1.0
+        pack = runs_dir.parent / "reports" / f"tiny-{name}" / man["run_id"]
+        assert "### 1. Did quality improve" in (pack / "README.md").read_text()

@@ -7,6 +7,7 @@ import pytest
 
 from runner import tasks
 from runner.env import REPO
+from runner.kinds import common
 from runner.quality import eval_analysis as ea
 from runner.quality import gates, stats
 from runner.stage import StageError
@@ -60,45 +61,48 @@ def test_rate_is_nan_without_predictions_and_intervals_say_so():
     assert stats.bootstrap(m, 100, 0) == {"value": None, "low": None, "high": None, "n": 2}
 
 
-def _sample(doc_id, doc, text, utils):
+def _sample(doc_id, doc, text, task):
     rec = {"doc_id": doc_id, "doc": doc, "filtered_resps": [text]}
-    rec.update(utils.process_results(doc, [text]))
+    rec.update(task.scorer.score(task.spec, doc, text))
     return rec
+
+
+SCORING = tasks.scoring("invoice_extraction")
 
 
 @pytest.fixture(scope="module")
 def invoice_items():
     from runner.datagen import invoice
-    utils = tasks.utils("invoice_extraction")
+    task = tasks.get("invoice_extraction")
     recs = invoice.generate(3, 30)
     docs = [{"id": r["id"], "document": r["document"], "gold": json.dumps(r["gold"]), "layout": r["layout"],
              "locale": r["locale"]} for r in recs]
-    return utils, docs, recs
+    return task, docs, recs
 
 
 def test_summary_cross_checks_lm_eval_and_compare_pairs_items(invoice_items):
-    utils, docs, recs = invoice_items
-    base = [_sample(i, d, "no idea", utils) for i, d in enumerate(docs)]
-    tuned = [_sample(i, d, json.dumps(r["gold"]), utils) for i, (d, r) in enumerate(zip(docs, recs))]
+    task, docs, recs = invoice_items
+    base = [_sample(i, d, "no idea", task) for i, d in enumerate(docs)]
+    tuned = [_sample(i, d, json.dumps(r["gold"]), task) for i, (d, r) in enumerate(zip(docs, recs))]
     agg = {"field_f1": 1.0, "json_valid": 1.0, "exact_match": 1.0}
-    s = ea.summarize("invoice_extraction", tuned, agg, 500, 0)
+    s = ea.summarize("invoice_extraction", SCORING, tuned, agg, 500, 0)
     assert s["field_f1"]["value"] == 1.0 and s["exact_match"]["value"] == 1.0
     assert s["grounding_rate"]["value"] == 1.0
     with pytest.raises(StageError, match="differs from lm-eval"):
-        ea.summarize("invoice_extraction", tuned, {"field_f1": 0.5}, 100, 0)
-    assert ea.summarize("invoice_extraction", base, {}, 100, 0)["grounding_rate"]["value"] is None
-    cmp = ea.compare("invoice_extraction", base, tuned, 500, 0)
+        ea.summarize("invoice_extraction", SCORING, tuned, {"field_f1": 0.5}, 100, 0)
+    assert ea.summarize("invoice_extraction", SCORING, base, {}, 100, 0)["grounding_rate"]["value"] is None
+    cmp = ea.compare("invoice_extraction", SCORING, base, tuned, 500, 0)
     assert cmp["field_f1"]["improved"] and cmp["json_valid"]["mcnemar"]["b_only"] == 30
     with pytest.raises(StageError, match="different items"):
-        ea.compare("invoice_extraction", base[:10], tuned, 100, 0)
+        ea.compare("invoice_extraction", SCORING, base[:10], tuned, 100, 0)
 
 
 def test_failure_categories_and_worse_than_baseline_first(invoice_items):
-    utils, docs, recs = invoice_items
+    task, docs, recs = invoice_items
     base_rows, tuned_rows = [], []
     for i, (d, r) in enumerate(zip(docs[:6], recs[:6])):
         g = r["gold"]
-        base_rows.append(_sample(i, d, json.dumps(g), utils))  # base perfect
+        base_rows.append(_sample(i, d, json.dumps(g), task))  # base perfect
         answers = [
             "not json",
             json.dumps(dict(g, total=999999.99)),                    # hallucinated
@@ -107,17 +111,17 @@ def test_failure_categories_and_worse_than_baseline_first(invoice_items):
             json.dumps(dict(g, seller=g["buyer"])) if g["buyer"] else json.dumps(dict(g, seller=None)),
             json.dumps(g),
         ]
-        tuned_rows.append(_sample(i, d, answers[i], utils))
+        tuned_rows.append(_sample(i, d, answers[i], task))
     edges = [250, 400]
-    bd = ea.item_details(base_rows, utils, edges, ("layout", "locale"))
-    td = ea.item_details(tuned_rows, utils, edges, ("layout", "locale"))
-    counts, cases = ea.failure_cases(td, bd, utils, 10)
+    bd = ea.item_details(base_rows, task, edges)
+    td = ea.item_details(tuned_rows, task, edges)
+    counts, cases = ea.failure_cases(td, bd, task, 10)
     cats = [c["category"] for c in cases]
     assert cats[0] == "invalid_json" and "hallucinated" in cats and "format_error" in cats and "missing" in cats
     assert all(c["worse_than_baseline"] for c in cases)
     assert counts["items"]["invalid_json"] == 1 and counts["fields"]["hallucinated"] >= 1
     assert len(cases) == 5  # the perfect answer is not a failure case
-    bdn = ea.breakdowns({"base": bd, "tuned": td}, "base", 200, 0, ("layout", "locale"))
+    bdn = ea.breakdowns({"base": bd, "tuned": td}, "base", 200, 0, task)
     assert list(bdn) == ["field", "layout", "locale", "length"]
     assert bdn["field"]["total"]["tuned-vs-base"]["diff"] < 0
     assert bdn["field"]["currency"]["base"]["value"] == 1.0
@@ -152,7 +156,7 @@ def test_general_task_scoring():
 
 
 def test_macro_f1_statistic_equals_the_task_aggregation(invoice_items):
-    utils, docs, recs = invoice_items
+    task, docs, recs = invoice_items
     rows = []
     for i, (d, r) in enumerate(zip(docs, recs)):
         g = dict(r["gold"])
@@ -160,10 +164,10 @@ def test_macro_f1_statistic_equals_the_task_aggregation(invoice_items):
             g["seller"] = "Someone Else"
         if i % 4 == 0:
             g["tax"] = None
-        rows.append(_sample(i, d, json.dumps(g), utils))
-    theirs = {"field_f1_macro": utils.macro_f1([s["field_f1_macro"] for s in rows]),
-              "field_f1": utils.micro_f1([s["field_f1"] for s in rows])}
-    ours = ea.summarize("invoice_extraction", rows, theirs, 200, 0)  # raises if the two disagree
+        rows.append(_sample(i, d, json.dumps(g), task))
+    theirs = {"field_f1_macro": common.macro_f1([s["field_f1_macro"] for s in rows]),
+              "field_f1": common.micro_f1([s["field_f1"] for s in rows])}
+    ours = ea.summarize("invoice_extraction", SCORING, rows, theirs, 200, 0)  # raises if the two disagree
     assert 0.5 < ours["field_f1_macro"]["value"] < 1.0
     assert ours["field_f1_macro"]["value"] < ours["field_f1"]["value"] + 0.1
 
@@ -199,3 +203,39 @@ def test_eval_recipe_gates_are_validated(tmp_path):
                  "    - {per_field: true, max_drop: 0.05}\n")
     g = load(p).data["eval"]["gates"]
     assert "task" not in g[0] and g[1]["per_field"] is True  # no task: the recipe's task
+
+
+TEST_TASKS = (str(REPO / "tests" / "tasks"),)
+
+
+def test_classification_macro_f1_counts_every_class_seen():
+    t = tasks.get("ticket_routing", TEST_TASKS)
+    golds, answers = ["billing", "billing", "shipping", "technical"], ["billing", "Shipping.", "shipping", "no idea"]
+    rows = [dict(doc_id=i, doc={"document": "x", "gold": g}, filtered_resps=[a], **t.scorer.score(t.spec, {"gold": g}, a))
+            for i, (g, a) in enumerate(zip(golds, answers))]
+    # billing: 1 right, 1 missed (F1 2/3); shipping: 1 right, 1 wrongly given (2/3); technical: missed (0)
+    assert abs(common.macro_f1([r["macro_f1"] for r in rows]) - 4 / 9) < 1e-12
+    s = ea.summarize("ticket_routing", tasks.scoring("ticket_routing", TEST_TASKS), rows,
+                     {"macro_f1": 4 / 9, "accuracy": 0.5, "label_valid": 0.75}, 200, 0)
+    assert abs(s["macro_f1"]["value"] - 4 / 9) < 1e-12 and s["label_valid"]["value"] == 0.75
+    details = ea.item_details(rows, t, [250])
+    conf = ea.confusion(details, t.spec["labels"], t)
+    assert conf["matrix"]["billing"] == {"billing": 1, "shipping": 1, "technical": 0, "account": 0, "invalid": 0}
+    assert conf["matrix"]["technical"]["invalid"] == 1
+    assert conf["per_class"]["shipping"] == {"precision": 0.5, "recall": 1.0, "support": 1, "f1": 2 / 3}
+    bd = ea.breakdowns({"base": details}, "", 100, 0, t)
+    assert list(bd) == ["class", "language", "length"] and bd["class"]["billing"]["base"]["value"] == 0.5
+
+
+def test_a_registry_task_is_written_as_a_runnable_lm_eval_task(tmp_path):
+    import yaml
+    from runner import kinds
+    from runner.adapters import lm_eval
+    t = tasks.get("purchase_orders", TEST_TASKS)
+    out = lm_eval.write_task(t, tmp_path, tmp_path / "test.jsonl", 32, name="purchase_orders_train")
+    spec = yaml.safe_load((out / "purchase_orders_train.yaml").read_text())
+    assert spec["include"] == [str(t.lm_eval_yaml), str(kinds.base_yaml("extraction"))]
+    assert spec["task"] == "purchase_orders_train" and spec["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "test.jsonl")
+    forge = spec["metadata"]["forge"]  # resolved: what the kind's loader hands every doc
+    assert forge["schema"]["properties"]["total"]["type"] == ["number", "null"] and forge["rules"][0]["check"] == "calendar_date"
+    assert spec["generation_kwargs"]["max_gen_toks"] == 32

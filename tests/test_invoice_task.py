@@ -1,23 +1,22 @@
-"""The invoice generator, the data stage's split, and the lm-eval task's metric functions."""
-import importlib.util
+"""The invoice generator, the data stage's split, and the invoice task's scoring: the `extraction` kind
+(runner/kinds/extraction.py) configured by evals/invoice_extraction/ (schema, rules, aliases)."""
 import json
 from collections import Counter
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
 
+from runner import tasks
 from runner.datagen import invoice
+from runner.kinds import common
+from runner.kinds import extraction as kind
 from runner.stages import data
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "evals" / "invoice_extraction" / "schema.json").read_text())
 
 
-def load_utils():
-    spec = importlib.util.spec_from_file_location("invoice_utils", REPO / "evals" / "invoice_extraction" / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+SPEC = tasks.get("invoice_extraction").spec
 
 
 def test_generator_is_deterministic_and_prefix_stable():
@@ -28,7 +27,6 @@ def test_generator_is_deterministic_and_prefix_stable():
 
 
 def test_gold_validates_and_is_grounded_in_the_document():
-    utils = load_utils()
     v = Draft202012Validator(SCHEMA)
     recs = invoice.generate(3, 200)
     assert len({r["layout"] for r in recs}) == 6 and len({r["locale"] for r in recs}) >= 6
@@ -37,10 +35,9 @@ def test_gold_validates_and_is_grounded_in_the_document():
         assert v.is_valid(r["gold"]), (r["id"], list(v.iter_errors(r["gold"])))
         for field, value in r["gold"].items():
             if value is not None:
-                assert utils.grounded(field, value, r["document"]), (r["id"], field, value, r["document"])
-        g = r["gold"]
-        if g["tax"] is not None:
-            assert abs(g["subtotal"] + g["tax"] - g["total"]) < 0.011
+                assert kind.grounded(SPEC, field, value, r["document"]), (r["id"], field, value, r["document"])
+        assert kind.rule_violations(SPEC, r["gold"]) == [], r["id"]  # calendar dates, due >= issued, sums, ISO 4217
+        assert kind.check_gold(SPEC, r["document"], r["gold"]) == []
 
 
 def test_split_is_seeded_stratified_and_sized_by_fractions():
@@ -57,16 +54,15 @@ def test_split_is_seeded_stratified_and_sized_by_fractions():
 
 
 def test_metrics_score_a_perfect_a_partial_and_a_broken_answer():
-    utils = load_utils()
     rec = invoice.generate(5, 1)[0]
-    doc = {"document": rec["document"], "gold": json.dumps(rec["gold"])}
-    perfect = utils.process_results(doc, [json.dumps(rec["gold"])])
-    assert perfect["json_valid"] == perfect["schema_valid"] == perfect["exact_match"] == 1
-    assert perfect["field_accuracy"] == 1.0 and utils.micro_f1([perfect["field_f1"]]) == 1.0
-    assert utils.grounding_rate([perfect["grounding_rate"]]) == 1.0
+    doc = {"document": rec["document"], "gold": json.dumps(rec["gold"]), "task_spec": json.dumps(SPEC)}
+    perfect = kind.process_results(doc, [json.dumps(rec["gold"])])  # as lm-eval calls it: the spec rides on the doc
+    assert perfect["json_valid"] == perfect["schema_valid"] == perfect["exact_match"] == perfect["consistent"] == 1
+    assert perfect["field_accuracy"] == 1.0 and common.micro_f1([perfect["field_f1"]]) == 1.0
+    assert kind.grounding_rate([perfect["grounding_rate"]]) == 1.0
 
     wrong = dict(rec["gold"], seller="Nobody Ltd", total=123456.78)
-    partial = utils.process_results(doc, ["```json\n" + json.dumps(wrong) + "\n```"])
+    partial = kind.process_results(doc, ["```json\n" + json.dumps(wrong) + "\n```"])
     assert partial["json_valid"] == 1 and partial["exact_match"] == 0
     assert abs(partial["field_accuracy"] - 7 / 9) < 1e-9
     tp, fp, fn = partial["field_f1"]
@@ -74,15 +70,35 @@ def test_metrics_score_a_perfect_a_partial_and_a_broken_answer():
     hits, total = partial["grounding_rate"]
     assert total - hits == 2  # the invented seller and total are not in the document
 
-    broken = utils.process_results(doc, ["I think the total is 12"])
-    assert broken["json_valid"] == broken["schema_valid"] == broken["exact_match"] == 0
-    assert utils.micro_f1([broken["field_f1"]]) == 0.0
+    broken = kind.process_results(doc, ["I think the total is 12"])
+    assert broken["json_valid"] == broken["schema_valid"] == broken["exact_match"] == broken["consistent"] == 0
+    assert common.micro_f1([broken["field_f1"]]) == 0.0
 
 
-def test_normalization_accepts_equivalent_forms():
-    utils = load_utils()
-    assert utils.normalize("total", "1,234.50") == utils.normalize("total", 1234.5)
-    assert utils.normalize("seller", "  ACME  gmbh ") == utils.normalize("seller", "Acme GmbH")
-    assert utils.normalize("currency", "eur") == "EUR"
-    assert utils.normalize("invoice_date", "2024-02-03") == "2024-02-03"
-    assert utils.normalize("invoice_date", "03.02.2024") != "2024-02-03"  # must be ISO
+def test_consistency_rules_catch_what_the_schema_lets_through():
+    g = invoice.generate(5, 1)[0]["gold"]
+    g = dict(g, invoice_date="2024-03-10", due_date="2024-04-09", subtotal=100.0, tax=20.0, total=120.0, currency="EUR")
+    assert kind.rule_violations(SPEC, g) == []
+    bad = dict(g, invoice_date="2024-17-31", due_date="2024-03-01", subtotal=120.0, tax=120.0, total=120.0,
+               currency="EUX")
+    assert Draft202012Validator(SCHEMA).is_valid(bad)  # the schema (a regex per field) accepts all of it
+    found = kind.rule_violations(SPEC, bad)
+    assert any("invoice_date: '2024-17-31' is not a calendar date" in v for v in found)
+    assert any("subtotal + tax = 240.0, not total (120.0)" in v for v in found)
+    assert any("'EUX' is not an ISO 4217 currency code" in v for v in found)
+    assert kind.rule_violations(SPEC, dict(g, due_date="2024-03-01")) == ["due_date (2024-03-01) is before "
+                                                                           "invoice_date (2024-03-10)"]
+    assert kind.rule_violations(SPEC, dict(g, tax=None)) == []  # a rule naming an absent value is not judged
+    answer, problems = kind.check_answer(SPEC, json.dumps(bad))
+    assert answer == bad and problems and problems[0].startswith("rule: ")
+
+
+def test_field_types_come_from_the_schema_and_normalize_equivalent_forms():
+    types = kind._types(SPEC)
+    assert (types["total"], types["invoice_date"], types["seller"]) == ("number", "date", "text")
+    assert kind.normalize("number", "1,234.50") == kind.normalize("number", 1234.5)
+    assert kind.normalize("text", "  ACME  gmbh ") == kind.normalize("text", "Acme GmbH")
+    assert kind.normalize("text", "eur") == kind.normalize("text", "EUR")
+    assert kind.normalize("date", "2024-02-03") == "2024-02-03"
+    assert kind.normalize("date", "03.02.2024") != "2024-02-03"  # must be ISO
+    assert kind.grounded(SPEC, "currency", "USD", "Total: $ 12.00")  # the task's aliases

@@ -12,35 +12,47 @@ from pathlib import Path
 
 import yaml
 
-from runner import env, proc, tasks
+from runner import env, kinds, proc, tasks
 from runner.env import REPO
 from runner.stage import StageError
 
 
-def write_task(task: str, out_dir: Path, data_file: Path | None = None, max_gen_tokens: int | None = None,
-               name: str | None = None) -> Path:
-    """A task YAML (named `name`, default the task's own) that includes the repo's task and sets its data file
-    (default: the task's packaged file, resolved against the repo) and, if given, the generation length."""
-    try:
-        src = tasks.task_yaml(task)
-    except tasks.UnknownTask as e:
-        raise StageError(str(e)) from None
-    try:
-        base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))
-    except yaml.YAMLError as e:
-        raise StageError(f"{src}: not valid YAML: {e}") from None
-    if not isinstance(base, dict) or base.get("task") != task:
-        raise StageError(f"{src}: expected a mapping with 'task: {task}'")
-    if data_file is None:
-        packaged = (base.get("dataset_kwargs") or {}).get("data_files", {}).get("test")
-        if not packaged or not (REPO / packaged).exists():
-            raise StageError(f"{src}: dataset_kwargs.data_files.test should name a file in the repo (found {packaged!r})")
-        data_file = REPO / packaged
-    spec = {"include": str(src), "task": name or task, "dataset_kwargs": {"data_files": {"test": str(data_file)}}}
+def write_task(task: str | tasks.Task, out_dir: Path, data_file: Path | None = None,
+               max_gen_tokens: int | None = None, name: str | None = None) -> Path:
+    """A runnable lm-eval task YAML named `name` (default the task's own) in `out_dir`.
+
+    A registry task (a Task) becomes: include its YAML and its kind's base config, the data split, and
+    metadata.forge resolved (schema inlined), which the kind's loader hands to every doc. A plain lm-eval
+    task (a name under evals/, e.g. the forgetting check) is included as it is, with its packaged data file
+    resolved against the repo unless `data_file` is given."""
+    if isinstance(task, tasks.Task):
+        cfg = task.lm_eval_config()
+        meta = dict(cfg.get("metadata") or {}, forge=task.spec)
+        spec = {"include": [str(task.lm_eval_yaml), str(kinds.base_yaml(task.kind))], "task": name or task.name,
+                "dataset_kwargs": {"data_files": {"test": str(data_file)}}, "metadata": meta}
+        base = cfg
+    else:
+        try:
+            src = tasks.task_yaml(task)
+        except tasks.UnknownTask as e:
+            raise StageError(str(e)) from None
+        try:
+            base = yaml.safe_load(src.read_text().replace("!function", "function_tag"))
+        except yaml.YAMLError as e:
+            raise StageError(f"{src}: not valid YAML: {e}") from None
+        if not isinstance(base, dict) or base.get("task") != task:
+            raise StageError(f"{src}: expected a mapping with 'task: {task}'")
+        if data_file is None:
+            packaged = (base.get("dataset_kwargs") or {}).get("data_files", {}).get("test")
+            if not packaged or not (REPO / packaged).exists():
+                raise StageError(f"{src}: dataset_kwargs.data_files.test should name a file in the repo "
+                                 f"(found {packaged!r})")
+            data_file = REPO / packaged
+        spec = {"include": str(src), "task": name or task, "dataset_kwargs": {"data_files": {"test": str(data_file)}}}
     if max_gen_tokens:
         spec["generation_kwargs"] = dict(base.get("generation_kwargs") or {}, max_gen_toks=max_gen_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name or task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (out_dir / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return out_dir
 
 

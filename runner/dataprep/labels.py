@@ -1,27 +1,14 @@
-"""Label quality for the task: gold must validate against the task schema, and every non-null gold value
-must be grounded in the document (normalization-aware: the task's own `grounded` from evals/<task>/utils.py,
-the same function the evaluation uses for its hallucination signal)."""
+"""Label quality for the task, judged by the task kind's own `check_gold` (runner/kinds/): extraction gold must
+validate against the schema, keep the consistency rules and be grounded in the document (the same
+normalization the evaluation uses for its hallucination signal); classification gold must be one of the
+labels; a generation reference must not be empty."""
 from __future__ import annotations
-
-from functools import lru_cache
-
-from jsonschema import Draft202012Validator
 
 from runner.tasks import Task
 
-
-@lru_cache(maxsize=8)
-def schema_validator(task: Task) -> Draft202012Validator:
-    return Draft202012Validator(task.schema_json())
+POLICY_KEY = {"invalid": "schema_invalid", "ungrounded": "ungrounded"}  # problem category -> data.labels key
 
 
-def check(task: Task, document: str, gold) -> list[str]:
-    """Problems with one record's gold answer (empty list: fine)."""
-    if not isinstance(gold, dict):
-        return [f"gold is not a JSON object ({type(gold).__name__})"]
-    errors = [f"schema: {e.json_path}: {e.message}" for e in schema_validator(task).iter_errors(gold)]
-    if errors:
-        return errors
-    utils = task.utils()
-    return [f"ungrounded: {k}={v!r} not found in the document" for k, v in gold.items()
-            if v is not None and not utils.grounded(k, v, document)]
+def check(task: Task, document: str, gold) -> list[tuple[str, str]]:
+    """Problems with one record's gold answer as (data.labels policy key, message); empty: fine."""
+    return [(POLICY_KEY[c], msg) for c, msg in task.scorer.check_gold(task.spec, document, gold)]

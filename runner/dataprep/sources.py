@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.stage import StageError
 
-COLUMNS = ("document", "answer", "id")  # the mapping keys that are not slice columns
+COLUMNS = ("input", "output", "id")  # the mapping keys that are not slice columns
 
 
 def _format(path: Path, declared: str) -> str:
@@ -43,22 +43,12 @@ def _rows(path: Path, fmt: str):
             yield n, row
 
 
-def _answer(value, where: str):
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value  # left for the label check to report
-    return value
-
-
-def load(source: dict) -> list[dict]:
-    """`source["path"]` is absolute: recipe loading resolves it against the recipe file that set it."""
+def load(source: dict, parse_gold=lambda v: v) -> list[dict]:
+    """`source["path"]` is absolute: recipe loading resolves it against the recipe file that set it.
+    `parse_gold` turns an output cell into the task kind's gold (extraction: JSON text -> object)."""
     m = source["mapping"]
     if "hub_id" in source:
-        return _load_hub(source)
+        return _load_hub(source, parse_gold)
     path = Path(source["path"])
     if not path.exists():
         raise StageError(f"data.sources: {path}: no such file")
@@ -70,27 +60,27 @@ def load(source: dict) -> list[dict]:
     out = []
     for n, row in _rows(path, fmt):
         where = f"{path}:{n}"
-        for key in ("document", "answer"):
+        for key in ("input", "output"):
             if m[key] not in row:
                 raise StageError(f"{where}: mapping.{key} names field '{m[key]}', which this record lacks "
                                  f"(it has: {', '.join(sorted(row)) or 'no fields'})")
         out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else f"{path.stem}-{n}",
-                    "document": str(row[m["document"]] or ""), "gold": _answer(row[m["answer"]], where),
+                    "document": str(row[m["input"]] or ""), "gold": parse_gold(row[m["output"]]),
                     **_slices(row, m), "pii": [], "source": where})
     return out
 
 
 def _slices(row: dict, mapping: dict) -> dict:
-    """The slice columns the mapping names (every key but document, answer and id), read as text."""
+    """The slice columns the mapping names (every key but input, output and id), read as text."""
     return {col: str(row.get(field, "?")) for col, field in mapping.items() if col not in COLUMNS}
 
 
-def _load_hub(source: dict) -> list[dict]:  # pragma: no cover - needs network
+def _load_hub(source: dict, parse_gold) -> list[dict]:  # pragma: no cover - needs network
     try:
         from datasets import load_dataset
     except ImportError:
         raise StageError("data.sources.hub_id needs the 'datasets' package and network access") from None
     m = source["mapping"]
     ds = load_dataset(source["hub_id"], split=source["split"])
-    return [{"id": f"{source['hub_id']}-{i}", "document": str(r[m["document"]]), "gold": _answer(r[m["answer"]], ""),
+    return [{"id": f"{source['hub_id']}-{i}", "document": str(r[m["input"]]), "gold": parse_gold(r[m["output"]]),
              **_slices(r, m), "pii": [], "source": f"{source['hub_id']}[{i}]"} for i, r in enumerate(ds)]

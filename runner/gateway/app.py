@@ -1,6 +1,6 @@
 """The gateway: an OpenAI-compatible front for the engines (llama-server on CPU, SGLang on GPU) with auth,
-admission control, least-outstanding routing, circuit breakers, fallback, a task endpoint validated against the
-task's JSON Schema, health, Prometheus metrics and one JSON log line per request.
+admission control, least-outstanding routing, circuit breakers, fallback, a task endpoint validated per task kind
+(extraction: the JSON Schema and consistency rules; classification: the label set), health, Prometheus metrics and one JSON log line per request.
 
 Config (written by the serve stage, see `runner/serving/deploy.py`): upstreams, limits, breaker, auth, task, log.
 Every bad request gets a 4xx with an OpenAI-style error body; no stack trace ever reaches a client.
@@ -15,17 +15,15 @@ import logging
 import os
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import prometheus_client as prom
-from jsonschema import Draft202012Validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runner import tasks
+from runner import kinds
 from runner.gateway.admission import Admission, Rejected
 from runner.gateway.resilience import CircuitBreaker, Router, Upstream
 
@@ -87,8 +85,7 @@ class Gateway:
         task = cfg.get("task") or {}
         self.task_cfg = task
         if task:
-            self.task_utils = tasks.utils(task["name"])
-            self.task_validator = Draft202012Validator(json.loads(Path(task["schema"]).read_text()))
+            self.task_kind = kinds.module(task["kind"])  # the kind's output contract: parse, check, constrain
         self.names = {cfg.get("served_model", "model")} | {u.model for u in self.router.upstreams} | \
             {"primary", "fallback"}
         self.log = logging.getLogger("forge.gateway")      # one JSON line per request
@@ -279,8 +276,10 @@ class Gateway:
         payload = {"messages": [{"role": "system", "content": self.task_cfg["system_prompt"]},
                                 {"role": "user", "content": doc}],
                    "max_tokens": self.task_cfg["max_tokens"], "temperature": 0}
-        if self.task_cfg.get("constrained"):
-            payload["response_format"] = {"type": "json_object", "schema": self.task_validator.schema}
+        spec = self.task_cfg["spec"]
+        fmt = self.task_kind.response_format(spec) if self.task_cfg.get("constrained") else None
+        if fmt:
+            payload["response_format"] = fmt
         failures = []
         async with self.admission.slot():
             for role in ("primary", "fallback"):
@@ -292,16 +291,18 @@ class Gateway:
                         continue
                     raise
                 text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-                fields = self.task_utils.parse_prediction(text)
-                if fields is not None and self.task_validator.is_valid(fields):
+                answer, problems = self.task_kind.check_answer(spec, text)
+                if not problems:
                     why = "; ".join(failures) or reason
                     self.account(ctx, u, data.get("usage") or {}, why, "task")
-                    return JSONResponse({"fields": fields, "model": u.model, "upstream": u.name,
-                                         "fallback": u.role == "fallback", "fallback_reason": why or None,
-                                         "usage": data.get("usage")}, headers=self.headers(ctx, u, why))
+                    out = {"answer": answer, "kind": self.task_cfg["kind"], "model": u.model, "upstream": u.name,
+                           "fallback": u.role == "fallback", "fallback_reason": why or None, "usage": data.get("usage")}
+                    if self.task_cfg["kind"] == "extraction":
+                        out["fields"] = answer
+                    return JSONResponse(out, headers=self.headers(ctx, u, why))
                 self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
-                failures.append(f"{u.name}: output failed the task schema")
-        raise ApiError(502, "no model produced output that passes the task schema (" + "; ".join(failures) + ")",
+                failures.append(f"{u.name}: output failed the task's contract ({problems[0][:120]})")
+        raise ApiError(502, "no model produced output that passes the task's contract (" + "; ".join(failures) + ")",
                        "upstream_error", code="task_schema_failed")
 
     async def models(self, request: Request, ctx: dict) -> Response:

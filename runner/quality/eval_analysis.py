@@ -12,38 +12,20 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
-
 from runner import tasks
 from runner.quality import stats
 from runner.stage import StageError
 
-# task-YAML aggregation -> how per-item values combine
-AGGREGATIONS = {"mean": None, "utils.micro_f1": stats.micro_f1, "utils.macro_f1": stats.macro_f1,
-                "utils.grounding_rate": stats.rate}
-OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spurious", "wrong_value")
+# task-YAML aggregation (the `!function` target's function name) -> how per-item values combine
+AGGREGATIONS = {"mean": None, "micro_f1": stats.micro_f1, "macro_f1": stats.macro_f1, "grounding_rate": stats.rate}
 
 
-def task_metrics(task: str) -> dict[str, str]:
-    """metric name -> aggregation key, from evals/<task>/<task>.yaml."""
-    src = tasks.task_yaml(task).read_text().replace("!function ", "")
-    out = {}
-    for m in yaml.safe_load(src).get("metric_list", []):
-        agg = m.get("aggregation", "mean")
-        if agg not in AGGREGATIONS:
-            raise StageError(f"evals/{task}/{task}.yaml: metric '{m['metric']}' aggregates with '{agg}', which the "
-                             f"statistics do not know (known: {', '.join(AGGREGATIONS)})")
-        out[m["metric"]] = agg
-    return out
-
-
-def binary_metrics(task: str) -> set[str]:
-    """Metrics the task declares 0/1 per item (`BINARY_METRICS` in its utils): these also get McNemar's test."""
-    return set(getattr(tasks.utils(task), "BINARY_METRICS", ()))
-
-
-def fractional_metrics(task: str) -> set[str]:
-    return set(getattr(tasks.utils(task), "FRACTIONAL_METRICS", ()))
+def aggregation(task: str, metric: str, agg: str):
+    key = agg.rsplit(".", 1)[-1]
+    if key not in AGGREGATIONS:
+        raise StageError(f"task {task}: metric '{metric}' aggregates with '{agg}', which the statistics do not know "
+                         f"(known: {', '.join(AGGREGATIONS)})")
+    return key
 
 
 def by_doc(samples: list[dict]) -> dict[int, dict]:
@@ -59,7 +41,7 @@ def response(sample: dict) -> str:
 
 def metric_values(samples: list[dict], name: str, agg: str) -> stats.Metric:
     vals = [s[name] for s in samples]
-    fn = AGGREGATIONS[agg]
+    fn = AGGREGATIONS[agg.rsplit(".", 1)[-1]]
     if fn is None:
         return stats.Metric(np.asarray(vals, dtype=float))
     arr = np.asarray([np.ravel(v) for v in vals], dtype=float)
@@ -74,10 +56,12 @@ def _same(a, b) -> bool:
     return abs(a - b) < 1e-6
 
 
-def summarize(task: str, samples: list[dict], lm_eval_agg: dict, iters: int, seed: int) -> dict:
+def summarize(task: str, scoring: tasks.Scoring, samples: list[dict], lm_eval_agg: dict, iters: int,
+              seed: int) -> dict:
     """metric -> {value, low, high, n}; the point value must equal lm-eval's aggregate."""
     out = {}
-    for name, agg in task_metrics(task).items():
+    for name, agg in scoring.metrics.items():
+        aggregation(task, name, agg)
         m = metric_values(samples, name, agg)
         ci = stats.bootstrap(m, iters, seed)
         theirs = lm_eval_agg.get(name)
@@ -88,7 +72,7 @@ def summarize(task: str, samples: list[dict], lm_eval_agg: dict, iters: int, see
     return out
 
 
-def compare(task: str, base: list[dict], other: list[dict], iters: int, seed: int) -> dict:
+def compare(task: str, scoring: tasks.Scoring, base: list[dict], other: list[dict], iters: int, seed: int) -> dict:
     """metric -> paired difference (other - base) with CI and p-value; binary metrics add McNemar."""
     a, b = by_doc(base), by_doc(other)
     ids = sorted(a)
@@ -97,10 +81,11 @@ def compare(task: str, base: list[dict], other: list[dict], iters: int, seed: in
                          "paired statistics need the same items")
     sa, sb = [a[i] for i in ids], [b[i] for i in ids]
     out = {}
-    for name, agg in task_metrics(task).items():
+    for name, agg in scoring.metrics.items():
+        aggregation(task, name, agg)
         ma, mb = metric_values(sa, name, agg), metric_values(sb, name, agg)
         cmp = stats.paired(ma, mb, iters, seed)
-        if name in binary_metrics(task) or (agg == "mean" and name not in fractional_metrics(task) and
+        if name in scoring.binary or (agg == "mean" and name not in scoring.fractional and
                                             set(np.unique(np.concatenate([ma.values, mb.values]))) <= {0.0, 1.0}):
             cmp["mcnemar"] = stats.mcnemar(ma.values, mb.values)
         cmp["improved"] = bool(stats.significant(cmp) and cmp["low"] > 0)
@@ -124,45 +109,72 @@ def _bucket_order(label: str):
     return (0 if label.startswith("<") else 2 if label.startswith(">") else 1, int(digits[0]) if digits else 0)
 
 
-def item_details(samples: list[dict], utils, edges: list[int], slices=()) -> list[dict]:
-    """One row per test item: its values of the task's slice columns, length bucket, per-field outcome, the
-    per-item (tp, fp, fn)."""
-    rows = []
+def item_details(samples: list[dict], task: tasks.Task, edges: list[int]) -> list[dict]:
+    """One row per test item: its values of the task's slice columns, length bucket, per-unit outcomes (fields,
+    the gold class, the reference), its headline value as lm-eval logged it (for slice breakdowns)."""
+    rows, scorer = [], task.scorer
     for s in sorted(samples, key=lambda s: s["doc_id"]):
         doc = s["doc"]
         text = response(s)
-        gold = utils.gold_of(doc)
-        pred = utils.parse_prediction(text)
         rows.append({
-            "doc_id": s["doc_id"], "id": doc.get("id"), "slices": {c: str(doc.get(c, "?")) for c in slices},
+            "doc_id": s["doc_id"], "id": doc.get("id"), "slices": {c: str(doc.get(c, "?")) for c in task.slices},
             "length": length_bucket(len(doc["document"]), edges),
-            "outcomes": utils.field_outcomes(gold, pred, doc["document"]),
-            "counts": tuple(s["field_f1"]), "document": doc["document"], "gold": gold, "prediction": text,
-            "exact_match": s["exact_match"],
+            "outcomes": scorer.outcomes(task.spec, doc, text, s),
+            "headline": s[task.headline], "document": doc["document"], "gold": scorer.gold_of(doc),
+            "prediction": text,
         })
     return rows
 
 
-def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: int, slices=()) -> dict:
-    """Per field (accuracy) and per value of each slice column and length bucket (micro field-F1): each model's
-    value with CI, and each model's paired difference against the baseline."""
+def breakdowns(details: dict[str, list[dict]], baseline: str, iters: int, seed: int, task: tasks.Task) -> dict:
+    """Per unit (extraction: each field's accuracy; classification: each gold class's accuracy, i.e. recall)
+    and per value of each slice column and length bucket (the task's headline metric, aggregated as lm-eval
+    does): each model's value with CI, and each model's paired difference against the baseline."""
     models = list(details)
-    fields = list(next(iter(details.values()))[0]["outcomes"]) if details and next(iter(details.values())) else []
-    out: dict = {"field": {}, **{c: {} for c in slices}, "length": {}}
-    for f in fields:
-        vals = {m: stats.Metric(np.asarray([r["outcomes"][f] == "correct" for r in rows], dtype=float))
-                for m, rows in details.items()}
-        out["field"][f] = _slice_stats(vals, baseline, iters, seed)
+    unit = task.scorer.UNIT
+    agg = task.metrics()[task.headline]
+    out: dict = {**({unit: {}} if unit else {}), **{c: {} for c in task.slices}, "length": {}}
+    first = details[models[0]] if models else []
+    if unit:
+        units = sorted({u for r in first for u in r["outcomes"]}) if unit == "class" else \
+            list(first[0]["outcomes"]) if first else []
+        for u in units:
+            vals = {m: stats.Metric(np.asarray([r["outcomes"][u] == "correct" for r in rows if u in r["outcomes"]],
+                                               dtype=float)) for m, rows in details.items()}
+            out[unit][u] = _slice_stats(vals, baseline, iters, seed)
+
     def value(r: dict, dim: str) -> str:
         return r["length"] if dim == "length" else r["slices"][dim]
 
-    for dim in (*slices, "length"):
-        keys = sorted({value(r, dim) for r in details[models[0]]}, key=_bucket_order if dim == "length" else str)
+    for dim in (*task.slices, "length"):
+        keys = sorted({value(r, dim) for r in first}, key=_bucket_order if dim == "length" else str)
         for k in keys:
-            vals = {m: stats.Metric(np.asarray([r["counts"] for r in rows if value(r, dim) == k], dtype=float),
-                                    stats.micro_f1) for m, rows in details.items()}
+            vals = {m: metric_values([{"v": r["headline"]} for r in rows if value(r, dim) == k], "v", agg)
+                    for m, rows in details.items()}
             out[dim][k] = _slice_stats(vals, baseline, iters, seed)
     return out
+
+
+def confusion(rows: list[dict], labels: list[str], task: tasks.Task) -> dict:
+    """Classification: the confusion matrix (gold -> predicted, 'invalid' for an answer that is no label) and
+    per-class precision, recall and F1."""
+    cols = [*labels, "invalid"]
+    matrix = {g: {p: 0 for p in cols} for g in labels}
+    for r in rows:
+        gold = next(iter(r["outcomes"]))
+        pred = task.scorer.parse_label(task.spec, r["prediction"]) or "invalid"
+        if gold in matrix:
+            matrix[gold][pred] += 1
+    per = {}
+    for lab in labels:
+        tp = matrix[lab][lab]
+        predicted = sum(matrix[g][lab] for g in labels)
+        actual = sum(matrix[lab].values())
+        p = tp / predicted if predicted else None
+        rc = tp / actual if actual else None
+        per[lab] = {"precision": p, "recall": rc, "support": actual,
+                    "f1": 2 * p * rc / (p + rc) if p and rc else 0.0 if actual or predicted else None}
+    return {"labels": labels, "matrix": matrix, "per_class": per}
 
 
 def _slice_stats(vals: dict[str, stats.Metric], baseline: str, iters: int, seed: int) -> dict:
@@ -174,29 +186,30 @@ def _slice_stats(vals: dict[str, stats.Metric], baseline: str, iters: int, seed:
     return row
 
 
-def item_category(outcomes: dict[str, str]) -> str | None:
-    """The item's failure category: the most severe field outcome (None when every field is right)."""
+def item_category(outcomes: dict[str, str], order: tuple[str, ...]) -> str | None:
+    """The item's failure category: the most severe unit outcome (None when every unit is right)."""
     seen = set(outcomes.values())
-    for cat in OUTCOME_ORDER:
+    for cat in order:
         if cat in seen:
             return cat
     return None
 
 
-def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, limit: int) -> tuple[dict, list]:
-    """(counts per category over fields and items, the harvested cases): every item the model got wrong,
-    those where it scored below the baseline first, then by how many fields it missed."""
+def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, task: tasks.Task, limit: int) -> tuple[dict, list]:
+    """(counts per category over units and items, the harvested cases): every item the model got wrong,
+    those where it scored below the baseline first, then by how many units it missed."""
+    order = task.scorer.OUTCOME_ORDER
     base = {r["doc_id"]: r for r in base_rows or []}
-    field_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
-    item_counts: dict[str, int] = {c: 0 for c in OUTCOME_ORDER}
-    by_field: dict[str, dict[str, int]] = {c: {} for c in OUTCOME_ORDER}
+    unit_counts: dict[str, int] = {c: 0 for c in order}
+    item_counts: dict[str, int] = {c: 0 for c in order}
+    by_unit: dict[str, dict[str, int]] = {c: {} for c in order}
     cases = []
     for r in model_rows:
         for f, o in r["outcomes"].items():
             if o != "correct":
-                field_counts[o] += 1
-                by_field[o][f] = by_field[o].get(f, 0) + 1
-        cat = item_category(r["outcomes"])
+                unit_counts[o] += 1
+                by_unit[o][f] = by_unit[o].get(f, 0) + 1
+        cat = item_category(r["outcomes"], order)
         if cat is None:
             continue
         item_counts[cat] += 1
@@ -211,7 +224,7 @@ def failure_cases(model_rows: list[dict], base_rows: list[dict] | None, utils, l
             "document": r["document"], "gold": r["gold"], "prediction": r["prediction"],
         })
     cases.sort(key=lambda c: (not c["worse_than_baseline"], c["fields_right"], c["doc_id"]))
-    return {"fields": field_counts, "items": item_counts, "by_field": by_field}, cases[:limit]
+    return {"fields": unit_counts, "items": item_counts, "by_field": by_unit}, cases[:limit]
 
 
 def read_samples(path: Path) -> list[dict]:

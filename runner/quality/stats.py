@@ -69,7 +69,7 @@ def bootstrap(metric: Metric, iters: int = 2000, seed: int = 0, level: float = 0
     """{value, low, high, n}: the metric and its percentile bootstrap interval over items."""
     n = len(metric.values)
     value = metric.point() if n else None
-    if n == 0 or value is None or not math.isfinite(value):
+    if n < 2 or value is None or not math.isfinite(value):  # one item has no spread to resample
         return {"value": None if value is None or not math.isfinite(value) else value, "low": None, "high": None,
                 "n": n}
     draws = metric._of(metric.values[_indices(n, iters, seed)])
@@ -88,6 +88,8 @@ def paired(a: Metric, b: Metric, iters: int = 2000, seed: int = 0, level: float 
     diff = b.point() - a.point()
     if not math.isfinite(diff):
         return {"diff": None, "low": None, "high": None, "p": None, "n": n}
+    if n < 2:  # resampling one item repeats it: no interval, no test
+        return {"diff": diff, "low": None, "high": None, "p": None, "n": n}
     idx = _indices(n, iters, seed)
     draws = b._of(b.values[idx]) - a._of(a.values[idx])
     draws = draws[np.isfinite(draws)]

@@ -2,12 +2,15 @@
 run's stage metrics and linking to the page with the evidence."""
 from __future__ import annotations
 
+from runner.reports import fmt
 from runner.serving.perf_analysis import VERDICTS
 from runner.stage import Output
 
 
 
 def _ci(c: dict) -> str:
+    if c.get("low") is None:
+        return fmt.diff(c)
     return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
 
 
@@ -19,13 +22,14 @@ def quality(inputs: dict[str, Output]) -> list[str]:
     em = ev.metrics
     for m, d in (em.get("comparisons") or {}).items():
         main = d.get(em["task"]["name"], {})
-        f1 = main.get("field_f1")
+        head, second = em["task"]["key_metrics"][:2]
+        f1 = main.get(head)
         if not f1 or f1.get("diff") is None:
             continue
         verdict = "**improved**" if f1.get("improved") else "**got worse**" if f1.get("worse") else "did not change significantly"
-        L.append(f"- `{m}` vs base on the held-out test split: field F1 {verdict}, {_ci(f1)} (paired bootstrap, "
-                 f"p={f1['p']:.3f}, n={f1['n']})" + (f"; exact match {_ci(main['exact_match'])}" if main.get(
-                     "exact_match", {}).get("diff") is not None else "") + ".")
+        L.append(f"- `{m}` vs base on the held-out test split: {head} {verdict}, {_ci(f1)} (paired bootstrap, "
+                 f"p={f1['p']:.3f}, n={f1['n']})" + (f"; {second} {_ci(main[second])}" if main.get(
+                     second, {}).get("diff") is not None else "") + ".")
         gen = d.get(em.get("general_task") or "", {}).get("accuracy")
         if gen and gen.get("diff") is not None:
             L.append(f"  - General instructions (forgetting check): accuracy {_ci(gen)}" +
@@ -35,7 +39,8 @@ def quality(inputs: dict[str, Output]) -> list[str]:
     if gates:
         L.append(f"- Where: {len(gates) - len(failed)} of {len(gates)} gates passed (per field and overall)" +
                  (": failed " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") +
-                 ". Breakdowns by field, layout, locale and length: [quality.md](quality.md).")
+                 ". Breakdowns by " + ", ".join([*([em["task"]["unit"]] if em["task"].get("unit") else []),
+                                                  *em["task"]["slices"], "length"]) + ": [quality.md](quality.md).")
     if train:
         cost = sum(t.get("cost_usd") or 0 for t in train.metrics.values() if isinstance(t, dict))
         secs = sum(t.get("seconds") or 0 for t in train.metrics.values() if isinstance(t, dict))

@@ -13,8 +13,6 @@ from runner import manifest, tasks
 from runner.quality import eval_analysis as ea
 from runner.reports import fmt
 
-QUALITY = ("json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate", "accuracy",
-           "answered_as_json")
 LOWER_IS_BETTER = {"latency", "ttft", "usd"}
 
 
@@ -91,10 +89,13 @@ def quality(a: dict, b: dict, dir_a: Path, dir_b: Path, iters: int, seed: int) -
             paired = None
             if same_items:
                 sa, sb = _samples(dir_a, model, task), _samples(dir_b, model, task)
-                if sa and sb:
-                    # the training-sample task is the main task on other items: same metric definitions
-                    paired = ea.compare(tasks.scored_as(task), sa, sb, iters, seed)
-            for metric in QUALITY:
+                try:
+                    scoring = tasks.scoring(task, tuple(b["recipe"].get("task_paths") or ()))
+                except (tasks.UnknownTask, tasks.TaskError):
+                    scoring = None  # a task this checkout no longer has: intervals only
+                if sa and sb and scoring:
+                    paired = ea.compare(task, scoring, sa, sb, iters, seed)
+            for metric in [k for k in ta[task].get("ci", {}) if k in tb[task].get("ci", {})]:
                 ca, cb = ta[task].get("ci", {}).get(metric), tb[task].get("ci", {}).get(metric)
                 if not ca or not cb or ca.get("value") is None or cb.get("value") is None:
                     continue
@@ -141,13 +142,14 @@ def quantization(a: dict, b: dict) -> list[str]:
     qa, qb = _metrics(a, "quantize"), _metrics(b, "quantize")
     if not qa or not qb:
         return []
+    head = (qb.get("task") or {}).get("headline", "field_f1")
     L = ["## Quantization", "", f"Deployment model: A `{qa.get('chosen')}` → B `{qb.get('chosen')}`.", "",
-         "| type | MB A → B | field F1 A | field F1 B | decode tok/s A → B |", "|---|---|---|---|---|"]
+         f"| type | MB A → B | {head} A | {head} B | decode tok/s A → B |", "|---|---|---|---|---|"]
     for t in [t for t in qa.get("files", {}) if t in qb.get("files", {})]:
         fa, fb = qa["files"][t], qb["files"][t]
         L.append(f"| {t} | {fa['bytes'] / 1e6:.0f} → {fb['bytes'] / 1e6:.0f} | "
-                 f"{fmt.ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
-                 f"{fmt.ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get('field_f1'))} | "
+                 f"{fmt.ci((qa.get('quality', {}).get(t) or {}).get('ci', {}).get(head))} | "
+                 f"{fmt.ci((qb.get('quality', {}).get(t) or {}).get('ci', {}).get(head))} | "
                  f"{_ab((fa.get('bench') or {}).get('gen_tokens_per_s'), (fb.get('bench') or {}).get('gen_tokens_per_s'), 1)} |")
     return L + [""]
 

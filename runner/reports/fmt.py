@@ -32,6 +32,8 @@ def diff(c: dict | None) -> str:
     if not c or c.get("diff") is None:
         return DASH
     mark = " ▲" if c.get("improved") or (c.get("low") or 0) > 0 else (" ▼" if (c.get("high") or 0) < 0 else "")
+    if c.get("low") is None:
+        return f"{c['diff']:+.3f} (n={c.get('n')}: no interval)"
     p = f", p={c['p']:.3g}" if c.get("p") is not None else ""
     return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{p}{mark}"
 

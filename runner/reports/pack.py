@@ -74,6 +74,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             isa = ", ".join(llama.get("instruction_sets") or []) or "no optional instruction sets"
             lines += [f"- llama.cpp build: `{llama['build']}` ({isa}; {llama.get('why')})"]
     data = inputs.get("data")
+    task = inputs["eval"].metrics["task"] if inputs.get("eval") else {}
+    head, second = (task.get("key_metrics") or ["field_f1", "exact_match"])[:2]
     if data:
         m = data.metrics
         lines += [f"- dataset version: `{m['dataset_version']}` ({m['records']['train']} train / "
@@ -102,7 +104,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
     ev = inputs.get("eval")
     if ev:
         lines += ["", f"## Quality (test split, lm-eval through {ev.metrics.get('backend', 'llama-server')})", ""]
-        metric_names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
+        metric_names = [k for k in task["metrics"] if k not in ("field_accuracy", "length_ratio")]
         lines += ["| model | samples | " + " | ".join(metric_names) + " | eval s |",
                   "|---|---|" + "---|" * len(metric_names) + "---|"]
         for name, m in ev.metrics["models"].items():
@@ -114,21 +116,22 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             lines += ["", f"{name} − base (paired bootstrap 95% CI): " + ", ".join(
                 f"{k} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" + (" ▲" if c.get("improved") else
                                                                               " ▼" if c.get("worse") else "")
-                for k, c in t.items() if k in ("field_f1", "exact_match", "json_valid") and c.get("diff") is not None)]
+                for k, c in t.items() if k in task["key_metrics"] and c.get("low") is not None)]
         failed = [g for g in ev.metrics.get("gates", []) if not g["passed"]]
         if ev.metrics.get("gates"):
             lines += ["", f"Gates: {len(ev.metrics['gates']) - len(failed)} of {len(ev.metrics['gates'])} passed"
                       + ("; failed: " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") + "."]
         if "quality" in ev.artifacts:
-            lines += ["", "CIs, breakdowns by field/layout/locale/length, failure cases, forgetting check, fidelity, "
+            dims = "/".join([*([task["unit"]] if task.get("unit") else []), *task.get("slices", []), "length"])
+            lines += ["", f"CIs, breakdowns by {dims}, failure cases, forgetting check, fidelity, "
                       "risks: [quality.md](quality.md)"]
     q = inputs.get("quantize")
     if q:
         qm = q.metrics
-        lines += ["", "## Quantization", "", "| type | MB | size vs f16 | decode tok/s | field F1 | gate |",
+        lines += ["", "## Quantization", "", f"| type | MB | size vs f16 | decode tok/s | {head} | gate |",
                   "|---|---|---|---|---|---|"]
         for t, f in qm["files"].items():
-            ci = (qm.get("quality", {}).get(t) or {}).get("ci", {}).get("field_f1", {})
+            ci = (qm.get("quality", {}).get(t) or {}).get("ci", {}).get(head, {})
             v = (qm.get("verdicts") or {}).get(t)
             lines.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {fmt.num(f.get('ratio_vs_f16', 1.0))} | "
                          f"{fmt.num(f.get('bench', {}).get('gen_tokens_per_s'), 1)} | {fmt.num(ci.get('value'))} | "
@@ -142,9 +145,9 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
     if s:
         lines += ["", "## Serving", "", f"Model `{s.metrics['model']}` as `{s.metrics['model_type']}` on "
                   f"{s.metrics['engine']} ({s.metrics['replicas']} replica(s), {s.metrics['parallel']} slots).", "",
-                  "| endpoint | ready s | task latency s | answer is JSON |", "|---|---|---|---|"]
+                  "| endpoint | ready s | task latency s | answer accepted by the task's contract |", "|---|---|---|---|"]
         for e in s.metrics["endpoints"]:
-            lines.append(f"| {e['role']} | {e['ready_s']} | {e['task_latency_s']} | {e['answer_is_json']} |")
+            lines.append(f"| {e['role']} | {e['ready_s']} | {e['task_latency_s']} | {e.get('answer_accepted', e.get('answer_is_json'))} |")
         g = s.metrics.get("gateway")
         if g:
             t = g["task"]
@@ -153,17 +156,16 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       + (" (fallback)" if t.get("fallback") else "") + f"; without a key: HTTP {g['refused']['no_key']}; "
                       f"malformed JSON: HTTP {g['refused']['malformed_json']}."]
         dc = s.metrics.get("decoding_check")
-        if dc:
+        if dc and "primary" in dc:
             lines += ["", "Constrained decoding on the task endpoint (same documents, the gateway's request, straight "
                       "to each engine; `serve.gateway.constrained_task` is "
                       f"**{s.metrics.get('constrained_task')}** in this recipe):", "",
-                      "| engine | decoding | n | JSON valid | schema valid | field F1 | exact | latency p50 / p95 s | "
-                      "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
-            rows = dc.items() if "free" not in dc else [("primary", dc)]  # runs before the fallback was measured
-            for engine, modes in rows:
-                for mode, d in modes.items():
-                    lines.append(f"| {engine} | {mode} | {d['n']} | {fmt.num(d['json_valid'])} | {fmt.num(d['schema_valid'])} | "
-                                 f"{fmt.num(d['field_f1'])} | {fmt.num(d['exact_match'])} | {fmt.num(d['latency_p50_s'], 2)} / "
+                      f"| engine | decoding | n | accepted | {head} | {second} | latency p50 / p95 s | "
+                      "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|"]
+            for engine, modes in dc.items():
+                for mode, d in ((k, v) for k, v in modes.items() if isinstance(v, dict)):
+                    lines.append(f"| {engine} | {mode} | {d['n']} | {fmt.num(d['valid'])} | {fmt.num(d[head])} | "
+                                 f"{fmt.num(d[second])} | {fmt.num(d['latency_p50_s'], 2)} / "
                                  f"{fmt.num(d['latency_p95_s'], 2)} | {fmt.num(d['completion_tokens_mean'], 1)} | "
                                  f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
     lt = inputs.get("loadtest")

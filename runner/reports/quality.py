@@ -9,7 +9,14 @@ from runner.reports import fmt
 
 CATEGORY_TEXT = {"invalid_json": "no parsable JSON object", "format_error": "value breaks the schema's format",
                  "hallucinated": "value not in the document", "missing": "null where the document has a value",
-                 "spurious": "a value where the document has none", "wrong_value": "wrong span of the document"}
+                 "spurious": "a value where the document has none", "wrong_value": "wrong span of the document",
+                 "invalid_label": "the answer is not one of the labels", "wrong_label": "another label",
+                 "empty": "no answer", "low_overlap": "chrF below the task's min_chrf"}
+
+
+def _label(task: dict, dim: str) -> str:
+    """What a breakdown dimension's numbers are."""
+    return "accuracy" if dim == task.get("unit") else task["headline"]
 
 
 def _v(x, nd=3) -> str:
@@ -22,7 +29,7 @@ def _pairs(row: dict) -> dict:
 
 def chart_metrics(metrics: dict, out: Path) -> str | None:
     main = metrics["task"]["name"]
-    names = ["json_valid", "schema_valid", "field_f1", "field_f1_macro", "exact_match", "grounding_rate"]
+    names = [n for n in metrics["task"]["metrics"] if n != "length_ratio"]
     models = [m for m, d in metrics["models"].items() if main in d["tasks"]]
     if not models:
         return None
@@ -35,15 +42,17 @@ def chart_metrics(metrics: dict, out: Path) -> str | None:
                    [max(0, (ci[n]["high"] if ci.get(n) and ci[n]["high"] is not None else v) - v) for v, n in zip(vals, names)]]
             ax.bar([x + i * width for x in range(len(names))], vals, width, yerr=err, capsize=2, label=m)
         ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))], names, fontsize=8)
-        ax.set_ylim(0, 1.05)
+        top = max([1.0] + [(metrics["models"][m]["tasks"][main]["ci"].get(n) or {}).get("high") or 0
+                           for m in models for n in names])
+        ax.set_ylim(0, top * 1.05)
         ax.set_title(f"{main} on the test split (95% bootstrap CI)")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     return "quality_metrics.png"
 
 
-def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
-    dims = [d for d in breakdowns if breakdowns.get(d)]  # field, the task's slice columns, length
+def chart_breakdowns(breakdowns: dict, out: Path, task: dict) -> str | None:
+    dims = [d for d in breakdowns if breakdowns.get(d)]  # field or class, the task's slice columns, length
     if not dims:
         return None
     with fmt.figure(out / "quality_breakdowns.png", 1, len(dims), figsize=(4 * len(dims), 3.6), squeeze=False) as (fig, axes):
@@ -56,14 +65,14 @@ def chart_breakdowns(breakdowns: dict, out: Path) -> str | None:
                 vals = [rows[k][m]["value"] or 0 for k in keys]
                 ax.bar([x + i * width for x in range(len(keys))], vals, width, label=m)
             ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))], keys, rotation=60, fontsize=7)
-            ax.set_ylim(0, 1.05)
-            ax.set_title(f"by {dim} ({'accuracy' if dim == 'field' else 'field F1'})", fontsize=9)
+            ax.set_ylim(0, max([1.0] + [rows[k][m]["value"] or 0 for k in keys for m in models]) * 1.05)
+            ax.set_title(f"by {dim} ({_label(task, dim)})", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
     return "quality_breakdowns.png"
 
 
-def _where(breakdowns: dict, model: str) -> list[str]:
+def _where(breakdowns: dict, model: str, task: dict) -> list[str]:
     """Sentences on where `model` changed against the baseline, from the paired breakdowns."""
     lines = []
     for dim, rows in breakdowns.items():
@@ -80,18 +89,20 @@ def _where(breakdowns: dict, model: str) -> list[str]:
                      + (f", worse on {', '.join(k for k, _ in down)}" if down else ", worse on none")
                      + f"; largest change {best[0]} ({best[1]['diff']:+.3f}), smallest {worst[0]} "
                        f"({worst[1]['diff']:+.3f}).")
-        if dim != "field":
+        if dim != task.get("unit"):
             vals = [(k, rows[k][model]["value"]) for k in rows if rows[k].get(model, {}).get("value") is not None]
             if vals:
                 lo = min(vals, key=lambda kv: kv[1])
-                lines[-1] += f" Weakest {label} for {model}: {lo[0]} (F1 {lo[1]:.3f}, n={rows[lo[0]][model]['n']})."
+                lines[-1] += (f" Weakest {label} for {model}: {lo[0]} ({task['headline']} {lo[1]:.3f}, "
+                              f"n={rows[lo[0]][model]['n']}).")
     return lines
 
 
 def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -> dict:
     main = metrics["task"]["name"]
     charts = {k: v for k, v in (("quality_metrics_png", chart_metrics(metrics, out)),
-                                 ("quality_breakdowns_png", chart_breakdowns(analysis.get("breakdowns", {}), out)))
+                                 ("quality_breakdowns_png", chart_breakdowns(analysis.get("breakdowns", {}), out,
+                                                                             metrics["task"])))
               if v}
     models = list(metrics["models"])
     base = "base" if "base" in models else None
@@ -107,8 +118,7 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
          "- models: " + ", ".join(f"`{m}` ({metrics['models'][m].get('model_sha256', '–')[:12]})" for m in models),
          ""]
     # comparison table
-    main_metrics = ["json_valid", "schema_valid", "field_accuracy", "field_f1", "field_f1_macro", "exact_match",
-                    "grounding_rate"]
+    main_metrics = metrics["task"]["metrics"]
     if any(main in metrics["models"][m]["tasks"] for m in models):
         n = next(metrics["models"][m]["tasks"][main]["samples"] for m in models if main in metrics["models"][m]["tasks"])
         L += [f"## {main} (test split, {n} items)", "", "| metric | " + " | ".join(models) + " | " +
@@ -136,11 +146,11 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
     if bd and base:
         L += ["## Where it changed", ""]
         for m in tuned:
-            L += [f"**{m} vs {base}**", ""] + _where(bd, m) + [""]
+            L += [f"**{m} vs {base}**", ""] + _where(bd, m, metrics["task"]) + [""]
         for dim, rows in bd.items():
             if not rows:
                 continue
-            label = "accuracy" if dim == "field" else "micro field-F1"
+            label = _label(metrics["task"], dim)
             L += [f"### By {dim} ({label})", "", f"| {dim} | n | " + " | ".join(models) + " | " +
                   " | ".join(f"{m} − {base}" for m in tuned) + " |", "|---" * (2 + len(models) + len(tuned)) + "|"]
             for k, r in rows.items():
@@ -150,19 +160,31 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
             L += [""]
         if "quality_breakdowns_png" in charts:
             L += [f"![breakdowns]({charts['quality_breakdowns_png']})", ""]
+    # classification: confusion matrices and per-class precision/recall
+    for m, c in analysis.get("confusion", {}).items():
+        cols = [*c["labels"], "invalid"]
+        L += [f"### Confusion matrix of {m} (rows: gold, columns: answered)", "",
+              "| gold \\ answered | " + " | ".join(cols) + " | precision | recall | F1 |", "|---" * (4 + len(cols)) + "|"]
+        for g in c["labels"]:
+            pc = c["per_class"][g]
+            L.append(f"| {g} | " + " | ".join(str(c["matrix"][g][p]) for p in cols) +
+                     f" | {_v(pc['precision'])} | {_v(pc['recall'])} | {_v(pc['f1'])} |")
+        L += [""]
     # failures
     for m, f in analysis.get("failures", {}).items():
         counts = f["counts"]
         total_fields = sum(counts["fields"].values())
+        unit = metrics["task"].get("unit") or "answer"
+        units_word = unit + ("es" if unit.endswith("s") else "s")
         L += [f"## Failure cases of {m}", "",
-              f"Wrong fields by category ({total_fields} wrong (item, field) pairs); items by their most severe "
-              "category:", "", "| category | meaning | fields | items |", "|---|---|---|---|"]
-        for c, text in CATEGORY_TEXT.items():
-            L.append(f"| {c} | {text} | {counts['fields'][c]} | {counts['items'][c]} |")
+              f"Wrong {units_word} by category ({total_fields} wrong (item, {unit}) pairs); items by their most severe "
+              "category:", "", f"| category | meaning | {units_word} | items |", "|---|---|---|---|"]
+        for c in counts["fields"]:
+            L.append(f"| {c} | {CATEGORY_TEXT.get(c, '')} | {counts['fields'][c]} | {counts['items'][c]} |")
         worse = sum(c["worse_than_baseline"] for c in f["cases"])
         top = max(counts["fields"], key=counts["fields"].get) if total_fields else None
-        L += ["", (f"Most wrong fields are **{top}** ({counts['fields'][top]} of {total_fields}). " if top else "")
-              + f"{len(f['cases'])} cases harvested; {worse} where {m} got fewer fields right than {base} come first.",
+        L += ["", (f"Most wrong {units_word} are **{top}** ({counts['fields'][top]} of {total_fields}). " if top else "")
+              + f"{len(f['cases'])} cases harvested; {worse} where {m} got fewer {units_word} right than {base} come first.",
               ""]
         for c in sorted(counts["fields"], key=counts["fields"].get, reverse=True):
             hit = counts.get("by_field", {}).get(c) or {}
@@ -170,10 +192,11 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
                 L.append(f"- {c}: " + ", ".join(f"{k} {v}" for k, v in sorted(hit.items(), key=lambda kv: -kv[1])))
         L += [""]
         for c in f["cases"]:
-            flag = f" — worse than {base} ({c['baseline_fields_right']} → {c['fields_right']} fields right)" \
-                if c["worse_than_baseline"] else f" ({c['fields_right']}/9 fields right)"
+            units = c["fields_right"] + len(c["wrong_fields"])
+            flag = f" — worse than {base} ({c['baseline_fields_right']} → {c['fields_right']} {units_word} right)" \
+                if c["worse_than_baseline"] else f" ({c['fields_right']}/{units} {units_word} right)"
             L += [f"<details><summary><code>{c['id']}</code> {c['category']}, {'/'.join(c['slices'].values())}{flag}"
-                  "</summary>", "", "Wrong fields: " + ", ".join(f"{k} ({v})" for k, v in c["wrong_fields"].items()),
+                  "</summary>", "", f"Wrong {units_word}: " + ", ".join(f"{k} ({v})" for k, v in c["wrong_fields"].items()),
                   "", "```text", c["document"], "```", "", "gold: `" + _compact(c["gold"]) + "`", "",
                   "prediction: `" + c["prediction"].replace("`", "'").replace("\n", " ")[:600] + "`", "", "</details>"]
         L += [""]
@@ -208,7 +231,8 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
         L += ["## Fidelity: served f16 GGUF vs the HF model", ""]
         for m, f in metrics["fidelity"].items():
             L.append(f"- {m}: {f['items']} items through lm-eval's hf backend; {f['identical_text']} identical "
-                     f"answers; {f['field_disagreement']:.1%} of (item, field) pairs judged differently "
+                     f"answers; {f['field_disagreement']:.1%} of (item, {metrics['task'].get('unit') or 'answer'}) "
+                     "pairs judged differently "
                      f"(tolerance {f['tolerance']:.0%}); {f['seconds']} s.")
         L += [""]
     # cost
@@ -220,11 +244,12 @@ def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -
     L += [""]
     # risks
     L += ["## Risks", ""]
+    head = metrics["task"]["headline"]
     for m, g in analysis.get("gap", {}).items():
-        tr, te = g["field_f1"]["train"], g["field_f1"]["test"]
+        tr, te = g[head]["train"], g[head]["test"]
         if tr.get("value") is not None and te.get("value") is not None:
             gap = tr["value"] - te["value"]
-            L.append(f"- Overfitting ({m}): field F1 on {tr['n']} training items {fmt.ci(tr)} vs {te['n']} test items "
+            L.append(f"- Overfitting ({m}): {head} on {tr['n']} training items {fmt.ci(tr)} vs {te['n']} test items "
                      f"{fmt.ci(te)}: gap {gap:+.3f}" + (" — the intervals do not overlap" if tr["low"] is not None and
                                                     te["high"] is not None and tr["low"] > te["high"] else "") + ".")
     for m in models:

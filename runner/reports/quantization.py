@@ -1,6 +1,6 @@
 """quantization.md and its trade-off chart, from the quantize stage's measurements only: size, bits per weight,
 load time, llama-bench speed, peak RSS and quality (with CIs) for f16 and every quant; the gate verdicts;
-what was lost where (per field); and the failure cases that appear only after quantization."""
+what was lost where (per field or class); and the failure cases that appear only after quantization."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,11 @@ from runner.quality import eval_analysis as ea
 from runner.reports import fmt
 
 
-def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: int) -> dict:
-    """Per-field accuracy of each quant paired against f16, and the items each quant got worse than f16."""
-    per_field = ea.breakdowns(details, "f16", iters, seed)["field"] if len(details) > 1 else {}
+def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: int, task) -> dict:
+    """Per-unit (field, class) accuracy of each quant paired against f16, and the items each quant got worse
+    than f16."""
+    unit = task.scorer.UNIT
+    per_field = ea.breakdowns(details, "f16", iters, seed, task).get(unit, {}) if len(details) > 1 and unit else {}
     f16 = {r["doc_id"]: r for r in details.get("f16", [])}
     new_failures = {}
     for q, rows in details.items():
@@ -29,25 +31,25 @@ def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: in
                               "lost_fields": {f: r["outcomes"][f] for f in lost}, "document": r["document"],
                               "gold": r["gold"], "f16": ref["prediction"], "quant": r["prediction"]})
         new_failures[q] = sorted(cases, key=lambda c: (c["fields_right"] - c["f16_fields_right"], c["doc_id"]))
-    return {"per_field": per_field, "new_failures": new_failures}
+    return {"per_field": per_field, "unit": unit, "new_failures": new_failures}
 
 
 def chart(metrics: dict, out: Path) -> str | None:
-    q = metrics["quality"]
-    types = [t for t in metrics["files"] if t in q and q[t]["ci"].get("field_f1", {}).get("value") is not None]
+    q, head = metrics["quality"], metrics["task"]["headline"]
+    types = [t for t in metrics["files"] if t in q and q[t]["ci"].get(head, {}).get("value") is not None]
     if len(types) < 2:
         return None
     with fmt.figure(out / "quantization.png", 1, 2, figsize=(10, 3.8)) as (fig, (a, b)):
         for t in types:
             mb = metrics["files"][t]["bytes"] / 1e6
-            ci = q[t]["ci"]["field_f1"]
+            ci = q[t]["ci"][head]
             a.errorbar([mb], [ci["value"]], yerr=[[ci["value"] - ci["low"]], [ci["high"] - ci["value"]]], fmt="o",
                        capsize=3, label=t)
             bench = metrics["files"][t].get("bench")
             if bench:
                 b.bar(t, bench.get("gen_tokens_per_s", 0), yerr=bench.get("gen_tokens_per_s_std", 0), capsize=3)
         a.set_xlabel("file size (MB)")
-        a.set_ylabel("field F1 (95% CI)")
+        a.set_ylabel(f"{head} (95% CI)")
         a.set_title("quality vs size")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
@@ -65,23 +67,24 @@ def write(out: Path, metrics: dict, analysis: dict) -> dict:
     png = chart(metrics, out)
     files, q, verdicts = metrics["files"], metrics["quality"], metrics["verdicts"]
     g = metrics["gate"]
+    head, second = metrics["task"]["key_metrics"][:2]
     L = ["# Quantization", "",
          f"Model `{metrics['model']}`; each quant scored on the same test items with the same prompts as f16, served "
          f"by llama-server. Gate: for {', '.join(g['metrics'])}, the 95% CI upper bound of the drop against f16 "
          f"must be <= {g['max_drop']}.", "",
          f"**Deployment model: {metrics['chosen']}**: {metrics['chosen_why']}.", "",
-         "| type | MB | bits/weight | load s | prompt tok/s | decode tok/s | server peak RSS MB | field F1 | exact match |"
-         " drop vs f16 (field F1, CI high) | gate |",
+         f"| type | MB | bits/weight | load s | prompt tok/s | decode tok/s | server peak RSS MB | {head} | {second} |"
+         f" drop vs f16 ({g['metrics'][0]}, CI high) | gate |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, f in files.items():
         b = f.get("bench", {})
         ci = q.get(t, {}).get("ci", {})
         v = verdicts.get(t)
-        chk = (v or {}).get("checks", {}).get("field_f1")
+        chk = (v or {}).get("checks", {}).get(g["metrics"][0])
         L.append(f"| {t} | {f['bytes'] / 1e6:.1f} | {_n(b.get('bits_per_weight'), 2)} | {_n(f.get('load_s'), 2)} | "
                  f"{_n(b.get('prompt_tokens_per_s'))} ± {_n(b.get('prompt_tokens_per_s_std'))} | "
                  f"{_n(b.get('gen_tokens_per_s'))} ± {_n(b.get('gen_tokens_per_s_std'))} | {_n(f.get('peak_rss_mb'))} | "
-                 f"{fmt.ci(ci.get('field_f1'))} | {fmt.ci(ci.get('exact_match'))} | "
+                 f"{fmt.ci(ci.get(head))} | {fmt.ci(ci.get(second))} | "
                  + (f"{chk['drop']:+.3f} ({chk['drop_ci_high']:+.3f})" if chk else "–") + " | "
                  + ("–" if v is None else "pass" if v["passed"] else "**fail**: " + "; ".join(v["reasons"])) + " |")
     mixes = [(t, f) for t, f in files.items() if f.get("tensor_types")]
@@ -98,8 +101,9 @@ def write(out: Path, metrics: dict, analysis: dict) -> dict:
     pf = analysis.get("per_field", {})
     if pf:
         quants = [t for t in files if t != "f16" and t in q]
-        L += ["## What was lost where (field accuracy, paired against f16)", "",
-              "| field | f16 | " + " | ".join(quants) + " |", "|---" * (2 + len(quants)) + "|"]
+        unit = analysis.get("unit") or "field"
+        L += [f"## What was lost where ({unit} accuracy, paired against f16)", "",
+              f"| {unit} | f16 | " + " | ".join(quants) + " |", "|---" * (2 + len(quants)) + "|"]
         for field, row in pf.items():
             cells = []
             for t in quants:
@@ -111,8 +115,8 @@ def write(out: Path, metrics: dict, analysis: dict) -> dict:
     for t, cases in analysis.get("new_failures", {}).items():
         L += [f"## Failures that appear only after quantization: {t} ({len(cases)} items worse than f16)", ""]
         for c in cases[:10]:
-            L += [f"<details><summary><code>{c['id']}</code>: {c['f16_fields_right']} → {c['fields_right']} fields "
-                  f"right; lost {', '.join(f'{k} ({v})' for k, v in c['lost_fields'].items())}</summary>", "",
+            L += [f"<details><summary><code>{c['id']}</code>: {c['f16_fields_right']} → {c['fields_right']} right; "
+                  f"lost {', '.join(f'{k} ({v})' for k, v in c['lost_fields'].items())}</summary>", "",
                   "```text", c["document"], "```", "", "gold: `" + json.dumps(c["gold"], ensure_ascii=False) + "`", "",
                   "f16: `" + c["f16"].replace("`", "'").replace("\n", " ")[:600] + "`", "",
                   f"{t}: `" + c["quant"].replace("`", "'").replace("\n", " ")[:600] + "`", "", "</details>"]

@@ -27,12 +27,13 @@ def _analysis(ev: Output | None) -> dict:
 
 def overfitting(train: Output | None, ev: Output | None, an: dict) -> list[str]:
     L = ["## Overfitting", ""]
+    head = ev.metrics["task"]["headline"] if ev else None
     for m, g in an.get("gap", {}).items():
-        tr, te = g["field_f1"]["train"], g["field_f1"]["test"]
+        tr, te = g[head]["train"], g[head]["test"]
         if tr.get("value") is None or te.get("value") is None:
             continue
         apart = tr.get("low") is not None and te.get("high") is not None and tr["low"] > te["high"]
-        L.append(f"- `{m}`: field F1 on training items {_ci(tr)} vs test items {_ci(te)}: gap "
+        L.append(f"- `{m}`: {head} on training items {_ci(tr)} vs test items {_ci(te)}: gap "
                  f"{tr['value'] - te['value']:+.3f}" + (" and the intervals do not overlap: **memorization**."
                                                          if apart else "; the intervals overlap."))
     for m, t in (train.metrics.items() if train else []):
@@ -54,6 +55,8 @@ def hallucination(ev: Output | None, an: dict) -> list[str]:
             L.append(f"- `{m}`: grounding rate {_ci(gr)}: the share of predicted field values found in the document.")
     for m, f in an.get("failures", {}).items():
         c = f["counts"]
+        if "hallucinated" not in c["fields"]:  # a kind without per-field values (classification, generation)
+            continue
         L.append(f"- `{m}` failure outcomes on the test split: {c['fields'].get('hallucinated', 0)} hallucinated field "
                  f"values in {c['items'].get('hallucinated', 0)} documents, {c['fields'].get('wrong_value', 0)} wrong "
                  f"values, {c['fields'].get('spurious', 0)} spurious (examples in quality.md).")
@@ -80,13 +83,14 @@ def slices(an: dict, ev: Output | None) -> list[str]:
     if not bd or not ev:
         return []
     tuned = [m for m in ev.metrics["models"] if m != "base"]
+    head = ev.metrics["task"]["headline"]
     L = ["## Bias across slices", "",
-         "Field F1 per slice with 95% intervals. A slice is flagged when its interval lies entirely below the "
+         f"{head} per slice with 95% intervals. A slice is flagged when its interval lies entirely below the "
          "model's overall interval. Slices hold few test items, so wide intervals mean *not measured precisely*, "
          "not *fine*.", ""]
     for m in tuned:
-        overall = ev.metrics["models"][m]["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("field_f1") or {}
-        for dim in [d for d in bd if d != "field"]:  # the task's slice columns, then length
+        overall = ev.metrics["models"][m]["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get(head) or {}
+        for dim in [d for d in bd if d != ev.metrics["task"].get("unit")]:  # the task's slice columns, then length
             rows = {s: d[m] for s, d in bd[dim].items() if m in d and d[m].get("value") is not None}
             if not rows:
                 continue
@@ -168,12 +172,13 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
                  f"{k['engine_restarted_s']} s, primary answering through the gateway again after "
                  f"{k['primary_answers_again_s']} s; drill **{'passed' if k['passed'] else 'failed'}**.")
     dc = ((serve.metrics.get("decoding_check") or {}) if serve else {}).get("fallback")
-    if dc:
+    if dc and dc.get("constrainable"):
         on = (serving.get("task") or {}).get("constrained")
-        L.append(f"- On the task endpoint the fallback must also produce schema-valid JSON: measured on {dc['free']['n']} "
-                 f"test documents, {dc['free']['schema_valid']:.0%} schema-valid with free decoding, "
-                 f"{dc['json_schema']['schema_valid']:.0%} with the task's JSON Schema as a grammar (field F1 "
-                 f"{dc['free']['field_f1']:.3f} → {dc['json_schema']['field_f1']:.3f}). Constrained decoding is "
+        head = dc["headline"]
+        L.append(f"- On the task endpoint the fallback must also give answers the gateway accepts (the task's "
+                 f"output contract): measured on {dc['free']['n']} test documents, {dc['free']['valid']:.0%} accepted "
+                 f"with free decoding, {dc['constrained']['valid']:.0%} with the contract as a grammar ({head} "
+                 f"{fmt.num(dc['free'][head])} → {fmt.num(dc['constrained'][head])}). Constrained decoding is "
                  + ("on" if on else "**off**") + " in this recipe (`serve.gateway.constrained_task`).")
     return L + [""]
 

@@ -23,7 +23,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "data", "base_model", "seed", "threads")
 INPUTS = ()
-RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("core", "ml")
 GENERATORS = {"invoice": invoice.generate}
 SPLITS = ("train", "eval", "test")
@@ -52,10 +52,10 @@ def normalize(text: str, cfg: dict) -> str:
     return text
 
 
-def to_chat(rec: dict, system_prompt: str, slices=()) -> dict:
+def to_chat(rec: dict, system_prompt: str, task: tasks.Task) -> dict:
     """A chat record for Axolotl (messages) and lm-eval (document, gold), with the task's slice columns. `gold`
-    is JSON text: the datasets JSON loader would otherwise turn ISO date strings into timestamps."""
-    answer = json.dumps(rec["gold"], ensure_ascii=False)
+    is text (extraction: JSON text; the datasets JSON loader would otherwise turn ISO dates into timestamps)."""
+    answer, slices = task.scorer.answer_text(rec["gold"]), task.slices
     return {
         "id": rec["id"], **{c: rec.get(c, "?") for c in slices}, "document": rec["document"],
         "gold": answer,
@@ -114,11 +114,11 @@ class Ledger:
         self.flags.append({"id": rec["id"], "step": step, "reason": reason})
 
 
-def ingest(cfg: dict, out) -> tuple[list[dict], list[dict]]:
+def ingest(cfg: dict, out, task: tasks.Task) -> tuple[list[dict], list[dict]]:
     if cfg["sources"]:
         recs = []
         for s in cfg["sources"]:
-            recs += sources.load(s)
+            recs += sources.load(s, task.scorer.parse_gold)
         ids = Counter(r["id"] for r in recs)
         clash = [i for i, n in ids.items() if n > 1]
         if clash:
@@ -134,14 +134,14 @@ def ingest(cfg: dict, out) -> tuple[list[dict], list[dict]]:
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
-    task = tasks.get(ctx.recipe["task"])
+    task = tasks.of(ctx.recipe)
     total = sum(cfg["split"].values())
     if abs(total - 1.0) > 1e-6:
         raise StageError(f"data.split: fractions must add up to 1.0, found {total:g}")
     led = Ledger()
     t0 = time.time()
     ctx.progress("ingesting")
-    recs, injected = ingest(cfg, ctx.out)
+    recs, injected = ingest(cfg, ctx.out, task)
     pii_truth = {r["id"]: list(r.get("pii", [])) for r in recs}
     led.step("raw", recs, t0)
 
@@ -224,11 +224,11 @@ def run(ctx: Context) -> Result:
     for r in recs:
         problems = labels.check(task, r["document"], r["gold"])
         if problems:
-            kind = "schema_invalid" if problems[0].startswith(("schema", "gold is not")) else "ungrounded"
-            if cfg["labels"][kind] == "drop":
-                led.remove(r, "labels", "; ".join(problems)[:300])
+            text = "; ".join(msg for _, msg in problems)[:300]
+            if cfg["labels"][problems[0][0]] == "drop":
+                led.remove(r, "labels", text)
                 continue
-            led.flag(r, "labels", "; ".join(problems)[:300])
+            led.flag(r, "labels", text)
         kept.append(r)
     recs = kept
     led.step("labels", recs, t0)
@@ -241,7 +241,7 @@ def run(ctx: Context) -> Result:
     tok = Tokenizer.from_file(str(tok_file))
     chats = []
     for r in recs:
-        c = to_chat(r, cfg["system_prompt"], task.slices)
+        c = to_chat(r, tasks.system_prompt(ctx.recipe), task)
         c["tokens"] = sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"])
         c["chars"] = len(r["document"])
         if c["tokens"] > cfg["max_tokens"]:

@@ -23,7 +23,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "eval", "base_model", "seed", "threads", "data")
 INPUTS = ("data", "train")
-RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("ml", "llama")
 
 
@@ -65,14 +65,14 @@ def models_of(ctx: Context) -> list[str]:
 def plan(ctx: Context, names: list[str]) -> list[dict]:
     """The lm-eval invocations per model: test-split tasks (+ a training-split sample for fine-tuned models)
     with the task's system prompt; the general task without one."""
-    cfg, data, task = ctx.section("eval"), ctx.inputs["data"], tasks.get(ctx.recipe["task"])
+    cfg, data, task = ctx.section("eval"), ctx.inputs["data"], tasks.of(ctx.recipe)
     tasks_dir = ctx.out / "tasks"
-    lm_eval.write_task(task.name, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
-    runs = [{"name": "test", "tasks": [task.name], "system": ctx.section("data")["system_prompt"],
+    lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"])
+    runs = [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe),
              "tuned_tasks": []}]
     if cfg["train_sample"] and any(m != "base" for m in names):
         sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
-        lm_eval.write_task(task.name, tasks_dir, sample, cfg["max_gen_tokens"], name=task.train_task)
+        lm_eval.write_task(task, tasks_dir, sample, cfg["max_gen_tokens"], name=task.train_task)
         runs[0]["tuned_tasks"] = [task.train_task]
     if cfg["general_task"]:
         lm_eval.write_task(cfg["general_task"], tasks_dir)
@@ -128,17 +128,16 @@ def collect(ctx: Context, name: str, out, runs: list[dict]) -> dict[str, dict]:
 
 def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dict]) -> dict:
     """Score the first N test items of the HF model in process (lm-eval hf) and compare with the served GGUF."""
-    fcfg, task = ctx.section("eval")["fidelity"], tasks.get(ctx.recipe["task"])
+    fcfg, task = ctx.section("eval")["fidelity"], tasks.of(ctx.recipe)
     out = ctx.out / name / "fidelity"
     test_run = [dict(runs[0], tuned_tasks=[])]
     ctx.progress(f"{name}: fidelity check, {fcfg['samples']} items through lm-eval's hf backend")
     timing = score_hf(ctx, name, hf_dir, out, test_run, fcfg["samples"], tag="-fidelity")
     _, hf_samples = lm_eval.read_results(out / "lm_eval" / "test", task.name,
                                          ctx.log(f"lm-eval-hf-{name}-fidelity-test.log"))
-    utils, slices = task.utils(), task.slices
     edges = ctx.section("eval")["length_buckets_chars"]
-    hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, utils, edges, slices)}
-    gg_rows = {r["doc_id"]: r for r in ea.item_details(served, utils, edges, slices) if r["doc_id"] in hf_rows}
+    hf_rows = {r["doc_id"]: r for r in ea.item_details(hf_samples, task, edges)}
+    gg_rows = {r["doc_id"]: r for r in ea.item_details(served, task, edges) if r["doc_id"] in hf_rows}
     pairs = mismatched = same_text = 0
     items = []
     for i, h in hf_rows.items():
@@ -160,15 +159,14 @@ def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dic
     return result
 
 
-def pii_in_outputs(rows: list[dict], utils) -> dict:
+def pii_in_outputs(rows: list[dict], task: tasks.Task) -> dict:
     """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers, copied from the document or
     not. When the answer parses, only its string values are scanned: amounts are numbers by the task schema,
     and a phone recognizer reads "16890.21" as a phone number."""
     from runner.dataprep import pii
     found = {"answers_with_pii": 0, "copied_from_document": 0, "not_in_document": 0, "by_type": {}, "examples": []}
     for r in rows:
-        pred = utils.parse_prediction(r["prediction"])
-        texts = [v for v in pred.values() if isinstance(v, str)] if pred else [r["prediction"]]
+        texts = task.scorer.answer_strings(task.spec, r["prediction"])
         hits = [h for t in texts for h in pii.scan(t)]
         if not hits:
             continue
@@ -185,7 +183,8 @@ def pii_in_outputs(rows: list[dict], utils) -> dict:
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("eval")
-    task = tasks.get(ctx.recipe["task"])
+    task = tasks.of(ctx.recipe)
+    paths = tuple(ctx.recipe.get("task_paths") or ())
     main, train_task = task.name, task.train_task
     iters, seed = cfg["bootstrap_iters"], ctx.seed
     names = models_of(ctx)
@@ -212,7 +211,7 @@ def run(ctx: Context) -> Result:
             (out / f"samples_{t}.jsonl").write_text(
                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in got["samples"]))
             artifacts[f"{name}-samples-{t}"] = f"{name}/samples_{t}.jsonl"
-            ci = ea.summarize(tasks.scored_as(t), got["samples"], got["agg"], iters, seed)
+            ci = ea.summarize(t, tasks.scoring(t, paths), got["samples"], got["agg"], iters, seed)
             scored[t] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
         metrics["models"][name] = {"tasks": scored, **timing}
 
@@ -220,25 +219,26 @@ def run(ctx: Context) -> Result:
     comparisons = {}
     if baseline:
         for m in tuned:
-            comparisons[m] = {t: ea.compare(t, results[baseline][t]["samples"], results[m][t]["samples"], iters, seed)
+            comparisons[m] = {t: ea.compare(t, tasks.scoring(t, paths), results[baseline][t]["samples"],
+                                            results[m][t]["samples"], iters, seed)
                               for t in results[baseline] if t in results[m]}
     metrics["comparisons"] = comparisons
 
     # the recipe's task: per-item detail, breakdowns by field and slice, failure cases, PII in outputs, train/test gap
-    utils = task.utils()
     edges = cfg["length_buckets_chars"]
-    details = {m: ea.item_details(results[m][main]["samples"], utils, edges, task.slices) for m in names
-               if main in results[m]}
-    analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed, task.slices) if details else {},
-                "failures": {}, "pii": {m: pii_in_outputs(rows, utils) for m, rows in details.items()}, "gap": {}}
+    details = {m: ea.item_details(results[m][main]["samples"], task, edges) for m in names if main in results[m]}
+    analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed, task) if details else {},
+                "failures": {}, "pii": {m: pii_in_outputs(rows, task) for m, rows in details.items()}, "gap": {}}
+    if task.kind == "classification":
+        analysis["confusion"] = {m: ea.confusion(rows, task.spec["labels"], task) for m, rows in details.items()}
     for m in tuned:
         if m in details:
-            counts, cases = ea.failure_cases(details[m], details.get(baseline), utils, cfg["failure_cases"])
+            counts, cases = ea.failure_cases(details[m], details.get(baseline), task, cfg["failure_cases"])
             analysis["failures"][m] = {"counts": counts, "cases": cases}
         tt = metrics["models"][m]["tasks"]
         if train_task in tt and main in tt:
             analysis["gap"][m] = {k: {"train": tt[train_task]["ci"][k], "test": tt[main]["ci"][k]}
-                                  for k in ("field_f1", "exact_match", "json_valid")}
+                                  for k in task.scorer.KEY_METRICS}
 
     # fidelity: served GGUF vs HF model
     metrics["fidelity"] = {}
@@ -254,8 +254,8 @@ def run(ctx: Context) -> Result:
     if cfg["gates"]:
         if not baseline:
             raise StageError("eval.gates compare against a baseline, but eval.models has no 'base'")
-        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get("field", {}), tuned, baseline,
-                               main)
+        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get(task.scorer.UNIT or "", {}),
+                               tuned, baseline, main)
     metrics["gates"] = verdicts
     # llama-server batches concurrent requests across its slots and its kernels are not batch-invariant, so
     # greedy answers are bit-exact from run to run only with one slot (llama.cpp issues #6950, #7052)

@@ -21,7 +21,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
 INPUTS = ("serve", "data")
-RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("loadtest", "llama", "gateway")
 
 

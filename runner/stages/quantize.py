@@ -17,7 +17,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "quantize", "threads", "seed", "eval", "data")
 INPUTS = ("data", "eval")
-RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "ml")
 
 
@@ -45,8 +45,13 @@ def gate(cmp: dict, gate_cfg: dict) -> dict:
 
 def run(ctx: Context) -> Result:
     cfg, ecfg = ctx.section("quantize"), ctx.section("eval")
-    task = tasks.get(ctx.recipe["task"])
+    task = tasks.of(ctx.recipe)
+    scoring = tasks.scoring(task.name, tuple(ctx.recipe.get("task_paths") or ()))
     ev = ctx.inputs["eval"]
+    unknown = [m for m in cfg["gate"]["metrics"] if m not in scoring.metrics]
+    if unknown:
+        raise StageError(f"quantize.gate.metrics: {', '.join(unknown)} is not a metric of task '{task.name}' "
+                         f"({task.kind}: {', '.join(scoring.metrics)})")
     model = cfg["model"]
     if f"{model}-f16" not in ev.artifacts:
         raise StageError(f"quantize.model '{model}' has no f16 GGUF from the eval stage; "
@@ -57,7 +62,7 @@ def run(ctx: Context) -> Result:
                          f"supported: {', '.join(llama_cpp.QUANT_TYPES)}")
     f16 = ev.path(f"{model}-f16")
     f16_samples = ea.read_samples(ev.path(f"{model}-samples-{task.name}"))
-    system = ctx.section("data")["system_prompt"]
+    system = tasks.system_prompt(ctx.recipe)
     variants = {"f16": f16}
     served = ev.metrics["models"].get(model, {})
     files = {"f16": {"path": str(f16), "bytes": f16.stat().st_size, "load_s": served.get("server_ready_s"),
@@ -92,8 +97,8 @@ def run(ctx: Context) -> Result:
                                                    bcfg["prompt_tokens"], bcfg["gen_tokens"], bcfg["repetitions"])
 
     # quality: every quant on the eval stage's test task, same prompts and items, paired against f16
-    quality: dict = {"f16": {"ci": ea.summarize(task.name, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
-    details = {"f16": ea.item_details(f16_samples, task.utils(), ecfg["length_buckets_chars"], task.slices)}
+    quality: dict = {"f16": {"ci": ea.summarize(task.name, scoring, f16_samples, {}, ecfg["bootstrap_iters"], ctx.seed)}}
+    details = {"f16": ea.item_details(f16_samples, task, ecfg["length_buckets_chars"])}
     verdicts = {}
     if cfg["evaluate"]:
         tasks_dir = ev.path("tasks")
@@ -110,12 +115,13 @@ def run(ctx: Context) -> Result:
                 raise StageError(f"{qtype} was scored on different items than f16 (eval.limit changed?)")
             (out / f"samples_{task.name}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
             artifacts[f"{qtype}-samples"] = f"{qtype}/samples_{task.name}.jsonl"
-            quality[qtype] = {"ci": ea.summarize(task.name, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
-                              "vs_f16": ea.compare(task.name, f16_samples, samples, ecfg["bootstrap_iters"], ctx.seed),
+            quality[qtype] = {"ci": ea.summarize(task.name, scoring, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
+                              "vs_f16": ea.compare(task.name, scoring, f16_samples, samples, ecfg["bootstrap_iters"],
+                                                   ctx.seed),
                               **timing}
             files[qtype]["load_s"] = timing["server_ready_s"]
             files[qtype]["peak_rss_mb"] = timing["server_peak_rss_mb"]
-            details[qtype] = ea.item_details(samples, task.utils(), ecfg["length_buckets_chars"], task.slices)
+            details[qtype] = ea.item_details(samples, task, ecfg["length_buckets_chars"])
             verdicts[qtype] = gate(quality[qtype]["vs_f16"], cfg["gate"])
             v = verdicts[qtype]
             ctx.progress(f"{qtype}: {'passes' if v['passed'] else 'fails'} the regression gate")
@@ -138,8 +144,8 @@ def run(ctx: Context) -> Result:
         artifacts["fallback"] = dst.name
         fallback = {"path": dst.name, "type": ftype, "bytes": dst.stat().st_size}
 
-    analysis = report.analysis(details, quality, ecfg["bootstrap_iters"], ctx.seed) if cfg["evaluate"] else {}
-    metrics = {"model": model, "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
+    analysis = report.analysis(details, quality, ecfg["bootstrap_iters"], ctx.seed, task) if cfg["evaluate"] else {}
+    metrics = {"model": model, "task": task.describe(), "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
                "gate": cfg["gate"], "verdicts": verdicts, "chosen": chosen, "chosen_why": why, "smallest": smallest,
                "fallback": fallback}
     artifacts.update(report.write(ctx.out, metrics, analysis))

@@ -13,7 +13,7 @@ from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "serve", "threads", "data", "name")
 INPUTS = ("data", "train", "eval", "quantize")
-RUNS = ("evals",)  # read by code run outside our imports (lm-eval, the gateway, by path)
+RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "gateway")
 
 
@@ -50,7 +50,7 @@ def gateway_checks(dep: deploy.Deployment, doc: dict, route: str) -> dict:
                          f"malformed JSON -> {malformed.status_code}")
     return {"readyz": ready.json(), "task": {"route": route, "status": task.status_code, "latency_s": latency,
                                              "model": body.get("model"), "fallback": body.get("fallback"),
-                                             "fields": body.get("fields"), "error": body.get("error")},
+                                             "answer": body.get("answer"), "error": body.get("error")},
             "refused": {"no_key": no_key.status_code, "malformed_json": malformed.status_code}}
 
 
@@ -61,12 +61,13 @@ def run(ctx: Context) -> Result:
     model_name = quant.metrics["model"]
     hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
     fallback = quant.path("fallback") if "fallback" in quant.artifacts else None
-    task = {**tasks.get(ctx.recipe["task"]).describe(), "system_prompt": ctx.section("data")["system_prompt"],
+    the_task = tasks.of(ctx.recipe)
+    task = {**the_task.describe(), "system_prompt": tasks.system_prompt(ctx.recipe),
             "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"]}
     serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads, task)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
-    serving["system_prompt"] = ctx.section("data")["system_prompt"]
+    serving["system_prompt"] = task["system_prompt"]
     (ctx.out / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
     doc = json.loads(ctx.inputs["data"].path("test").read_text().splitlines()[0])
     checks = []
@@ -80,25 +81,21 @@ def run(ctx: Context) -> Result:
                 "max_tokens": 200, "temperature": 0}, timeout=120)
             latency = time.time() - t0
             text = body.get("choices", [{}])[0].get("message", {}).get("content", "") if status == 200 else ""
-            try:
-                parsed = isinstance(json.loads(text), dict)
-            except (json.JSONDecodeError, TypeError):
-                parsed = False
+            accepted = not the_task.scorer.check_answer(the_task.spec, text or "")[1]
             if status != 200:
                 raise StageError(f"{ep.role} endpoint {ep.url} answered HTTP {status}: {body}", log=ctx.logs)
             checks.append({"role": ep.role, "url": ep.url, "ready_s": round(ep.ready_s, 2),
-                           "task_latency_s": round(latency, 2), "answer_is_json": parsed,
+                           "task_latency_s": round(latency, 2), "answer_accepted": accepted,
                            "completion_tokens": body.get("usage", {}).get("completion_tokens")})
             ctx.progress(f"{ep.role} ready in {ep.ready_s:.1f}s, task answered in {latency:.1f}s")
         decoding = None
         if cfg["decoding_check"]["samples"]:
             n = cfg["decoding_check"]["samples"]
-            ctx.progress(f"decoding check: {n} test documents per engine, free vs JSON-Schema constrained")
+            ctx.progress(f"decoding check: {n} test documents per engine, free vs constrained to the task's contract")
             docs = decoding_check.load_docs(ctx.inputs["data"].path("test"), n)
-            schema = json.loads(Path(task["schema"]).read_text())
             first = {ep.role: ep for ep in reversed(dep.endpoints)}  # one engine per role (replica 0)
             decoding = {role: decoding_check.measure(ep.url, docs, serving["system_prompt"], task["max_tokens"],
-                                                     schema, task["name"])
+                                                     the_task)
                         for role, ep in sorted(first.items(), key=lambda kv: kv[0] != "primary")}
         if dep.gateway_url:
             gateway = gateway_checks(dep, doc, task["route"])

@@ -1,0 +1,372 @@
+"""The `extraction` kind: the answer is one JSON object checked against the task's JSON Schema.
+
+Metrics (lm-eval, per item, aggregated as runner/kinds/extraction.yaml says): json_valid, schema_valid,
+field_accuracy, micro/macro field F1, exact_match, grounding_rate (predicted values found in the document) and
+consistent (the answer parses and breaks none of the task's consistency rules).
+
+Everything task-specific comes from the task's metadata.forge (resolved by runner/tasks.py):
+    schema:  the answer's JSON Schema. Field types come from it: "number"/"integer" fields compare as numbers
+             rounded to cents; strings with `format: date` (or the ISO-date pattern) as calendar dates; the rest
+             as case- and width-folded text.
+    rules:   consistency rules, each {check: ...}:
+               calendar_date  {fields: [...]}                        a real date (2024-17-31 is not)
+               not_before     {field: a, other: b}                   a >= b (dates or numbers)
+               sum            {parts: [...], total: f, tolerance: t}  |sum(parts) - total| <= t
+               currency_code  {fields: [...]}                        an ISO 4217 code (pycountry)
+             A rule is judged only when every value it names is present.
+    aliases: {field: {value: [other spellings]}}: forms a value may take in the document (grounding), e.g.
+             currency: {USD: ["$"]}.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # loaded by file path (lm-eval's !function): make runner.kinds importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from runner.kinds import common  # noqa: E402
+
+UNIT = "field"  # what the per-unit breakdown and outcomes are about
+BINARY_METRICS = ("json_valid", "schema_valid", "exact_match", "consistent")  # 0/1 per item: McNemar applies
+FRACTIONAL_METRICS = ("field_accuracy",)
+KEY_METRICS = ("field_f1", "exact_match", "json_valid")  # the train/test gap and the one-line summaries
+OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spurious", "wrong_value")
+ISO_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+RULES = {"calendar_date": ("fields",), "not_before": ("field", "other"), "sum": ("parts", "total"),
+         "currency_code": ("fields",)}
+
+
+# ---- the spec ------------------------------------------------------------------------------------------
+
+def resolve(block: dict, folder: Path) -> dict:
+    """The kind's part of metadata.forge, checked and resolved (schema file read); ValueError names the key."""
+    schema = block.get("schema")
+    if isinstance(schema, str):
+        path = folder / schema
+        if not path.is_file():
+            raise ValueError(f"metadata.forge.schema: an extraction task needs its answer's JSON Schema; "
+                             f"no file {path}")
+        try:
+            schema = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"metadata.forge.schema: {path} is not valid JSON ({e})") from None
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise ValueError("metadata.forge.schema: expected a JSON Schema (a file in the task folder, or a mapping) "
+                         f"of an object with properties, found {block.get('schema')!r}")
+    fields = list(schema["properties"])
+    rules = block.get("rules") or []
+    if not isinstance(rules, list):
+        raise ValueError(f"metadata.forge.rules: expected a list of rules, found {rules!r}")
+    for i, r in enumerate(rules):
+        where = f"metadata.forge.rules[{i}]"
+        if not isinstance(r, dict) or r.get("check") not in RULES:
+            raise ValueError(f"{where}: expected a mapping with check: one of {', '.join(RULES)}, found {r!r}")
+        for key in RULES[r["check"]]:
+            if key not in r:
+                raise ValueError(f"{where} ({r['check']}): missing '{key}'")
+        named = [r[k] for k in ("field", "other", "total") if k in r] + list(r.get("fields", [])) + \
+            list(r.get("parts", []))
+        unknown = [f for f in named if f not in fields]
+        if unknown:
+            raise ValueError(f"{where}: names {', '.join(map(repr, unknown))}, not a property of the schema "
+                             f"(properties: {', '.join(fields)})")
+    aliases = block.get("aliases") or {}
+    if not isinstance(aliases, dict) or not all(f in fields and isinstance(v, dict) for f, v in aliases.items()):
+        raise ValueError(f"metadata.forge.aliases: expected {{field: {{value: [spellings]}}}} over the schema's "
+                         f"properties, found {aliases!r}")
+    return {"schema": schema, "rules": rules, "aliases": aliases}
+
+
+def fields(spec: dict) -> list[str]:
+    return list(spec["schema"]["properties"])
+
+
+def _types(spec: dict) -> dict[str, str]:
+    key = id(spec)
+    got = _TYPES.get(key)
+    if got is None or got[0] is not spec:
+        out = {}
+        for f, s in spec["schema"]["properties"].items():
+            t = s.get("type", "string")
+            t = set(t) if isinstance(t, list) else {t}
+            if t & {"number", "integer"}:
+                out[f] = "number"
+            elif s.get("format") == "date" or s.get("pattern") == ISO_DATE_PATTERN:
+                out[f] = "date"
+            else:
+                out[f] = "text"
+        got = _TYPES[key] = (spec, out)
+    return got[1]
+
+
+_TYPES: dict[int, tuple[dict, dict]] = {}
+_VALIDATORS: dict[str, object] = {}
+
+
+def validator(schema: dict):
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        from jsonschema import Draft202012Validator
+        _VALIDATORS[key] = Draft202012Validator(schema)
+    return _VALIDATORS[key]
+
+
+# ---- answers -------------------------------------------------------------------------------------------
+
+def gold_of(doc: dict) -> dict:
+    """The gold object (stored as JSON text in the split files)."""
+    g = doc["gold"]
+    return json.loads(g) if isinstance(g, str) else g
+
+
+def doc_to_target(doc: dict) -> str:
+    return json.dumps(gold_of(doc), ensure_ascii=False)
+
+
+def answer_text(gold) -> str:
+    """The training target for a gold answer."""
+    return json.dumps(gold, ensure_ascii=False)
+
+
+def parse_gold(value):
+    """A source's answer column: a JSON object, or JSON text of one."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # left for check_gold to report
+    return value
+
+
+def parse_prediction(text: str):
+    """The JSON object a model answered with (a ```json fence is tolerated), or None."""
+    t = text.strip()
+    fence = re.match(r"^```(?:json)?\s*(.*?)\s*```$", t, re.S)
+    if fence:
+        t = fence.group(1)
+    try:
+        obj = json.loads(t)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def answer_strings(spec: dict, text: str) -> list[str]:
+    """The free text in an answer (what a PII scan reads): string values when it parses, else the raw text."""
+    pred = parse_prediction(text)
+    return [v for v in pred.values() if isinstance(v, str)] if pred else [text]
+
+
+def normalize(ftype: str, value):
+    """Canonical form for comparison: ISO dates, numbers rounded to cents, text case/space/width-folded."""
+    if value is None:
+        return None
+    if ftype == "number":
+        try:
+            return round(float(str(value).replace(",", "").replace(" ", "")), 2)
+        except ValueError:
+            return common.fold(value)
+    if ftype == "date":
+        try:
+            return dt.date.fromisoformat(str(value).strip()).isoformat()
+        except ValueError:
+            return common.fold(value)
+    return common.fold(value)
+
+
+def _number_forms(x: float) -> set[str]:
+    forms = set()
+    for dec in (0, 2):
+        s = f"{x:,.{dec}f}"
+        if dec == 0 and abs(x - round(x)) > 1e-9:
+            continue
+        forms |= {s, s.replace(",", ""), s.replace(",", "\x00").replace(".", ",").replace("\x00", "."),
+                  s.replace(",", " ").replace(".", ","), s.replace(",", "'")}
+    return forms
+
+
+def grounded(spec: dict, field: str, value, document: str) -> bool:
+    """Does a value occur in the document (allowing local number/date formats and the task's aliases)?"""
+    ftype = _types(spec)[field]
+    doc = common.fold(document)
+    if ftype == "number":
+        try:
+            return any(f in document for f in _number_forms(float(value)))
+        except (TypeError, ValueError):
+            return False
+    if ftype == "date":
+        try:
+            d = dt.date.fromisoformat(str(value))
+        except ValueError:
+            return False
+        forms = {d.isoformat(), d.strftime("%d.%m.%Y"), d.strftime("%d/%m/%Y"), d.strftime("%m/%d/%Y"),
+                 d.strftime("%d %B %Y"), d.strftime("%Y年%m月%d日")}
+        return any(f.casefold() in doc for f in forms)
+    known = {common.fold(k): v for k, v in ((spec.get("aliases") or {}).get(field) or {}).items()}
+    alias = known.get(common.fold(value), [])
+    return common.fold(value) in doc or any(common.fold(a) in doc for a in alias)
+
+
+def _date(v):
+    try:
+        return dt.date.fromisoformat(str(v).strip())
+    except ValueError:
+        return None
+
+
+def _number(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def rule_violations(spec: dict, obj: dict) -> list[str]:
+    """The consistency rules an answer object breaks (rules naming an absent value are not judged)."""
+    out = []
+    for r in spec.get("rules") or []:
+        check = r["check"]
+        if check == "calendar_date":
+            for f in r["fields"]:
+                if obj.get(f) is not None and _date(obj[f]) is None:
+                    out.append(f"{f}: {obj[f]!r} is not a calendar date")
+        elif check == "not_before":
+            a, b = obj.get(r["field"]), obj.get(r["other"])
+            if a is None or b is None:
+                continue
+            va, vb = (_date(a), _date(b)) if _date(a) and _date(b) else (_number(a), _number(b))
+            if va is not None and vb is not None and va < vb:
+                out.append(f"{r['field']} ({a}) is before {r['other']} ({b})")
+        elif check == "sum":
+            vals = [_number(obj.get(p)) for p in r["parts"]]
+            total = _number(obj.get(r["total"]))
+            if total is None or any(v is None for v in vals):
+                continue
+            if abs(sum(vals) - total) > float(r.get("tolerance", 0.01)):
+                out.append(f"{' + '.join(r['parts'])} = {round(sum(vals), 2)}, not {r['total']} ({total})")
+        elif check == "currency_code":
+            import pycountry
+            for f in r["fields"]:
+                v = obj.get(f)
+                if v is not None and pycountry.currencies.get(alpha_3=str(v)) is None:
+                    out.append(f"{f}: {v!r} is not an ISO 4217 currency code")
+    return out
+
+
+def check_answer(spec: dict, text: str) -> tuple[dict | None, list[str]]:
+    """(the answer object, problems): what the gateway accepts is an object that passes the schema and rules."""
+    obj = parse_prediction(text)
+    if obj is None:
+        return None, ["the answer is not one JSON object"]
+    errors = [f"schema: {e.json_path}: {e.message}" for e in validator(spec["schema"]).iter_errors(obj)]
+    return obj, errors or [f"rule: {v}" for v in rule_violations(spec, obj)]
+
+
+def response_format(spec: dict) -> dict:
+    """What constrained decoding sends llama-server: the schema, compiled by it to a grammar."""
+    return {"type": "json_object", "schema": spec["schema"]}
+
+
+def check_gold(spec: dict, document: str, gold) -> list[tuple[str, str]]:
+    """Problems with one record's gold answer as (category, message); category is `invalid` (not an object, the
+    schema, a rule) or `ungrounded` (a value not found in the document)."""
+    if not isinstance(gold, dict):
+        return [("invalid", f"gold is not a JSON object ({type(gold).__name__})")]
+    errors = [("invalid", f"schema: {e.json_path}: {e.message}")
+              for e in validator(spec["schema"]).iter_errors(gold)]
+    if errors:
+        return errors
+    errors = [("invalid", f"rule: {v}") for v in rule_violations(spec, gold)]
+    return errors + [("ungrounded", f"ungrounded: {k}={v!r} not found in the document") for k, v in gold.items()
+                     if v is not None and not grounded(spec, k, v, document)]
+
+
+# ---- per-item scoring ----------------------------------------------------------------------------------
+
+def field_outcomes(spec: dict, gold: dict, pred: dict | None, document: str) -> dict[str, str]:
+    """Per field, one of: correct | missing (gold has a value, none predicted) | spurious (a value where gold is
+    null) | format_error (the value breaks the task schema) | hallucinated (wrong and not in the document) |
+    wrong_value (wrong but present in the document: the wrong span) | invalid_json (no object parsed)."""
+    names = fields(spec)
+    if pred is None:
+        return {f: "invalid_json" if gold.get(f) is not None else "correct" for f in names}
+    props, types = spec["schema"]["properties"], _types(spec)
+    out = {}
+    for f in names:
+        g, raw = normalize(types[f], gold.get(f)), pred.get(f)
+        p = normalize(types[f], raw)
+        if p == g:
+            out[f] = "correct"
+        elif p is None:
+            out[f] = "missing"
+        elif g is None:
+            out[f] = "spurious"
+        elif not validator(props[f]).is_valid(raw):
+            out[f] = "format_error"
+        elif not grounded(spec, f, raw, document):
+            out[f] = "hallucinated"
+        else:
+            out[f] = "wrong_value"
+    return out
+
+
+def outcomes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> dict[str, str]:
+    """The per-unit outcomes of one answer (here: per field); `logged` (lm-eval's per-item scores) is not needed."""
+    return field_outcomes(spec, gold_of(doc), parse_prediction(text), doc["document"])
+
+
+def field_counts(spec: dict, gold: dict, pred: dict | None) -> dict[str, tuple[int, int, int]]:
+    """Per field (tp, fp, fn) after normalization: a wrong non-null prediction counts as fp, and as fn too
+    when gold has a value."""
+    types, out = _types(spec), {}
+    for f in fields(spec):
+        g = normalize(types[f], gold.get(f))
+        p = normalize(types[f], (pred or {}).get(f))
+        if p is not None and p == g:
+            out[f] = (1, 0, 0)
+        elif p is not None:
+            out[f] = (0, 1, int(g is not None))
+        else:
+            out[f] = (0, 0, int(g is not None))
+    return out
+
+
+def score(spec: dict, doc: dict, text: str) -> dict:
+    pred = parse_prediction(text)
+    gold = gold_of(doc)
+    names, types = fields(spec), _types(spec)
+    schema_ok = pred is not None and validator(spec["schema"]).is_valid(pred)
+    right = {f: int(normalize(types[f], gold.get(f)) == normalize(types[f], (pred or {}).get(f))) for f in names}
+    counts = field_counts(spec, gold, pred)
+    g_total = g_hits = 0
+    for f in names:
+        if normalize(types[f], (pred or {}).get(f)) is not None:
+            g_total += 1
+            g_hits += int(grounded(spec, f, pred[f], doc["document"]))
+    return {
+        "json_valid": int(pred is not None),
+        "schema_valid": int(schema_ok),
+        "field_accuracy": sum(right.values()) / len(names),
+        "field_f1": tuple(map(sum, zip(*counts.values()))),
+        "field_f1_macro": [counts[f] for f in names],
+        "exact_match": int(all(right.values())),
+        "grounding_rate": (g_hits, g_total),
+        "consistent": int(pred is not None and not rule_violations(spec, pred)),
+    }
+
+
+def process_results(doc: dict, results: list[str]) -> dict:
+    return score(common.spec_of(doc), doc, common.first_response(results))
+
+
+# ---- aggregation (an lm-eval `!function`; runner/quality/stats.py has the vectorized twin) ------------
+
+def grounding_rate(items: list) -> float:
+    """Share of predicted non-null values found in the document; NaN when nothing was predicted (a model
+    that answers nothing has no grounding rate, not a perfect one)."""
+    hits = sum(i[0] for i in items)
+    total = sum(i[1] for i in items)
+    return hits / total if total else float("nan")
