@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from runner import pipeline, recipe  # noqa: E402
+from runner import tasks as registry  # noqa: E402
 from runner.adapters import llama_cpp, lm_eval  # noqa: E402
 from runner.quality import eval_analysis as ea  # noqa: E402
 from runner.stage import Output  # noqa: E402
 
-TASK = "invoice_extraction"
 
 
 def main() -> None:
@@ -45,10 +45,12 @@ def main() -> None:
         raise SystemExit(f"no cached data/eval stage for {a.recipe}: run `just run {a.recipe} --until eval` first")
     gguf = ev.dir / a.model / "model-f16.gguf"
     cfg, threads, seed = r.data["eval"], r.data["threads"], r.data["seed"]
-    system = r.data["data"]["system_prompt"]
+    task = registry.of(r.data)  # the recipe's task
+    task_name = task.name
+    system = registry.system_prompt(r.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tasks = lm_eval.write_task(TASK, tmp / "tasks", data.path("test"), cfg["max_gen_tokens"])
+        tasks = lm_eval.write_task(task, tmp / "tasks", data.path("test"), cfg["max_gen_tokens"])
         for conc in [int(c) for c in a.concurrency.split(",")]:
             runs, seconds = [], []
             for i in range(a.repeats):
@@ -56,14 +58,14 @@ def main() -> None:
                 t0 = time.time()
                 with llama_cpp.serve(gguf, tmp / f"server-c{conc}-r{i}.log", threads, parallel=conc,
                                      ctx_size=cfg["ctx_size"], alias=a.model) as (server, _):
-                    lm_eval.run(lm_eval.command_server([TASK], tasks, server.url, a.model, conc, system, out,
+                    lm_eval.run(lm_eval.command_server([task_name], tasks, server.url, a.model, conc, system, out,
                                                        a.items, seed), tmp / f"lm-eval-c{conc}-r{i}.log", threads)
                 seconds.append(round(time.time() - t0, 1))
-                _, samples = lm_eval.read_results(out, TASK, tmp / f"lm-eval-c{conc}-r{i}.log")
+                _, samples = lm_eval.read_results(out, task_name, tmp / f"lm-eval-c{conc}-r{i}.log")
                 runs.append({s["doc_id"]: s for s in samples})
             first = runs[0]
             differ = sum(1 for rep in runs[1:] for d in first if ea.response(first[d]) != ea.response(rep[d]))
-            scores = sum(1 for rep in runs[1:] for d in first if first[d].get("field_f1") != rep[d].get("field_f1"))
+            scores = sum(1 for rep in runs[1:] for d in first if first[d].get(task.headline) != rep[d].get(task.headline))
             print(json.dumps({"model": a.model, "gguf_sha256_prefix": ev.metrics["models"][a.model]["model_sha256"][:16],
                               "concurrency": conc, "repeats": a.repeats, "items": len(first),
                               "answers_compared": len(first) * (a.repeats - 1), "answers_differing": differ,

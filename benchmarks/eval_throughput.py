@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from runner import models, pipeline, recipe  # noqa: E402
+from runner import tasks as registry  # noqa: E402
 from runner.adapters import llama_cpp, lm_eval  # noqa: E402
 from runner.quality import eval_analysis as ea  # noqa: E402
 
-TASK = "invoice_extraction"
 
 
 def main() -> None:
@@ -46,25 +46,27 @@ def main() -> None:
             raise SystemExit(f"no cached train stage for {a.recipe}: run `just run {a.recipe} --until train` first")
         hf_dir = tr.path(a.model)
     cfg, threads, seed = r.data["eval"], r.data["threads"], r.data["seed"]
-    system = r.data["data"]["system_prompt"]
+    task = registry.of(r.data)  # the recipe's task
+    task_name = task.name
+    system = registry.system_prompt(r.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tasks = lm_eval.write_task(TASK, tmp / "tasks", data.path("test"), cfg["max_gen_tokens"])
+        tasks = lm_eval.write_task(task, tmp / "tasks", data.path("test"), cfg["max_gen_tokens"])
         t0 = time.time()
         gguf = llama_cpp.convert(hf_dir, tmp / "model-f16.gguf", tmp / "convert.log")
         with llama_cpp.serve(gguf, tmp / "server.log", threads, parallel=cfg["concurrency"], ctx_size=cfg["ctx_size"],
                              alias=a.model) as (server, _):
             t1 = time.time()
-            lm_eval.run(lm_eval.command_server([TASK], tasks, server.url, a.model, cfg["concurrency"], system,
+            lm_eval.run(lm_eval.command_server([task_name], tasks, server.url, a.model, cfg["concurrency"], system,
                                                tmp / "server", a.items, seed), tmp / "lm-eval-server.log", threads)
             served_scoring = time.time() - t1
         served_total = time.time() - t0
         t0 = time.time()
-        lm_eval.run(lm_eval.command_hf([TASK], tasks, hf_dir, system, tmp / "hf", a.items, seed),
+        lm_eval.run(lm_eval.command_hf([task_name], tasks, hf_dir, system, tmp / "hf", a.items, seed),
                     tmp / "lm-eval-hf.log", threads)
         hf_total = time.time() - t0
-        _, s_served = lm_eval.read_results(tmp / "server", TASK, tmp / "lm-eval-server.log")
-        _, s_hf = lm_eval.read_results(tmp / "hf", TASK, tmp / "lm-eval-hf.log")
+        _, s_served = lm_eval.read_results(tmp / "server", task_name, tmp / "lm-eval-server.log")
+        _, s_hf = lm_eval.read_results(tmp / "hf", task_name, tmp / "lm-eval-hf.log")
     same = sum(ea.response(x).strip() == ea.response(y).strip()
                for x, y in zip(sorted(s_served, key=lambda s: s["doc_id"]), sorted(s_hf, key=lambda s: s["doc_id"])))
     n = len(s_served)

@@ -285,6 +285,10 @@ def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model
             assert conf["labels"] == ["billing", "shipping", "technical", "account"]
             assert sum(sum(row.values()) for row in conf["matrix"].values()) == ev["models"]["tuned"]["tasks"][task["name"]]["samples"]
             assert "### Confusion matrix of tuned" in quality_md
+            # the split stratified by label (and language): 4 test items over (label, language) strata
+            labels = st["data"]["metrics"]["labels"]
+            assert set(labels["train"]) == set(conf["labels"]) and len(labels["test"]) >= 3
+            assert "## Labels per split" in (run_dir / "stages" / "data" / "data_audit.md").read_text()
             # decoding constrained to the labels: every answer is a label, even from a random-weight model
             assert dc["constrained"]["label_valid"] == 1.0 and gw["status"] == 200 and gw["answer"] in conf["labels"]
         else:

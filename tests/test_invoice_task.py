@@ -102,3 +102,17 @@ def test_field_types_come_from_the_schema_and_normalize_equivalent_forms():
     assert kind.normalize("date", "2024-02-03") == "2024-02-03"
     assert kind.normalize("date", "03.02.2024") != "2024-02-03"  # must be ISO
     assert kind.grounded(SPEC, "currency", "USD", "Total: $ 12.00")  # the task's aliases
+
+
+def test_the_extraction_kind_scores_invoices_exactly_as_the_old_task_scorer_did():
+    """80 answers of the default recipe's models (base and tuned, the run of commit 422f2ff at eval.concurrency 1),
+    with the per-item values the invoice task's own utils.py gave them then; the extraction kind, configured by
+    evals/invoice_extraction/, gives every item the same values (it adds `consistent`)."""
+    rows = [json.loads(x) for x in (REPO / "tests" / "fixtures" / "invoice_answers_scored_before_kinds.jsonl")
+            .read_text().splitlines()]
+    assert len(rows) == 80 and sum(r["scored"]["json_valid"] for r in rows) > 40
+    for r in rows:
+        now = kind.score(SPEC, r["doc"], r["response"])
+        then = r["scored"]
+        assert {k: list(map(list, v)) if k == "field_f1_macro" else list(v) if isinstance(v, tuple) else v
+                for k, v in now.items() if k in then} == then, r["doc"]["id"]

@@ -28,3 +28,13 @@ def test_readme_layout_names_the_runner_folders():
     layout = README.split("## Layout", 1)[1]
     for folder in ("stages/", "adapters/", "quality/", "serving/", "reports/", "gateway/"):
         assert folder in layout, folder
+
+
+def test_every_report_writer_has_the_one_signature():
+    """`write(page: fmt.Page) -> dict[str, str]` in every page writer (GuideLLM-style: one writer interface)."""
+    import inspect
+    from runner.reports import data_audit, fmt, perf_cost, quality, quantization, risks, training
+    for mod in (data_audit, training, quality, quantization, perf_cost, risks):
+        sig = inspect.signature(mod.write)
+        assert list(sig.parameters) == ["page"], mod.__name__
+        assert sig.parameters["page"].annotation in ("fmt.Page", fmt.Page) and sig.return_annotation == "dict[str, str]"

@@ -1,6 +1,6 @@
 """Reading a load test without a server: SLO verdicts, the throughput knee, the bottleneck rules, overhead,
 before/after, the /metrics gauge parser, and perf_cost.md rendered from those numbers."""
-from runner.reports import perf_cost
+from runner.reports import fmt, perf_cost
 from runner.serving import perf_analysis as pa
 from runner.serving import resources
 
@@ -82,7 +82,7 @@ def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):
                "drills": {"malformed": {"passed": False, "requests": [{"request": "invalid JSON", "status": 500,
                                                                          "json_error": False, "passed": False}],
                                         "healthz_after": 200, "readyz_after": "ready", "good_request_after": 200}}}
-    arts = perf_cost.write(tmp_path, metrics)
+    arts = perf_cost.write(fmt.Page(tmp_path, metrics))
     md = (tmp_path / "perf_cost.md").read_text()
     assert arts["perf_cost_png"] == "perf_cost.png" and (tmp_path / "perf_cost.png").stat().st_size > 10_000
     assert "**1 concurrent stream**" in md and "$0.556" in md and "**misses**" in md

@@ -25,6 +25,7 @@ BINARY_METRICS = ("accuracy", "label_valid")
 FRACTIONAL_METRICS = ()
 KEY_METRICS = ("accuracy", "macro_f1", "label_valid")
 OUTCOME_ORDER = ("invalid_label", "wrong_label")
+STRATIFY_BY_ANSWER = True  # the data stage's split also stratifies by the gold answer (a label)
 
 
 def resolve(block: dict, folder: Path) -> dict:

@@ -34,6 +34,7 @@ BINARY_METRICS = ("json_valid", "schema_valid", "exact_match", "consistent")  # 
 FRACTIONAL_METRICS = ("field_accuracy",)
 KEY_METRICS = ("field_f1", "exact_match", "json_valid")  # the train/test gap and the one-line summaries
 OUTCOME_ORDER = ("invalid_json", "format_error", "hallucinated", "missing", "spurious", "wrong_value")
+STRATIFY_BY_ANSWER = False  # the data stage's split also stratifies by the gold answer (a label)
 ISO_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RULES = {"calendar_date": ("fields",), "not_before": ("field", "other"), "sum": ("parts", "total"),
          "currency_code": ("fields",)}

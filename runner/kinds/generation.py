@@ -23,6 +23,7 @@ BINARY_METRICS = ("acceptable",)
 FRACTIONAL_METRICS = ("chrf", "bleu", "rouge_l", "similarity", "length_ratio")
 KEY_METRICS = ("chrf", "rouge_l", "similarity")
 OUTCOME_ORDER = ("empty", "low_overlap")
+STRATIFY_BY_ANSWER = False  # the data stage's split also stratifies by the gold answer (a label)
 _MODELS: dict = {}
 
 

@@ -43,8 +43,11 @@ def _charts(out: Path, metrics: dict, parts: dict) -> list[str]:
     return made
 
 
-def write(out: Path, metrics: dict, parts: dict, removed: list[dict], clusters: list[dict], findings: dict,
-          flags: list[dict], dataset: dict) -> Path:
+def write(page: fmt.Page) -> dict[str, str]:
+    """page.analysis: parts (split -> records), removed, clusters, findings, flags, dataset (the source)."""
+    out, metrics, a = page.out, page.metrics, page.analysis
+    parts, removed, findings, flags, dataset = a["parts"], a["removed"], a["findings"], a["flags"], a["dataset"]
+    clusters = a["clusters"]
     charts = _charts(out, metrics, parts)
     L = ["# Data audit", "",
          f"Dataset version **`{metrics['dataset_version']}`** "
@@ -90,6 +93,10 @@ def write(out: Path, metrics: dict, parts: dict, removed: list[dict], clusters: 
         L.append(f"| {name} | {len(recs)} | {_pct(ch, .5)} | {_pct(ch, .9)} | {max(ch, default='–')} | "
                  f"{_pct(tk, .5)} | {_pct(tk, .9)} | {max(tk, default='–')} |")
     L += ["", f"![lengths]({charts[0]})"]
+    if metrics.get("labels"):  # classification: the label balance the split kept (stratified by label)
+        labels = sorted({lab for per in metrics["labels"].values() for lab in per})
+        L += ["", "## Labels per split", "", "| split | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+        L += [f"| {n} | " + " | ".join(str(per.get(lab, 0)) for lab in labels) + " |" for n, per in metrics["labels"].items()]
 
     L += ["", f"## Near-duplicate clusters ({len(clusters)})", ""]
     for c in clusters[:5]:
@@ -107,7 +114,7 @@ def write(out: Path, metrics: dict, parts: dict, removed: list[dict], clusters: 
     L += [f"| {t} | {a} | {n} |" for (t, a), n in sorted(by_type.items())] or ["| – | – | 0 |"]
 
     label_rows = [r for r in removed if r["step"] == "labels"] + [f for f in flags if f["step"] == "labels"]
-    L += ["", f"## Schema and grounding failures ({len(label_rows)})", ""]
+    L += ["", f"## Label check failures ({len(label_rows)}: the task kind's checks on gold answers)", ""]
     L += [f"- `{r['id']}`: {r['reason'][:160]}" for r in label_rows[:8]]
 
     dl = metrics.get("datalab")
@@ -130,6 +137,5 @@ def write(out: Path, metrics: dict, parts: dict, removed: list[dict], clusters: 
     L += ["| id | step | reason | document excerpt |", "|---|---|---|---|"]
     for r in examples[:15]:
         L.append(f"| `{r['id']}` | {r['step']} | {r['reason'][:90]} | {_excerpt(r['document'], 90).replace('|', '/')} |")
-    path = out / "data_audit.md"
-    path.write_text("\n".join(L) + "\n")
-    return path
+    (out / "data_audit.md").write_text("\n".join(L) + "\n")
+    return {"audit": "data_audit.md", **{c.removesuffix(".png"): c for c in charts}}

@@ -1,8 +1,10 @@
-"""What every report writer shares: how a number, an interval and a paired difference are written, and the
-chart figure (matplotlib without a display; saved, then closed even when drawing fails)."""
+"""What every report writer shares: how a number, an interval and a paired difference are written, the chart
+figure (matplotlib without a display; saved, then closed even when drawing fails), and the one writer
+signature, `write(page: Page) -> dict[str, str]` (the artifacts written, by name)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -52,3 +54,15 @@ def figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(6, 3.5), dpi: in
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+@dataclass
+class Page:
+    """What every report writer gets (`write(page) -> {artifact name: file name}`): the folder to write into, the
+    stage's metrics, what the stage analysed beyond them (per-item detail, curves, removed records, ...), the
+    resolved recipe, and the other stages' outputs for the pages that read across stages."""
+    out: Path
+    metrics: dict
+    analysis: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)

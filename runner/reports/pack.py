@@ -60,7 +60,7 @@ def copy_pages(inputs: dict[str, Output], out: Path) -> list[str]:
 def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, header: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pages = copy_pages(inputs, out)
-    pages.append(risks.write(out, inputs, recipe))
+    pages += list(risks.write(fmt.Page(out, {}, recipe=recipe, inputs=inputs)).values())
     lines = [f"# {recipe['name']}: run report", ""]
     if header:
         lines += [f"- run: `{header.get('run_id')}`, status **{header.get('status')}**"

@@ -221,7 +221,8 @@ def _drills(drills: dict | None, restarts: list[dict]) -> list[str]:
     return L + [""]
 
 
-def write(out: Path, metrics: dict) -> dict:
+def write(page: fmt.Page) -> dict[str, str]:
+    out, metrics = page.out, page.metrics
     name = chart(metrics, out)
     (out / "perf_cost.md").write_text(render(metrics, name) + "\n")
     arts = {"perf_cost": "perf_cost.md"}

@@ -98,7 +98,9 @@ def _where(breakdowns: dict, model: str, task: dict) -> list[str]:
     return lines
 
 
-def write(out: Path, metrics: dict, analysis: dict, cfg: dict, data_cfg: dict) -> dict:
+def write(page: fmt.Page) -> dict[str, str]:
+    """page.analysis: the eval stage's analysis.json (breakdowns, failures, pii, gap, confusion)."""
+    out, metrics, analysis, cfg = page.out, page.metrics, page.analysis, page.recipe["eval"]
     main = metrics["task"]["name"]
     charts = {k: v for k, v in (("quality_metrics_png", chart_metrics(metrics, out)),
                                  ("quality_breakdowns_png", chart_breakdowns(analysis.get("breakdowns", {}), out,

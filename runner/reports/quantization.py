@@ -63,7 +63,9 @@ def _n(x, nd=1) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def write(out: Path, metrics: dict, analysis: dict) -> dict:
+def write(page: fmt.Page) -> dict[str, str]:
+    """page.analysis: per-unit losses and the failures new after quantization (`analysis()` above)."""
+    out, metrics, analysis = page.out, page.metrics, page.analysis
     png = chart(metrics, out)
     files, q, verdicts = metrics["files"], metrics["quality"], metrics["verdicts"]
     g = metrics["gate"]

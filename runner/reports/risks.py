@@ -183,7 +183,9 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
     return L + [""]
 
 
-def write(out: Path, inputs: dict[str, Output], recipe: dict) -> str:
+def write(page: fmt.Page) -> dict[str, str]:
+    """page.inputs: every stage's output (risks read across stages); page.recipe."""
+    out, inputs, recipe = page.out, page.inputs, page.recipe
     ev, data, train = inputs.get("eval"), inputs.get("data"), inputs.get("train")
     serve, lt, q = inputs.get("serve"), inputs.get("loadtest"), inputs.get("quantize")
     serving = json.loads(serve.path("serving").read_text()) if serve and "serving" in serve.artifacts else None
@@ -192,4 +194,4 @@ def write(out: Path, inputs: dict[str, Output], recipe: dict) -> str:
     L += overfitting(train, ev, an) + hallucination(ev, an) + sensitive(data, an) + slices(an, ev) + \
         synthetic(recipe, data) + quantization(q) + monitoring(recipe, serving) + fallback(serving, lt, serve)
     (out / "risks.md").write_text("\n".join(L) + "\n")
-    return "risks.md"
+    return {"risks": "risks.md"}

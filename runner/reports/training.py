@@ -26,7 +26,11 @@ def curves_png(curves: dict[str, list[dict]], out: Path) -> str | None:
     return "training_curves.png"
 
 
-def write(out: Path, metrics: dict, curves: dict[str, list[dict]], dataset_version: str, price: float) -> Path:
+def write(page: fmt.Page) -> dict[str, str]:
+    """page.analysis: curves (model -> parsed log records), dataset_version, price_per_hour_usd."""
+    out, metrics = page.out, page.metrics
+    curves, dataset_version = page.analysis["curves"], page.analysis["dataset_version"]
+    price = page.analysis["price_per_hour_usd"]
     png = curves_png(curves, out)
     L = ["# Training", "", f"Dataset version `{dataset_version}`. Every number below is parsed from Axolotl's own "
          "log of this run (`logs/train/axolotl-train-*.log`); the exact Axolotl config is `<model>/axolotl.yaml`.", "",
@@ -50,6 +54,5 @@ def write(out: Path, metrics: dict, curves: dict[str, list[dict]], dataset_versi
     L += ["", "## Hyperparameters", ""]
     for name, m in metrics.items():
         L += [f"- **{name}**: `" + json.dumps(m["hyperparameters"], sort_keys=True) + "`"]
-    path = out / "training.md"
-    path.write_text("\n".join(L) + "\n")
-    return path
+    (out / "training.md").write_text("\n".join(L) + "\n")
+    return {"report": "training.md", **({"curves_png": png} if png else {})}

@@ -19,6 +19,7 @@ from runner.adapters import cleanlab_datalab
 from runner.datagen import defects, invoice
 from runner.dataprep import dedup, labels, pii, sources, truth
 from runner.reports import data_audit
+from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "data", "base_model", "seed", "threads")
@@ -273,7 +274,8 @@ def run(ctx: Context) -> Result:
     led.step("datalab", chats, t0)
 
     t0 = time.time()
-    parts = split(chats, cfg["split"], ctx.seed, task.slices)
+    # strata: the task's slice columns, and for a classification task the label too (like stratify=y)
+    parts = split(chats, cfg["split"], ctx.seed, task.slices + (("gold",) if task.scorer.STRATIFY_BY_ANSWER else ()))
     leaks = {}
     for name in ("eval", "test"):
         if parts[name] and parts["train"]:
@@ -332,6 +334,8 @@ def run(ctx: Context) -> Result:
         "tokens_max": {n: max(c["tokens"] for c in p) for n, p in parts.items() if p},
         "train_tokens": sum(c["tokens"] for c in parts["train"]),
         "slices": {s: dict(Counter(c[s] for p in parts.values() for c in p)) for s in task.slices},
+        **({"labels": {n: dict(Counter(c["gold"] for c in p)) for n, p in parts.items()}}
+           if task.scorer.STRATIFY_BY_ANSWER else {}),
     }
     if cfg["dvc"]["enabled"]:
         from runner.adapters import dvc
@@ -339,9 +343,11 @@ def run(ctx: Context) -> Result:
         metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, env.runs_root() / "dvc",
                                    cfg["dvc"].get("remote"), ctx.log("dvc.log"))
     (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
-    data_audit.write(ctx.out, metrics, parts, removed, clusters, findings, led.flags, dataset)
+    written = data_audit.write(Page(ctx.out, metrics, {"parts": parts, "removed": removed, "clusters": clusters,
+                                                       "findings": findings, "flags": led.flags, "dataset": dataset},
+                                    ctx.recipe))
     return Result(metrics=metrics,
-                  artifacts={**files, "dataset": "dataset.json", "removed": "removed.jsonl", "audit": "data_audit.md",
+                  artifacts={**files, "dataset": "dataset.json", "removed": "removed.jsonl", **written,
                              "findings": "findings.json", "clusters": "clusters.json", "flags": "flags.jsonl"},
                   notes=[f"version {version}", "/".join(str(len(parts[n])) for n in SPLITS) + " train/eval/test",
                          f"{len(removed)} removed, {len(led.flags)} flagged"])

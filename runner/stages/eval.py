@@ -19,6 +19,7 @@ from runner.adapters import llama_cpp, lm_eval
 from runner.quality import eval_analysis as ea
 from runner.quality import gates, served_eval
 from runner.reports import quality
+from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "eval", "base_model", "seed", "threads", "data")
@@ -262,7 +263,7 @@ def run(ctx: Context) -> Result:
     metrics["bit_reproducible"] = cfg["backend"] != "llama-server" or cfg["concurrency"] == 1
     (ctx.out / "analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False, default=str))
     artifacts["analysis"] = "analysis.json"
-    written = quality.write(ctx.out, metrics, analysis, cfg, ctx.section("data"))
+    written = quality.write(Page(ctx.out, metrics, analysis, ctx.recipe))
     artifacts.update(written)
 
     notes = []

@@ -17,6 +17,7 @@ from runner import models
 from runner.adapters import guidellm, llama_cpp, vegeta
 from runner.reports import perf_cost
 from runner.serving import deploy, drills, perf_analysis, resources
+from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("loadtest", "seed", "threads", "base_model")
@@ -168,7 +169,7 @@ def run(ctx: Context) -> Result:
     arts = {"levels": "levels.json", "resource_samples": "resource_samples.json"}
     arts.update({f"guidellm-{n}": f"guidellm-{n}.json" for n in ("gateway", "direct", "baseline")
                  if (ctx.out / f"guidellm-{n}.json").exists()})
-    arts.update(perf_cost.write(ctx.out, metrics))
+    arts.update(perf_cost.write(Page(ctx.out, metrics, recipe=ctx.recipe)))
     notes = [f"SLO ceiling: {ceiling if ceiling is not None else 'none'} concurrent streams",
              f"peak {best['output_tokens_per_s'] or 0:.1f} output tok/s at {best['streams']} streams; bottleneck: "
              f"{metrics['bottleneck']['verdict']}"]

@@ -13,6 +13,7 @@ from runner.adapters import llama_cpp, lm_eval
 from runner.quality import eval_analysis as ea
 from runner.quality import served_eval
 from runner.reports import quantization as report
+from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "quantize", "threads", "seed", "eval", "data")
@@ -148,7 +149,7 @@ def run(ctx: Context) -> Result:
     metrics = {"model": model, "task": task.describe(), "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
                "gate": cfg["gate"], "verdicts": verdicts, "chosen": chosen, "chosen_why": why, "smallest": smallest,
                "fallback": fallback}
-    artifacts.update(report.write(ctx.out, metrics, analysis))
+    artifacts.update(report.write(Page(ctx.out, metrics, analysis, ctx.recipe)))
     (ctx.out / "quant_analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False))
     artifacts["analysis"] = "quant_analysis.json"
     notes = [f"{t}: {files[t]['bytes'] / 1e6:.1f} MB" + (f", {'pass' if verdicts[t]['passed'] else 'FAIL'}"

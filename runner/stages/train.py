@@ -15,6 +15,7 @@ import statistics
 from runner import models
 from runner.adapters import axolotl
 from runner.reports import training as report
+from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("train", "base_model", "seed", "threads")
@@ -142,8 +143,8 @@ def run(ctx: Context) -> Result:
         check, findings = curve_checks(curve, hp["warmup_steps"])
         if check == "failed":
             metrics[name] = {"status": "failed", "findings": findings}
-            report.write(ctx.logs, {name: _summary(hp, curve, run_stats, pre, log, section, check, findings)},
-                         curves, ctx.inputs["data"].metrics["dataset_version"], section["price_per_hour_usd"])
+            report.write(Page(ctx.logs, {name: _summary(hp, curve, run_stats, pre, log, section, check, findings)},
+                              _curves(curves, ctx, section), ctx.recipe))
             raise StageError(f"training '{name}' failed: {'; '.join(findings)} (curves: {ctx.logs / 'training.md'})",
                              log=log)
         ctx.progress(f"{name}: merging adapter")
@@ -154,10 +155,15 @@ def run(ctx: Context) -> Result:
         artifacts.update({name: f"{name}/merged", f"{name}-adapter": f"{name}/adapter",
                           f"{name}-config": f"{name}/axolotl.yaml", f"{name}-curve": f"{name}/curve.jsonl"})
         notes.append(f"{name}: loss {metrics[name]['first_loss']} -> {metrics[name]['final_loss']}, {check}")
-    report.write(ctx.out, metrics, curves, ctx.inputs["data"].metrics["dataset_version"], section["price_per_hour_usd"])
-    artifacts.update({"report": "training.md", "curves_png": "training_curves.png"})
+    artifacts.update(report.write(Page(ctx.out, metrics, _curves(curves, ctx, section), ctx.recipe)))
     status = "suspect" if any(m["status"] == "suspect" for m in metrics.values()) else "ok"
     return Result(metrics=metrics, artifacts=artifacts, status=status, notes=notes)
+
+
+def _curves(curves: dict, ctx: Context, section: dict) -> dict:
+    """What training.md shows beyond the metrics."""
+    return {"curves": curves, "dataset_version": ctx.inputs["data"].metrics["dataset_version"],
+            "price_per_hour_usd": section["price_per_hour_usd"]}
 
 
 def _summary(hp, curve, run_stats, pre, log, section, check, findings) -> dict:
