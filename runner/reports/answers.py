@@ -21,8 +21,8 @@ def quality(inputs: dict[str, Output]) -> list[str]:
         return L + ["Not measured: the run has no eval stage.", ""]
     em = ev.metrics
     for m, d in (em.get("comparisons") or {}).items():
-        main = d.get(em["task"]["name"], {})
-        head, second = em["task"]["key_metrics"][:2]
+        main = d.get(fmt.recorded_task(em)["name"], {})
+        head, second = fmt.recorded_task(em)["key_metrics"][:2]
         f1 = main.get(head)
         if not f1 or f1.get("diff") is None:
             continue
@@ -39,8 +39,8 @@ def quality(inputs: dict[str, Output]) -> list[str]:
     if gates:
         L.append(f"- Where: {len(gates) - len(failed)} of {len(gates)} gates passed (per field and overall)" +
                  (": failed " + "; ".join(f"{g['model']} {g['what']}" for g in failed) if failed else "") +
-                 ". Breakdowns by " + ", ".join([*([em["task"]["unit"]] if em["task"].get("unit") else []),
-                                                  *em["task"]["slices"], "length"]) + ": [quality.md](quality.md).")
+                 ". Breakdowns by " + ", ".join([*([fmt.recorded_task(em)["unit"]] if fmt.recorded_task(em).get("unit") else []),
+                                                  *fmt.recorded_task(em)["slices"], "length"]) + ": [quality.md](quality.md).")
     if train:
         cost = sum(t.get("cost_usd") or 0 for t in train.metrics.values() if isinstance(t, dict))
         secs = sum(t.get("seconds") or 0 for t in train.metrics.values() if isinstance(t, dict))
@@ -88,7 +88,7 @@ def risks(inputs: dict[str, Output]) -> list[str]:
              "quantization): [risks.md](risks.md).")
     if ev:
         for m, d in ev.metrics["models"].items():
-            gr = d["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("grounding_rate") or {}
+            gr = d["tasks"].get(fmt.recorded_task(ev.metrics)["name"], {}).get("ci", {}).get("grounding_rate") or {}
             if m != "base" and gr.get("value") is not None:
                 L.append(f"  - `{m}` grounding rate {gr['value']:.3f}: the rest of its predicted values are not in "
                          "the document.")

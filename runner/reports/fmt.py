@@ -66,3 +66,19 @@ class Page:
     analysis: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
+
+
+def recorded_task(eval_metrics: dict) -> dict:
+    """The task as the eval stage recorded it (`Task.describe()`), completed for runs recorded before task kinds
+    existed (all extraction), so `just report` still re-renders them."""
+    t = dict(eval_metrics.get("task") or {})
+    t.setdefault("kind", "extraction")
+    t.setdefault("headline", "field_f1")
+    t.setdefault("key_metrics", ["field_f1", "exact_match", "json_valid"])
+    t.setdefault("unit", "field" if t["kind"] == "extraction" else None)
+    t.setdefault("slices", [])
+    if "metrics" not in t:
+        scored = next((d["tasks"][t.get("name")] for d in eval_metrics.get("models", {}).values()
+                       if t.get("name") in d.get("tasks", {})), {})
+        t["metrics"] = list(scored.get("ci", {}))
+    return t

@@ -74,7 +74,7 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             isa = ", ".join(llama.get("instruction_sets") or []) or "no optional instruction sets"
             lines += [f"- llama.cpp build: `{llama['build']}` ({isa}; {llama.get('why')})"]
     data = inputs.get("data")
-    task = inputs["eval"].metrics["task"] if inputs.get("eval") else {}
+    task = fmt.recorded_task(inputs["eval"].metrics) if inputs.get("eval") else {}
     head, second = (task.get("key_metrics") or ["field_f1", "exact_match"])[:2]
     if data:
         m = data.metrics
@@ -108,11 +108,11 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         lines += ["| model | samples | " + " | ".join(metric_names) + " | eval s |",
                   "|---|---|" + "---|" * len(metric_names) + "---|"]
         for name, m in ev.metrics["models"].items():
-            t = m["tasks"].get(ev.metrics["task"]["name"], {})
+            t = m["tasks"].get(fmt.recorded_task(ev.metrics)["name"], {})
             lines.append(f"| {name} | {t.get('samples')} | " + " | ".join(fmt.num(t.get(k)) for k in metric_names)
                          + f" | {fmt.num(m.get('seconds'), 0)} |")
         for name, d in (ev.metrics.get("comparisons") or {}).items():
-            t = d.get(ev.metrics["task"]["name"], {})
+            t = d.get(fmt.recorded_task(ev.metrics)["name"], {})
             lines += ["", f"{name} − base (paired bootstrap 95% CI): " + ", ".join(
                 f"{k} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" + (" ▲" if c.get("improved") else
                                                                               " ▼" if c.get("worse") else "")
@@ -164,8 +164,8 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                       "completion tokens | errors |", "|---|---|---|---|---|---|---|---|---|"]
             for engine, modes in dc.items():
                 for mode, d in ((k, v) for k, v in modes.items() if isinstance(v, dict)):
-                    lines.append(f"| {engine} | {mode} | {d['n']} | {fmt.num(d['valid'])} | {fmt.num(d[head])} | "
-                                 f"{fmt.num(d[second])} | {fmt.num(d['latency_p50_s'], 2)} / "
+                    lines.append(f"| {engine} | {mode} | {d['n']} | {fmt.num(d.get('valid'))} | {fmt.num(d.get(head))} | "
+                                 f"{fmt.num(d.get(second))} | {fmt.num(d['latency_p50_s'], 2)} / "
                                  f"{fmt.num(d['latency_p95_s'], 2)} | {fmt.num(d['completion_tokens_mean'], 1)} | "
                                  f"{d['error_count']}{(' (' + d['errors'][0][:80] + ')') if d['errors'] else ''} |")
     lt = inputs.get("loadtest")

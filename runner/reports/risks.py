@@ -27,7 +27,7 @@ def _analysis(ev: Output | None) -> dict:
 
 def overfitting(train: Output | None, ev: Output | None, an: dict) -> list[str]:
     L = ["## Overfitting", ""]
-    head = ev.metrics["task"]["headline"] if ev else None
+    head = fmt.recorded_task(ev.metrics)["headline"] if ev else None
     for m, g in an.get("gap", {}).items():
         tr, te = g[head]["train"], g[head]["test"]
         if tr.get("value") is None or te.get("value") is None:
@@ -50,7 +50,7 @@ def hallucination(ev: Output | None, an: dict) -> list[str]:
         return []
     L = ["## Hallucination", ""]
     for m, d in ev.metrics["models"].items():
-        gr = d["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get("grounding_rate")
+        gr = d["tasks"].get(fmt.recorded_task(ev.metrics)["name"], {}).get("ci", {}).get("grounding_rate")
         if gr and gr.get("value") is not None:
             L.append(f"- `{m}`: grounding rate {_ci(gr)}: the share of predicted field values found in the document.")
     for m, f in an.get("failures", {}).items():
@@ -83,14 +83,14 @@ def slices(an: dict, ev: Output | None) -> list[str]:
     if not bd or not ev:
         return []
     tuned = [m for m in ev.metrics["models"] if m != "base"]
-    head = ev.metrics["task"]["headline"]
+    head = fmt.recorded_task(ev.metrics)["headline"]
     L = ["## Bias across slices", "",
          f"{head} per slice with 95% intervals. A slice is flagged when its interval lies entirely below the "
          "model's overall interval. Slices hold few test items, so wide intervals mean *not measured precisely*, "
          "not *fine*.", ""]
     for m in tuned:
-        overall = ev.metrics["models"][m]["tasks"].get(ev.metrics["task"]["name"], {}).get("ci", {}).get(head) or {}
-        for dim in [d for d in bd if d != ev.metrics["task"].get("unit")]:  # the task's slice columns, then length
+        overall = ev.metrics["models"][m]["tasks"].get(fmt.recorded_task(ev.metrics)["name"], {}).get("ci", {}).get(head) or {}
+        for dim in [d for d in bd if d != fmt.recorded_task(ev.metrics).get("unit")]:  # the task's slice columns, then length
             rows = {s: d[m] for s, d in bd[dim].items() if m in d and d[m].get("value") is not None}
             if not rows:
                 continue
