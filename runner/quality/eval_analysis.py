@@ -83,6 +83,8 @@ def compare(task: str, scoring: tasks.Scoring, base: list[dict], other: list[dic
     out = {}
     for name, agg in scoring.metrics.items():
         aggregation(task, name, agg)
+        if any(name not in s for s in sa + sb):  # a run recorded before the metric existed: nothing to pair
+            continue
         ma, mb = metric_values(sa, name, agg), metric_values(sb, name, agg)
         cmp = stats.paired(ma, mb, iters, seed)
         if name in scoring.binary or (agg == "mean" and name not in scoring.fractional and
