@@ -239,3 +239,13 @@ def test_a_registry_task_is_written_as_a_runnable_lm_eval_task(tmp_path):
     forge = spec["metadata"]["forge"]  # resolved: what the kind's loader hands every doc
     assert forge["schema"]["properties"]["total"]["type"] == ["number", "null"] and forge["rules"][0]["check"] == "calendar_date"
     assert spec["generation_kwargs"]["max_gen_toks"] == 32
+
+
+def test_compare_pairs_only_metrics_both_runs_recorded(invoice_items):
+    """A run recorded before a metric existed (`consistent` came with the task kinds) still compares on the rest."""
+    task, docs, recs = invoice_items
+    old = [{k: v for k, v in _sample(i, d, json.dumps(r["gold"]), task).items() if k != "consistent"}
+           for i, (d, r) in enumerate(zip(docs, recs))]
+    new = [_sample(i, d, json.dumps(r["gold"]), task) for i, (d, r) in enumerate(zip(docs, recs))]
+    cmp = ea.compare("invoice_extraction", SCORING, old, new, 100, 0)
+    assert "consistent" not in cmp and cmp["field_f1"]["diff"] == 0.0
