@@ -94,7 +94,7 @@ def test_consistency_rules_catch_what_the_schema_lets_through():
 
 
 def test_field_types_come_from_the_schema_and_normalize_equivalent_forms():
-    types = kind._types(SPEC)
+    types = kind.field_types(SPEC)
     assert (types["total"], types["invoice_date"], types["seller"]) == ("number", "date", "text")
     assert kind.normalize("number", "1,234.50") == kind.normalize("number", 1234.5)
     assert kind.normalize("text", "  ACME  gmbh ") == kind.normalize("text", "Acme GmbH")

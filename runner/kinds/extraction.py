@@ -85,7 +85,8 @@ def fields(spec: dict) -> list[str]:
     return list(spec["schema"]["properties"])
 
 
-def _types(spec: dict) -> dict[str, str]:
+def field_types(spec: dict) -> dict[str, str]:
+    """field -> number | date | text, from the schema (memoized per spec object: it is called per field)."""
     key = id(spec)
     got = _TYPES.get(key)
     if got is None or got[0] is not spec:
@@ -191,7 +192,7 @@ def _number_forms(x: float) -> set[str]:
 
 def grounded(spec: dict, field: str, value, document: str) -> bool:
     """Does a value occur in the document (allowing local number/date formats and the task's aliases)?"""
-    ftype = _types(spec)[field]
+    ftype = field_types(spec)[field]
     doc = common.fold(document)
     if ftype == "number":
         try:
@@ -294,7 +295,7 @@ def field_outcomes(spec: dict, gold: dict, pred: dict | None, document: str) -> 
     names = fields(spec)
     if pred is None:
         return {f: "invalid_json" if gold.get(f) is not None else "correct" for f in names}
-    props, types = spec["schema"]["properties"], _types(spec)
+    props, types = spec["schema"]["properties"], field_types(spec)
     out = {}
     for f in names:
         g, raw = normalize(types[f], gold.get(f)), pred.get(f)
@@ -322,7 +323,7 @@ def outcomes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> di
 def field_counts(spec: dict, gold: dict, pred: dict | None) -> dict[str, tuple[int, int, int]]:
     """Per field (tp, fp, fn) after normalization: a wrong non-null prediction counts as fp, and as fn too
     when gold has a value."""
-    types, out = _types(spec), {}
+    types, out = field_types(spec), {}
     for f in fields(spec):
         g = normalize(types[f], gold.get(f))
         p = normalize(types[f], (pred or {}).get(f))
@@ -338,7 +339,7 @@ def field_counts(spec: dict, gold: dict, pred: dict | None) -> dict[str, tuple[i
 def score(spec: dict, doc: dict, text: str) -> dict:
     pred = parse_prediction(text)
     gold = gold_of(doc)
-    names, types = fields(spec), _types(spec)
+    names, types = fields(spec), field_types(spec)
     schema_ok = pred is not None and validator(spec["schema"]).is_valid(pred)
     right = {f: int(normalize(types[f], gold.get(f)) == normalize(types[f], (pred or {}).get(f))) for f in names}
     counts = field_counts(spec, gold, pred)
