@@ -52,6 +52,11 @@ def doc_to_text(doc: dict) -> str:
     return doc["document"]
 
 
+def gold_text(doc: dict) -> str:
+    """A text answer's gold (classification: the label; generation: the reference); also lm-eval's doc_to_target."""
+    return str(doc["gold"])
+
+
 def first_response(results) -> str:
     return results[0] if results else ""
 

@@ -34,16 +34,8 @@ def resolve(block: dict, folder: Path) -> dict:
     return {"min_chrf": m}
 
 
-def gold_of(doc: dict) -> str:
-    return str(doc["gold"])
-
-
-def doc_to_target(doc: dict) -> str:
-    return gold_of(doc)
-
-
-def answer_text(gold) -> str:
-    return str(gold)
+gold_of = common.gold_text  # the gold answer is text (a label, a reference)
+answer_text = str           # the training target for it
 
 
 def parse_gold(value):
