@@ -249,3 +249,12 @@ def test_compare_pairs_only_metrics_both_runs_recorded(invoice_items):
     new = [_sample(i, d, json.dumps(r["gold"]), task) for i, (d, r) in enumerate(zip(docs, recs))]
     cmp = ea.compare("invoice_extraction", SCORING, old, new, 100, 0)
     assert "consistent" not in cmp and cmp["field_f1"]["diff"] == 0.0
+
+
+def test_one_item_gives_no_interval_and_no_verdict():
+    from runner.reports import fmt
+    one_a, one_b = stats.Metric(np.array([0.0])), stats.Metric(np.array([1.0]))
+    assert stats.bootstrap(one_b, 100, 0) == {"value": 1.0, "low": None, "high": None, "n": 1}
+    c = stats.paired(one_a, one_b, 100, 0)
+    assert c == {"diff": 1.0, "low": None, "high": None, "p": None, "n": 1} and not stats.significant(c)
+    assert fmt.diff(c) == "+1.000 (n=1: no interval)" and fmt.ci(stats.bootstrap(one_b, 100, 0)) == "1.000"

@@ -34,6 +34,11 @@ def analysis(details: dict[str, list[dict]], quality: dict, iters: int, seed: in
     return {"per_field": per_field, "unit": unit, "new_failures": new_failures}
 
 
+def stats_worse(c: dict) -> bool:
+    """The paired interval lies below zero (none exists for a single item)."""
+    return c.get("high") is not None and c["high"] < 0
+
+
 def chart(metrics: dict, out: Path) -> str | None:
     q, head = metrics["quality"], metrics["task"]["headline"]
     types = [t for t in metrics["files"] if t in q and q[t]["ci"].get(head, {}).get("value") is not None]
@@ -43,7 +48,8 @@ def chart(metrics: dict, out: Path) -> str | None:
         for t in types:
             mb = metrics["files"][t]["bytes"] / 1e6
             ci = q[t]["ci"][head]
-            a.errorbar([mb], [ci["value"]], yerr=[[ci["value"] - ci["low"]], [ci["high"] - ci["value"]]], fmt="o",
+            lo, hi = (ci["low"], ci["high"]) if ci.get("low") is not None else (ci["value"], ci["value"])
+            a.errorbar([mb], [ci["value"]], yerr=[[ci["value"] - lo], [hi - ci["value"]]], fmt="o",
                        capsize=3, label=t)
             bench = metrics["files"][t].get("bench")
             if bench:
@@ -111,7 +117,7 @@ def write(page: fmt.Page) -> dict[str, str]:
             for t in quants:
                 c = row.get(f"{t}-vs-f16")
                 cells.append("–" if not c or c.get("diff") is None else
-                             f"{row[t]['value']:.2f} ({c['diff']:+.3f})" + (" ▼" if c["high"] < 0 else ""))
+                             f"{row[t]['value']:.2f} ({c['diff']:+.3f})" + (" ▼" if stats_worse(c) else ""))
             L.append(f"| {field} | {row['f16']['value']:.2f} | " + " | ".join(cells) + " |")
         L += [""]
     for t, cases in analysis.get("new_failures", {}).items():

@@ -37,6 +37,9 @@ def gate(cmp: dict, gate_cfg: dict) -> dict:
         if not c or c.get("diff") is None:
             reasons.append(f"{m}: no paired result")
             continue
+        if c.get("low") is None:
+            reasons.append(f"{m}: {c.get('n')} item(s) give no interval to judge the drop by")
+            continue
         drop, drop_high = -c["diff"], -c["low"]
         checks[m] = {"drop": round(drop, 4) + 0.0, "drop_ci_high": round(drop_high, 4) + 0.0}
         if drop_high > gate_cfg["max_drop"]:
