@@ -86,25 +86,20 @@ def fields(spec: dict) -> list[str]:
 
 
 def field_types(spec: dict) -> dict[str, str]:
-    """field -> number | date | text, from the schema (memoized per spec object: it is called per field)."""
-    key = id(spec)
-    got = _TYPES.get(key)
-    if got is None or got[0] is not spec:
-        out = {}
-        for f, s in spec["schema"]["properties"].items():
-            t = s.get("type", "string")
-            t = set(t) if isinstance(t, list) else {t}
-            if t & {"number", "integer"}:
-                out[f] = "number"
-            elif s.get("format") == "date" or s.get("pattern") == ISO_DATE_PATTERN:
-                out[f] = "date"
-            else:
-                out[f] = "text"
-        got = _TYPES[key] = (spec, out)
-    return got[1]
+    """field -> number | date | text, from the schema."""
+    out = {}
+    for f, s in spec["schema"]["properties"].items():
+        t = s.get("type", "string")
+        t = set(t) if isinstance(t, list) else {t}
+        if t & {"number", "integer"}:
+            out[f] = "number"
+        elif s.get("format") == "date" or s.get("pattern") == ISO_DATE_PATTERN:
+            out[f] = "date"
+        else:
+            out[f] = "text"
+    return out
 
 
-_TYPES: dict[int, tuple[dict, dict]] = {}
 _VALIDATORS: dict[str, object] = {}
 
 
@@ -124,13 +119,13 @@ def gold_of(doc: dict) -> dict:
     return json.loads(g) if isinstance(g, str) else g
 
 
-def doc_to_target(doc: dict) -> str:
-    return json.dumps(gold_of(doc), ensure_ascii=False)
-
-
 def answer_text(gold) -> str:
-    """The training target for a gold answer."""
+    """The training target for a gold answer (also lm-eval's target, via doc_to_target)."""
     return json.dumps(gold, ensure_ascii=False)
+
+
+def doc_to_target(doc: dict) -> str:
+    return answer_text(gold_of(doc))
 
 
 def parse_gold(value):
