@@ -33,6 +33,7 @@ EVALS = Path(__file__).resolve().parent.parent / "evals"
 KINDS = kinds.KINDS
 HEADLINE = {"extraction": "field_f1", "classification": "accuracy", "generation": "chrf"}  # a kind's first number
 TRAIN_SUFFIX = "_train"
+OOD_SUFFIX = "_ood"
 
 
 class UnknownTask(LookupError):
@@ -59,6 +60,11 @@ class Task:
     def train_task(self) -> str:
         """The same task scored on training items (the eval stage writes it; overfitting evidence)."""
         return self.name + TRAIN_SUFFIX
+
+    @property
+    def ood_task(self) -> str:
+        """The same task scored on the out-of-distribution split (data.split.holdout)."""
+        return self.name + OOD_SUFFIX
 
     @property
     def headline(self) -> str:
@@ -96,7 +102,7 @@ class Task:
     def describe(self) -> dict:
         """What the serving config, the manifest and the reports record about the task."""
         return {"name": self.name, "kind": self.kind, "route": self.route, "slices": list(self.slices),
-                "train_task": self.train_task, "headline": self.headline, "unit": self.scorer.UNIT,
+                "train_task": self.train_task, "ood_task": self.ood_task, "headline": self.headline, "unit": self.scorer.UNIT,
                 "metrics": list(self.metrics()), "key_metrics": list(self.scorer.KEY_METRICS),
                 "folder": str(self.folder), "spec": self.spec}
 
@@ -209,9 +215,13 @@ def of(recipe: dict) -> Task:
 
 def scored_as(lm_eval_task: str, paths=()) -> str:
     """The task whose metric definitions score `lm_eval_task`: a task's training-item sample
-    (`<name>_train`, see Task.train_task) is scored as the task itself."""
-    base = lm_eval_task.removesuffix(TRAIN_SUFFIX)
-    return base if base != lm_eval_task and _find(base, paths) else lm_eval_task
+    (`<name>_train`, see Task.train_task) and its out-of-distribution sample (`<name>_ood`) are scored as the
+    task itself."""
+    for suffix in (TRAIN_SUFFIX, OOD_SUFFIX):
+        base = lm_eval_task.removesuffix(suffix)
+        if base != lm_eval_task and _find(base, paths):
+            return base
+    return lm_eval_task
 
 
 @functools.lru_cache(maxsize=None)

@@ -70,7 +70,12 @@ def test_outputs_policy_and_version(big_run):
     assert (out / "data_lengths.png").stat().st_size > 1000
     # leakage: nothing in eval/test is within the leakage Jaccard of a training record any more
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    for held_out in (evals, test):
+    # the default recipe's out-of-distribution split: every de_CH or letter record, and only those
+    ood = [json.loads(x) for x in (out / "ood.jsonl").read_text().splitlines()]
+    unseen = lambda r: r["locale"] == "de_CH" or r["layout"] == "letter"  # noqa: E731
+    assert len(ood) >= 100 and all(unseen(r) for r in ood) and not any(unseen(r) for r in train + evals + test)
+    assert m["records"]["ood"] == len(ood) == ds["files"]["ood"]["records"] and "`ood`" in audit
+    for held_out in (evals, test, ood):
         assert dedup.leakage([r["document"] for r in train], [r["document"] for r in held_out], 0.7, 5, 128) == {}
     removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
     assert sum(r["step"] == "leakage" for r in removed) == sum(m["leakage_removed"].values())
@@ -165,3 +170,20 @@ def test_same_recipe_gives_the_same_dataset_version_in_another_process(tmp_path,
         assert r.returncode == 0, r.stderr[-2000:]
         versions.append(json.loads((out / "stage.json").read_text())["metrics"]["dataset_version"])
     assert versions[0] == versions[1]
+
+
+def test_holdout_takes_the_named_slice_values_and_names_a_bad_one():
+    from runner import tasks
+    from runner.stage import StageError
+    from runner.stages import data
+    task = tasks.get("invoice_extraction")
+    recs = [{"id": f"r{i}", "locale": loc, "layout": lay} for i, (loc, lay) in
+            enumerate([("de_CH", "table"), ("en_US", "letter"), ("en_US", "table"), ("fr_FR", "email")])]
+    held, rest = data.holdout(recs, {"locale": ["de_CH"], "layout": ["letter"]}, task)
+    assert [r["id"] for r in held] == ["r0", "r1"] and [r["id"] for r in rest] == ["r2", "r3"]
+    assert data.holdout(recs, {}, task) == ([], recs)
+    with pytest.raises(StageError, match=r"data\.split\.holdout\.language: not a slice column of task "
+                                         r"'invoice_extraction' \(slices: layout, locale\)"):
+        data.holdout(recs, {"language": ["de"]}, task)
+    with pytest.raises(StageError, match=r"data\.split\.holdout\.locale: xx_XX matches no record"):
+        data.holdout(recs, {"locale": ["xx_XX"]}, task)

@@ -73,8 +73,20 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert st["train"]["metrics"]["tuned-v2"]["steps"] == 2
     assert ev["comparisons"]["tuned-v2"]["invoice_extraction"]["field_f1"]["n"] == 6
     assert ev["fidelity"]["tuned"]["items"] == 2
+    # a prompting baseline (the base model with a training example and its answer schema as a grammar) on the
+    # same items, compared with every fine-tuned model
+    bl = ev["baselines"]["base-fewshot-constrained"]
+    assert bl["shots"] == 1 and bl["constrained"] and bl["tasks"]["invoice_extraction"]["samples"] == 6
+    assert ev["baseline_comparisons"]["base-fewshot-constrained"]["tuned"]["field_f1"]["n"] == 6
+    assert ev["strongest_baseline"]["name"] in {"base", "base-fewshot-constrained"}
+    sample = json.loads((run_dir / "stages" / "eval" / "base-fewshot-constrained" /
+                         "samples_invoice_extraction.jsonl").read_text().splitlines()[0])
+    turns = json.loads(sample["arguments"]["gen_args_0"]["arg_0"])
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    assert sample["arguments"]["gen_args_0"]["arg_1"]["response_format"]["schema"]["required"][0] == "invoice_number"
     quality_md = (run_dir / "stages" / "eval" / "quality.md").read_text()
-    for section in ("## invoice_extraction (test split, 6 items)", "### By field", "### By layout",
+    for section in ("## invoice_extraction (test split, 6 items)", "## Against prompting baselines", "### By field",
+                    "### By layout",
                     "## General capability", "## Fidelity", "## Risks"):
         assert section in quality_md, section
     analysis = json.loads((run_dir / "stages" / "eval" / "analysis.json").read_text())
@@ -90,10 +102,15 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     for t in ("q8_0", "q4_k_m"):
         assert qm["quality"][t]["ci"]["field_f1"]["n"] == 6 and files[t]["peak_rss_mb"] > 0
         assert qm["quality"][t]["vs_f16"]["field_f1"]["n"] == 6 and "passed" in qm["verdicts"][t]
+        ni = qm["verdicts"][t]["non_inferiority"]  # per field decision: 6 items x 9 fields
+        assert ni["decisions"] == 54 and ni["n"] == 6 and ni["margin"] == 0.02
+    assert qm["quality"]["f16-rerun"]["noise"]["decisions"] == 54  # f16 served again: the noise floor
+    assert qm["quality"]["q8_0"]["served"]["docs_per_s"] > 0 and qm["quality"]["q8_0"]["served"]["engine_s_per_doc"] > 0
     passing = [t for t in ("q8_0", "q4_k_m") if qm["verdicts"][t]["passed"]]
     assert qm["chosen"] == (min(passing, key=lambda t: files[t]["bytes"]) if passing else "f16")
     assert st["serve"]["metrics"]["model_type"] == qm["chosen"]
-    assert "**Deployment model:" in (run_dir / "stages" / "quantize" / "quantization.md").read_text()
+    quant_md = (run_dir / "stages" / "quantize" / "quantization.md").read_text()
+    assert "**Deployment model:" in quant_md and "## The gate" in quant_md and "f16-rerun" in quant_md
     assert (run_dir / "stages" / "quantize" / "imatrix.gguf").stat().st_size > 0
     assert "--imatrix" in (run_dir / "logs" / "quantize" / "quantize-q4_k_m.log").read_text()
     # serve: primary and fallback came up and answered, behind the gateway (which refuses bad requests)
@@ -149,8 +166,9 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     for page in ("data_audit.md", "training.md", "quality.md", "perf_cost.md", "risks.md", "manifest.json",
                  "perf_cost.png", "quality_metrics.png"):
         assert (pack / page).is_file(), page
-    for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json))(?:#[\w-]+)?\)", index):
-        assert (pack / link).is_file(), link
+    for page in pack.glob("*.md"):  # every page's local links (charts included) resolve inside the pack
+        for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json))(?:#[\w-]+)?\)", page.read_text()):
+            assert (pack / link).is_file(), f"{page.name} links {link}"
     assert "## Quantization" in (pack / "quality.md").read_text()
     risks_md = (pack / "risks.md").read_text()
     for section in ("## Overfitting", "## Hallucination", "## Sensitive content", "## Bias across slices",
@@ -269,7 +287,7 @@ def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model
         quality_md = (run_dir / "stages" / "eval" / "quality.md").read_text()
         assert f"## {task['name']} (test split," in quality_md and f"### By {task['slices'][0]}" in quality_md
         qm = st["quantize"]["metrics"]
-        assert qm["quality"]["q8_0"]["vs_f16"][qm["gate"]["metrics"][0]]["n"] == qm["quality"]["q8_0"]["ci"][task["headline"]]["n"]
+        assert qm["verdicts"]["q8_0"]["non_inferiority"]["n"] == qm["quality"]["q8_0"]["ci"][task["headline"]]["n"]
         gw = st["serve"]["metrics"]["gateway"]["task"]
         assert gw["route"] == f"/v1/tasks/{task['name']}" and gw["status"] in (200, 502)
         assert st["loadtest"]["metrics"]["levels"][0]["requests"]["successful"] > 0

@@ -134,13 +134,31 @@ def test_gates_pass_fail_and_say_by_how_much():
     spec = [{"metric": "field_f1", "min_gain": 0.20, "significant": True},
             {"per_field": True, "max_drop": 0.05},
             {"metric": "field_f1", "min_gain": 0.10, "significant": True}]
-    v = gates.judge(spec, cmp, fields, ["base", "tuned"], "base", "invoice_extraction")
+    v = gates.judge(spec, {"base": cmp}, {"base": fields}, ["base", "tuned"], "invoice_extraction")
     assert [x["passed"] for x in v] == [False, False, True, True]
     assert "short by 0.0500" in v[0]["reasons"][0]
+    assert v[0]["power"] is None  # no n: no power statement
+    pw = gates.power({"max_drop": 0.15}, {"diff": -0.02, "low": -0.17, "high": 0.13, "n": 40})
+    # a +/-0.15 interval on 40 items detects only a 0.214 drop; 0.15 takes twice the items
+    assert pw == {"se": 0.0765, "detectable": 0.2143, "bound": 0.15, "n": 40, "n_for_bound": 82}
     assert v[1]["what"] == "total accuracy" and "exceeds the allowed 0.0500 (by 0.0300)" in v[1]["reasons"][0]
-    missing = gates.judge([{"task": "general_instructions", "metric": "accuracy", "max_drop": 0.1}], cmp, {},
-                          ["base", "tuned"], "base", "invoice_extraction")
+    missing = gates.judge([{"task": "general_instructions", "metric": "accuracy", "max_drop": 0.1}], {"base": cmp}, {},
+                          ["base", "tuned"], "invoice_extraction")
     assert not missing[0]["passed"] and "no paired result" in missing[0]["reasons"][0]
+
+
+def test_a_gate_against_the_strongest_baseline_judges_that_baselines_comparison():
+    vs = {"base": {"tuned": {"t": {"field_f1": {"diff": 0.6, "low": 0.5, "high": 0.7}}}},
+          "base-fewshot": {"tuned": {"t": {"field_f1": {"diff": 0.02, "low": -0.01, "high": 0.05}}}}}
+    spec = [{"metric": "field_f1", "min_gain": 0.05, "significant": True, "baseline": "strongest"},
+            {"metric": "field_f1", "min_gain": 0.05, "significant": True, "baseline": "base"},
+            {"per_field": True, "max_drop": 0.05, "baseline": "strongest"}]
+    v = gates.judge(spec, vs, {}, ["tuned"], "t", {"strongest": "base-fewshot"})
+    assert [x["baseline"] for x in v] == ["base-fewshot", "base", "base-fewshot"]
+    assert [x["passed"] for x in v] == [False, True, False]
+    assert "short by 0.0300" in v[0]["reasons"][0] and "does not lie above zero" in v[0]["reasons"][1]
+    assert "no paired result" in v[2]["reasons"][0]  # no per-field comparison against it: fails, never passes
+    assert gates.describe(spec[0], "t") == "t/field_f1: gain >= 0.05, CI of the gain above zero (vs strongest)"
 
 
 def test_general_task_scoring():
@@ -258,3 +276,29 @@ def test_one_item_gives_no_interval_and_no_verdict():
     c = stats.paired(one_a, one_b, 100, 0)
     assert c == {"diff": 1.0, "low": None, "high": None, "p": None, "n": 1} and not stats.significant(c)
     assert fmt.diff(c) == "+1.000 (n=1: no interval)" and fmt.ci(stats.bootstrap(one_b, 100, 0)) == "1.000"
+
+
+def test_failure_causes_are_counted_paired_located_and_shown():
+    from runner.quality import failure_causes as fc
+
+    def row(i, locale, causes):
+        return {"id": f"d{i}", "doc_id": i, "slices": {"locale": locale}, "causes": causes,
+                "gold": {"invoice_date": "2024-08-13"}, "prediction": '{"invoice_date": "2024-13-08"}'}
+    locales = ["en_US"] * 4 + ["de_DE"] * 16
+    base = [row(i, loc, {"invoice_date": "missing"}) for i, loc in enumerate(locales)]
+    tuned = [row(i, loc, {"invoice_date": "day_month_swapped"} if loc == "en_US" and i < 3 else {})
+             for i, loc in enumerate(locales)]
+    train = [{"locale": "en_US"}] * 5 + [{"locale": "de_DE"}] * 45
+    texts = {"missing": "null", "day_month_swapped": "MM/DD"}
+    got = fc.analyze({"base": base, "tuned": tuned}, texts, ["locale"], train, [("tuned", "base")], "tuned", 300, 0)
+    assert list(got["causes"]) == ["missing", "day_month_swapped"]  # the kind's order, not the alphabet
+    t = got["models"]["tuned"]["by_cause"]["day_month_swapped"]
+    assert t["items"] == 3 and t["by_unit"] == {"invoice_date": 3} and t["rate"]["value"] == 0.15
+    assert got["models"]["base"]["by_cause"]["missing"]["items"] == 20
+    assert got["changes"]["tuned-vs-base"]["missing"]["diff"] == -1.0
+    w = got["why"]["day_month_swapped"]
+    assert (w["value"], w["cases"], w["of"], w["test_share"], w["train_share"]) == ("en_US", 3, 3, 0.2, 0.1)
+    assert got["why"]["missing"] is None  # the focus model has no such case
+    ex = got["examples"]["day_month_swapped"]
+    assert len(ex) == 3 and ex[0]["model"] == "tuned" and ex[0]["answer"] == "2024-13-08"
+    assert [e["model"] for e in got["examples"]["missing"]] == ["base"] * 3  # filled from the other models

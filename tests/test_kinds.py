@@ -48,3 +48,39 @@ def test_generation_accepts_any_text_and_constrains_nothing():
     assert k.response_format(spec) is None and spec["min_chrf"] == 50
     assert k.outcomes(spec, {"gold": "x"}, "y", {"acceptable": 0}) == {"reference": "low_overlap"}
     assert k.check_gold(spec, "Der Zug", "") == [("invalid", "the reference text is empty")]
+
+
+def test_extraction_names_why_each_field_is_wrong():
+    t = tasks.get("invoice_extraction")
+    k, spec = t.scorer, t.spec
+    doc = ("Acme GmbH\nInvoice INV-2024-001 dated 13/08/2024\nBill to: Beta AG\nDue 27/09/2024\n"
+           "Previous balance: 55.00 EUR\nTotal: 100.00 EUR")
+    gold = {"invoice_number": "INV-2024-001", "invoice_date": "2024-08-13", "due_date": "2024-09-27",
+            "seller": "Acme GmbH", "buyer": "Beta AG", "currency": "EUR", "subtotal": None, "tax": None, "total": 100.0}
+    pred = {"invoice_number": "INV", "invoice_date": "2024-13-08", "due_date": "2024-08-27", "seller": "Beta AG",
+            "buyer": "Acme GmbH", "currency": "EU", "subtotal": 100.0, "tax": 7.0, "total": 55.0}
+    got = k.causes(spec, {"gold": json.dumps(gold), "document": doc}, json.dumps(pred))
+    assert got == {"invoice_number": "partial_span", "invoice_date": "day_month_swapped",
+                   "due_date": "date_recombined", "seller": "swapped_fields", "buyer": "swapped_fields",
+                   "currency": "format_error", "subtotal": "other_field_value", "tax": "spurious",
+                   "total": "other_value_in_document"}
+    assert set(got.values()) <= set(k.CAUSES)
+    more = dict(gold, invoice_date="2024-02-30", seller=None, total=999.0)
+    assert k.causes(spec, {"gold": json.dumps(gold), "document": doc}, json.dumps(more)) == \
+        {"invoice_date": "not_a_calendar_date", "seller": "missing", "total": "invented"}
+    assert k.causes(spec, {"gold": json.dumps(gold), "document": doc}, json.dumps(gold)) == {}
+    assert set(k.causes(spec, {"gold": json.dumps(gold), "document": doc}, "no JSON").values()) == {"invalid_json"}
+
+
+def test_classification_and_generation_name_their_causes():
+    t = tasks.get("ticket_routing", TEST_TASKS)
+    assert t.scorer.causes(t.spec, {"gold": "billing"}, "shipping") == {"billing": "confused_with:shipping"}
+    assert t.scorer.causes(t.spec, {"gold": "billing"}, "??") == {"billing": "invalid_label"}
+    assert t.scorer.causes(t.spec, {"gold": "billing"}, "billing") == {}
+    g = tasks.get("de_en_translation", TEST_TASKS)
+    ref = {"gold": "The train leaves at eight in the morning."}
+    assert g.scorer.causes(g.spec, ref, "Train.", {"acceptable": 0}) == {"reference": "too_short"}
+    assert g.scorer.causes(g.spec, ref, "The bus arrives at nine in the evening!", {"acceptable": 0}) == \
+        {"reference": "low_overlap"}
+    assert g.scorer.causes(g.spec, ref, "", {"acceptable": 0}) == {"reference": "empty"}
+    assert g.scorer.causes(g.spec, ref, "The train leaves at 8 am.", {"acceptable": 1}) == {}

@@ -6,16 +6,45 @@ from runner.stage import StageError
 from runner.stages import quantize
 
 
-def test_gate_uses_the_upper_bound_of_the_paired_drop():
-    cfg = {"metrics": ["field_f1", "exact_match"], "max_drop": 0.02}
+def rows(right_per_item: list[int], units: int = 9) -> list[dict]:
+    return [{"outcomes": {f"f{j}": "correct" if j < r else "wrong_value" for j in range(units)}} for r in right_per_item]
+
+
+GATE = {"margin": 0.02, "alpha": 0.05, "power": 0.8, "metrics": [], "max_drop": 0.02}
+
+
+def test_non_inferiority_passes_a_quant_that_loses_a_few_fields_and_fails_one_that_loses_many():
+    f16 = rows([9, 8, 7, 9, 6] * 13)                                  # 65 items, 585 field decisions
+    few = rows([9, 8, 7, 9, 6] * 12 + [8, 8, 7, 9, 6])               # one field lost on one item
+    many = rows([8, 7, 6, 8, 5] * 4 + [9, 8, 7, 9, 6] * 9)           # 20 fields lost on 20 items
+    ok = quantize.gate(f16, rows([9, 8, 7, 9, 6] * 13), {}, GATE, 500, 0)
+    assert ok["passed"] and ok["non_inferiority"]["drop"] == 0 and ok["non_inferiority"]["power"] is None
+    v = quantize.gate(f16, few, {}, GATE, 500, 0)
+    ni = v["non_inferiority"]
+    assert v["passed"] and ni["decisions"] == 585 and ni["discordant_items"] == 1
+    assert abs(ni["drop"] - 1 / 585) < 1e-9 and ni["upper"] <= 0.02
+    bad = quantize.gate(f16, many, {}, GATE, 500, 0)
+    ni = bad["non_inferiority"]
+    assert not bad["passed"] and abs(ni["drop"] - 20 / 585) < 1e-9 and ni["upper"] > 0.02
+    assert "upper bound" in bad["reasons"][0] and "> margin 0.02" in bad["reasons"][0]
+    # where the data is noisier, more items are needed for the same power
+    noisy = rows([8, 9, 6, 9, 7] * 13)
+    quiet = rows([9, 8, 7, 9, 6] * 12 + [8, 8, 7, 9, 6])
+    assert quantize.gate(f16, noisy, {}, GATE, 500, 0)["non_inferiority"]["n_required"] > \
+        quantize.gate(f16, quiet, {}, GATE, 500, 0)["non_inferiority"]["n_required"]
+
+
+def test_metric_checks_use_the_upper_bound_of_the_paired_drop():
+    cfg = dict(GATE, metrics=["field_f1", "exact_match"])
     same = {"field_f1": {"diff": 0.0, "low": -0.01, "high": 0.01}, "exact_match": {"diff": 0.0, "low": 0.0, "high": 0.0}}
-    assert quantize.gate(same, cfg)["passed"]
+    f16 = rows([9, 8] * 10)
+    assert quantize.gate(f16, f16, same, cfg, 200, 0)["passed"]
     # the point drop is small, but the interval allows a 5-point drop: fails, and says so
     wide = dict(same, exact_match={"diff": -0.015, "low": -0.05, "high": 0.02})
-    v = quantize.gate(wide, cfg)
+    v = quantize.gate(f16, f16, wide, cfg, 200, 0)
     assert not v["passed"] and v["checks"]["exact_match"] == {"drop": 0.015, "drop_ci_high": 0.05}
     assert "exact_match: drop +0.0150, CI upper bound +0.0500 > allowed 0.02" in v["reasons"][0]
-    assert not quantize.gate({"field_f1": same["field_f1"]}, cfg)["passed"]  # a metric with no result fails
+    assert not quantize.gate(f16, f16, {"field_f1": same["field_f1"]}, cfg, 200, 0)["passed"]  # no result: fails
 
 
 def test_unknown_quant_type_names_the_file_and_the_choices(tmp_path):

@@ -18,19 +18,29 @@ from runner.stage import StageError
 
 
 def write_task(task: str | tasks.Task, out_dir: Path, data_file: Path | None = None,
-               max_gen_tokens: int | None = None, name: str | None = None) -> Path:
+               max_gen_tokens: int | None = None, name: str | None = None, *, shots: int = 0,
+               shots_file: Path | None = None, response_format: dict | None = None) -> Path:
     """A runnable lm-eval task YAML named `name` (default the task's own) in `out_dir`.
 
     A registry task (a Task) becomes: include its YAML and its kind's base config, the data split, and
     metadata.forge resolved (schema inlined), which the kind's loader hands to every doc. A plain lm-eval
     task (a name under evals/, e.g. the forgetting check) is included as it is, with its packaged data file
-    resolved against the repo unless `data_file` is given."""
+    resolved against the repo unless `data_file` is given.
+
+    Prompting baselines (registry tasks only): `shots` > 0 adds lm-eval few-shot examples (the first k of
+    `shots_file` (lm-eval's `fewshot_split`; with --apply_chat_template they become user/assistant turns), and
+    `response_format` goes into every request (llama-server compiles a JSON Schema to a grammar)."""
     if isinstance(task, tasks.Task):
         cfg = task.lm_eval_config()
         meta = dict(cfg.get("metadata") or {}, forge=task.spec)
         spec = {"include": [str(task.lm_eval_yaml), str(kinds.base_yaml(task.kind))], "task": name or task.name,
                 "dataset_kwargs": {"data_files": {"test": str(data_file)}}, "metadata": meta}
         base = cfg
+        if shots:
+            # the same k examples for every item (the first k of the split): one fixed prompt, as a user would
+            # write it, and a shared prefix that llama-server's prompt cache prefills once per slot
+            spec.update(num_fewshot=shots, fewshot_split="train", fewshot_config={"sampler": "first_n"})
+            spec["dataset_kwargs"]["data_files"]["train"] = str(shots_file)
     else:
         try:
             src = tasks.task_yaml(task)
@@ -49,8 +59,13 @@ def write_task(task: str | tasks.Task, out_dir: Path, data_file: Path | None = N
                                  f"(found {packaged!r})")
             data_file = REPO / packaged
         spec = {"include": str(src), "task": name or task, "dataset_kwargs": {"data_files": {"test": str(data_file)}}}
+    gen = dict(base.get("generation_kwargs") or {})
     if max_gen_tokens:
-        spec["generation_kwargs"] = dict(base.get("generation_kwargs") or {}, max_gen_toks=max_gen_tokens)
+        gen["max_gen_toks"] = max_gen_tokens
+    if response_format:
+        gen["response_format"] = response_format
+    if gen != (base.get("generation_kwargs") or {}):
+        spec["generation_kwargs"] = gen
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{spec['task']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return out_dir

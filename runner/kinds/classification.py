@@ -87,6 +87,17 @@ def outcomes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> di
     return {gold: "correct" if pred == gold else "invalid_label" if pred is None else "wrong_label"}
 
 
+CAUSES = {"invalid_label": "the answer is not one of the labels",
+          "confused_with": "another label (the cause names which: confused_with:<label>)"}
+
+
+def causes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> dict[str, str]:
+    """{gold label: invalid_label | confused_with:<answered label>} when wrong."""
+    gold = parse_label(spec, gold_of(doc)) or gold_of(doc)
+    pred = parse_label(spec, text)
+    return {} if pred == gold else {gold: "invalid_label" if pred is None else f"confused_with:{pred}"}
+
+
 def score(spec: dict, doc: dict, text: str) -> dict:
     labels = spec["labels"]
     gold = parse_label(spec, gold_of(doc))

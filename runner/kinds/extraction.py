@@ -310,6 +310,72 @@ def field_outcomes(spec: dict, gold: dict, pred: dict | None, document: str) -> 
     return out
 
 
+# why a field is wrong, most specific first (failure analysis: runner/quality/failure_causes.py)
+CAUSES = {
+    "invalid_json": "no parsable JSON object",
+    "swapped_fields": "two fields swapped: this one holds the other's value and the other this one's",
+    "other_field_value": "the value of another field (e.g. an absent subtotal filled with the total)",
+    "day_month_swapped": "the right date with day and month swapped (a MM/DD vs DD/MM reading)",
+    "date_recombined": "a date assembled from the year, month and day of the document's other dates",
+    "not_a_calendar_date": "a date shaped like one that no calendar has (2024-17-31)",
+    "missing": "null where the document states the field",
+    "spurious": "a value where the document states none",
+    "format_error": "a value that breaks the schema's format",
+    "partial_span": "part of the right text, or the right text with extra words",
+    "other_value_in_document": "another value printed in the document (the wrong span)",
+    "invented": "a value found nowhere in the document",
+}
+
+
+def _date_parts(v) -> tuple[int, int, int] | None:
+    """(year, month, day) of a YYYY-MM-DD text, calendar-valid or not (2024-17-08 -> (2024, 17, 8))."""
+    m = re.fullmatch(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})\s*", str(v)) if v is not None else None
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def field_causes(spec: dict, gold: dict, pred: dict | None, document: str) -> dict[str, str]:
+    """For each wrong field, the most specific cause in CAUSES that explains it."""
+    wrong = {f: o for f, o in field_outcomes(spec, gold, pred, document).items() if o != "correct"}
+    if pred is None:
+        return {f: "invalid_json" for f in wrong}
+    types, props = field_types(spec), spec["schema"]["properties"]
+    gold_dates = [p for p in (_date_parts(gold.get(f)) for f in fields(spec) if types[f] == "date") if p]
+    out = {}
+    for f in wrong:
+        t = types[f]
+        g, p = normalize(t, gold.get(f)), normalize(t, pred.get(f))
+        others = [h for h in fields(spec) if h != f and types[h] == t and gold.get(h) is not None
+                  and normalize(t, gold[h]) == p]
+        pd, gd = _date_parts(pred.get(f)) if t == "date" else None, _date_parts(gold.get(f)) if t == "date" else None
+        if p is None:
+            out[f] = "missing"
+        elif others:
+            swapped = g is not None and any(normalize(t, pred.get(h)) == g for h in others)
+            out[f] = "swapped_fields" if swapped else "other_field_value"
+        elif g is None:
+            out[f] = "spurious"
+        elif pd and gd and pd[1] != pd[2] and (pd[0], pd[2], pd[1]) == gd:
+            out[f] = "day_month_swapped"
+        elif pd and _date(pred.get(f)) is None:
+            out[f] = "not_a_calendar_date"
+        elif pd and len(gold_dates) > 1 and all(any(pd[i] == d[i] for d in gold_dates) for i in range(3)):
+            out[f] = "date_recombined"
+        elif not validator(props[f]).is_valid(pred.get(f)):
+            out[f] = "format_error"
+        elif t == "text" and (p in g or g in p):
+            out[f] = "partial_span"
+        elif grounded(spec, f, pred.get(f), document):
+            out[f] = "other_value_in_document"
+        else:
+            out[f] = "invented"
+    return out
+
+
+def causes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> dict[str, str]:
+    """Per wrong field, why (a key of CAUSES)."""
+    return field_causes(spec, gold_of(doc), parse_prediction(text), doc["document"])
+
+
 def outcomes(spec: dict, doc: dict, text: str, logged: dict | None = None) -> dict[str, str]:
     """The per-unit outcomes of one answer (here: per field); `logged` (lm-eval's per-item scores) is not needed."""
     return field_outcomes(spec, gold_of(doc), parse_prediction(text), doc["document"])

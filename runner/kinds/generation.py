@@ -93,6 +93,21 @@ def outcomes(spec: dict, doc: dict, text: str, logged: dict) -> dict[str, str]:
     return {"reference": "correct" if logged["acceptable"] else "low_overlap"}
 
 
+CAUSES = {"empty": "no answer", "too_short": "under half the reference's length",
+          "too_long": "over twice the reference's length", "low_overlap": "chrF below the task's min_chrf"}
+
+
+def causes(spec: dict, doc: dict, text: str, logged: dict) -> dict[str, str]:
+    """{"reference": cause} when the answer is not acceptable: empty, far off the reference's length, or a
+    low-overlap answer of about the right length."""
+    if outcomes(spec, doc, text, logged)["reference"] == "correct":
+        return {}
+    if not text.strip():
+        return {"reference": "empty"}
+    ratio = len(text.strip()) / max(1, len(gold_of(doc)))
+    return {"reference": "too_short" if ratio < 0.5 else "too_long" if ratio > 2 else "low_overlap"}
+
+
 def score(spec: dict, doc: dict, text: str) -> dict:
     hyp, ref = text.strip(), gold_of(doc)
     c = chrf(hyp, ref)

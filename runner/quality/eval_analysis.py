@@ -121,7 +121,7 @@ def item_details(samples: list[dict], task: tasks.Task, edges: list[int]) -> lis
         rows.append({
             "doc_id": s["doc_id"], "id": doc.get("id"), "slices": {c: str(doc.get(c, "?")) for c in task.slices},
             "length": length_bucket(len(doc["document"]), edges),
-            "outcomes": scorer.outcomes(task.spec, doc, text, s),
+            "outcomes": scorer.outcomes(task.spec, doc, text, s), "causes": scorer.causes(task.spec, doc, text, s),
             "headline": s[task.headline], "document": doc["document"], "gold": scorer.gold_of(doc),
             "prediction": text,
         })

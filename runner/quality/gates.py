@@ -2,8 +2,10 @@
 
 A gate names a task metric (or `per_field: true` for every field's accuracy) and a bound on the difference
 model - baseline: `min_gain` (the difference must reach it) and/or `max_drop` (it must not fall below
--max_drop); `significant: true` also requires the CI of the difference to lie above zero. Each verdict says
-what was measured and by how much it passed or failed.
+-max_drop); `significant: true` also requires the CI of the difference to lie above zero. `baseline` names what
+the model is compared with: `base`, a prompting baseline (eval.baselines) or `strongest` (the best of them by
+the task's headline metric). Each verdict says what was measured, against what, and by how much it passed or
+failed.
 """
 from __future__ import annotations
 
@@ -12,18 +14,23 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:+.4f}"
 
 
-def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str], baseline: str,
-          main_task: str) -> list[dict]:
-    """comparisons: model -> task -> metric -> paired result; fields: field -> {"<m>-vs-<baseline>": paired}.
+def judge(gates: list[dict], comparisons: dict, fields: dict, models: list[str], main_task: str,
+          named: dict | None = None) -> list[dict]:
+    """comparisons: baseline -> model -> task -> metric -> paired result; fields: baseline -> field ->
+    {"<m>-vs-<baseline>": paired}; named: aliases of baselines ({"strongest": "base-fewshot"}).
     Returns one verdict per (gate, model)."""
     verdicts = []
     for i, g in enumerate(gates):
+        baseline = (named or {}).get(g.get("baseline", "base"), g.get("baseline", "base"))
         for m in g.get("models") or [x for x in models if x != baseline]:
             if g.get("per_field"):
-                checks = [(f"{f} accuracy", row.get(f"{m}-vs-{baseline}")) for f, row in fields.items()]
+                rows = fields.get(baseline, {})
+                checks = [(f"{f} accuracy", row.get(f"{m}-vs-{baseline}")) for f, row in rows.items()] or \
+                    [("every field's accuracy", None)]
             else:
                 task = g.get("task") or main_task
-                checks = [(f"{task}/{g['metric']}", comparisons.get(m, {}).get(task, {}).get(g["metric"]))]
+                checks = [(f"{task}/{g['metric']}",
+                           comparisons.get(baseline, {}).get(m, {}).get(task, {}).get(g["metric"]))]
             for what, cmp in checks:
                 verdicts.append(_check(i, g, m, baseline, what, cmp))
     return verdicts
@@ -35,7 +42,7 @@ def _check(i: int, g: dict, model: str, baseline: str, what: str, cmp: dict | No
         v.update(passed=False, reasons=[f"no paired result for {model} vs {baseline} on {what}"])
         return v
     d, low, high = cmp["diff"], cmp.get("low"), cmp.get("high")
-    v.update(diff=d, low=low, high=high)
+    v.update(diff=d, low=low, high=high, power=power(g, cmp))
     if "min_gain" in g and d < g["min_gain"]:
         v["reasons"].append(f"gain {_fmt(d)} is below the required {g['min_gain']:+.4f} "
                             f"(short by {g['min_gain'] - d:.4f})")
@@ -47,6 +54,20 @@ def _check(i: int, g: dict, model: str, baseline: str, what: str, cmp: dict | No
     return v
 
 
+def power(g: dict, cmp: dict) -> dict | None:
+    """How fine this comparison can judge: the standard error of the difference (from its 95% interval), the
+    smallest true difference detected 80% of the time at a two-sided 5% level (2.80 standard errors), and the
+    items needed for that to equal the gate's own bound (min_gain, else max_drop)."""
+    low, high, n = cmp.get("low"), cmp.get("high"), cmp.get("n")
+    if low is None or high is None or not n:
+        return None
+    se = (high - low) / (2 * 1.96)
+    mde = 2.80 * se
+    bound = g.get("min_gain") or g.get("max_drop")
+    need = int(-(-n * (mde / bound) ** 2 // 1)) if bound and mde else None
+    return {"se": round(se, 4), "detectable": round(mde, 4), "bound": bound, "n": n, "n_for_bound": need}
+
+
 def describe(g: dict, main_task: str) -> str:
     target = "every field's accuracy" if g.get("per_field") else f"{g.get('task') or main_task}/{g['metric']}"
     parts = []
@@ -56,4 +77,5 @@ def describe(g: dict, main_task: str) -> str:
         parts.append(f"drop <= {g['max_drop']}")
     if g.get("significant"):
         parts.append("CI of the gain above zero")
-    return f"{target}: " + ", ".join(parts)
+    against = g.get("baseline", "base")
+    return f"{target}: " + ", ".join(parts) + ("" if against == "base" else f" (vs {against})")

@@ -14,14 +14,16 @@ from runner.stage import StageError
 
 
 def scrape_tokens(url: str) -> dict:
-    """Prompt/predicted token counters from llama-server's Prometheus /metrics."""
+    """Prompt/predicted token counters and the engine's seconds spent on each (summed over requests) from
+    llama-server's Prometheus /metrics."""
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return {}
     out = {}
-    for key in ("prompt_tokens_total", "tokens_predicted_total"):
+    for key in ("prompt_tokens_total", "tokens_predicted_total", "prompt_seconds_total",
+                "tokens_predicted_seconds_total"):
         m = re.search(rf"^llamacpp:{key}\s+([\d.e+]+)", text, re.M)
         if m:
             out[key] = float(m.group(1))

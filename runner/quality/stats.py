@@ -113,3 +113,47 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
 def significant(cmp: dict) -> bool:
     """'Improved' or 'worse' means the interval of the difference excludes zero."""
     return cmp.get("low") is not None and (cmp["low"] > 0 or cmp["high"] < 0)
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def _z(p: float) -> float:
+    """The standard normal quantile (bisection on the CDF; p in (0, 1))."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _phi(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def non_inferiority(ref_right: np.ndarray, new_right: np.ndarray, units: np.ndarray, margin: float,
+                    alpha: float = 0.05, power: float = 0.8, iters: int = 2000, seed: int = 0) -> dict:
+    """Is `new` no worse than `ref` by more than `margin` in the share of right unit decisions (per field, per
+    label)? Per item: how many of its `units` decisions each got right. The drop (ref - new) / decisions is
+    bootstrapped over items (decisions of one item stay together), and `new` is non-inferior when the one-sided
+    (1 - alpha) upper bound of the drop is <= margin.
+
+    Power is for a true drop of zero at this n, from the bootstrap standard error: Phi(margin / se - z(1-alpha));
+    `n_required` is the number of items for the asked power (se shrinks as 1/sqrt(n))."""
+    ref_right, new_right, units = (np.asarray(x, dtype=float) for x in (ref_right, new_right, units))
+    n, decisions = len(units), float(units.sum())
+    out = {"n": n, "decisions": int(decisions), "margin": margin, "alpha": alpha,
+           "discordant_items": int((ref_right != new_right).sum()),
+           "ref_share": float(ref_right.sum() / decisions) if decisions else None,
+           "new_share": float(new_right.sum() / decisions) if decisions else None}
+    if n < 2 or not decisions:
+        return {**out, "drop": None, "upper": None, "se": None, "power": None, "n_required": None, "passed": False,
+                "why": f"{n} item(s), {int(decisions)} decision(s): nothing to test"}
+    m = Metric(np.stack([ref_right - new_right, units], axis=1), lambda s: s[..., 0] / s[..., 1])
+    draws = m._of(m.values[_indices(n, iters, seed)])
+    drop, upper, se = m.point(), float(np.quantile(draws, 1 - alpha)), float(draws.std(ddof=1))
+    za, zb = _z(1 - alpha), _z(power)
+    pw = None if se == 0 else _phi(margin / se - za)  # no discordant item: no spread to estimate power from
+    need = None if se == 0 else int(math.ceil(n * (se * (za + zb) / margin) ** 2))
+    passed = upper <= margin
+    why = (f"drop {drop:+.4f} of {int(decisions)} decisions on {n} items, one-sided {1 - alpha:.0%} upper bound "
+           f"{upper:+.4f} {'<=' if passed else '>'} margin {margin}")
+    return {**out, "drop": drop, "upper": upper, "se": se, "power": pw, "power_target": power, "n_required": need,
+            "passed": passed, "why": why}

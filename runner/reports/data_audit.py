@@ -52,6 +52,11 @@ def write(page: fmt.Page) -> dict[str, str]:
     L = ["# Data audit", "",
          f"Dataset version **`{metrics['dataset_version']}`** "
          f"({', '.join(f'{n}: {len(p)}' for n, p in parts.items())} records).", ""]
+    held = (page.recipe.get("data") or {}).get("split", {}).get("holdout")
+    if held:
+        L += ["Out-of-distribution split `ood`: every record with " + " or ".join(
+            f"{c} in {{{', '.join(map(str, v))}}}" for c, v in held.items()) + " is held out of train, eval and test "
+            "(training never sees it); the eval stage scores a sample of it separately.", ""]
     if dataset.get("generator"):
         g = dataset["generator"]
         L += [f"Source: synthetic generator `{g['name']}`, seed {g['seed']}, {g['size']} raw records, defects "

@@ -117,6 +117,22 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
                 f"{k} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" + (" ▲" if c.get("improved") else
                                                                               " ▼" if c.get("worse") else "")
                 for k, c in t.items() if k in task["key_metrics"] and c.get("low") is not None)]
+        sb, main = ev.metrics.get("strongest_baseline"), fmt.recorded_task(ev.metrics)["name"]
+        ood = task.get("ood_task")
+        for name, m in ev.metrics["models"].items():
+            t, o = m["tasks"].get(main, {}), m["tasks"].get(ood or "", {})
+            if o and name != "base":
+                h = task["headline"]
+                lines += ["", f"{name} out of distribution ({o['samples']} held-out items, slice values training never "
+                          f"saw): {h} {fmt.ci(o['ci'].get(h))} vs {fmt.ci(t.get('ci', {}).get(h))} on the test split."]
+        if sb and ev.metrics.get("baselines"):
+            for name, per in (ev.metrics.get("baseline_comparisons") or {}).get(sb["name"], {}).items():
+                cells = [f"{k} {fmt.diff(c)}" for k, c in per.items() if k in task["key_metrics"]]
+                lines += ["", f"{name} − {sb['name']}, the strongest prompting baseline of "
+                          f"{1 + len(ev.metrics['baselines'])} (few-shot, constrained decoding): " + ", ".join(cells)]
+            base_rows = {n: d["tasks"].get(main, {}) for n, d in ev.metrics["baselines"].items()}
+            lines += ["", "Prompting baselines (" + task["headline"] + "): " + ", ".join(
+                f"{n} {fmt.num(t.get(task['headline']))}" for n, t in base_rows.items()) + "."]
         failed = [g for g in ev.metrics.get("gates", []) if not g["passed"]]
         if ev.metrics.get("gates"):
             lines += ["", f"Gates: {len(ev.metrics['gates']) - len(failed)} of {len(ev.metrics['gates'])} passed"

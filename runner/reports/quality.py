@@ -63,10 +63,13 @@ def chart_breakdowns(breakdowns: dict, out: Path, task: dict) -> str | None:
             width = 0.8 / max(1, len(models))
             for i, m in enumerate(models):
                 vals = [rows[k][m]["value"] or 0 for k in keys]
-                ax.bar([x + i * width for x in range(len(keys))], vals, width, label=m)
-            ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))], keys, rotation=60, fontsize=7)
+                err = [[max(0, v - (rows[k][m].get("low") if rows[k][m].get("low") is not None else v)) for v, k in zip(vals, keys)],
+                       [max(0, (rows[k][m].get("high") if rows[k][m].get("high") is not None else v) - v) for v, k in zip(vals, keys)]]
+                ax.bar([x + i * width for x in range(len(keys))], vals, width, yerr=err, capsize=1.5, label=m)
+            ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(keys))],
+                          [f"{k} (n={rows[k][models[0]]['n']})" for k in keys], rotation=60, fontsize=7)
             ax.set_ylim(0, max([1.0] + [rows[k][m]["value"] or 0 for k in keys for m in models]) * 1.05)
-            ax.set_title(f"by {dim} ({_label(task, dim)})", fontsize=9)
+            ax.set_title(f"by {dim} ({_label(task, dim)}, 95% CI)", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
     return "quality_breakdowns.png"
@@ -143,6 +146,8 @@ def write(page: fmt.Page) -> dict[str, str]:
         L += [""]
         if "quality_metrics_png" in charts:
             L += [f"![metrics]({charts['quality_metrics_png']})", ""]
+    L += ood_section(metrics, page.recipe)
+    L += baselines_section(metrics)
     # where
     bd = analysis.get("breakdowns", {})
     if bd and base:
@@ -172,6 +177,7 @@ def write(page: fmt.Page) -> dict[str, str]:
             L.append(f"| {g} | " + " | ".join(str(c["matrix"][g][p]) for p in cols) +
                      f" | {_v(pc['precision'])} | {_v(pc['recall'])} | {_v(pc['f1'])} |")
         L += [""]
+    L += causes_section(metrics, analysis.get("causes") or {})
     # failures
     for m, f in analysis.get("failures", {}).items():
         counts = f["counts"]
@@ -221,13 +227,19 @@ def write(page: fmt.Page) -> dict[str, str]:
         L += [""]
     # gates
     if metrics.get("gates") is not None and cfg.get("gates"):
-        L += ["## Gates", "", "| gate | model | measured | verdict |", "|---|---|---|---|"]
+        L += ["## Gates", "", "| gate | model | measured | power | verdict |", "|---|---|---|---|---|"]
         for v in metrics["gates"]:
             g = cfg["gates"][v["gate"]]
             measured = f"{v['what']}: {fmt.diff(v) if 'diff' in v else '–'}"
-            L.append(f"| {gates_mod.describe(g, main)} | {v['model']} | {measured} | "
+            vs = "" if v.get("baseline", "base") == "base" else f" vs {v['baseline']}"
+            pw = v.get("power")
+            power = (f"n={pw['n']}: detects {pw['detectable']:.3f} (80%); {pw['n_for_bound']} items to detect "
+                     f"{pw['bound']}" if pw and pw.get("n_for_bound") else "–")
+            L.append(f"| {gates_mod.describe(g, main)} | {v['model']}{vs} | {measured} | {power} | "
                      + ("pass" if v["passed"] else "**FAIL**: " + "; ".join(v["reasons"])) + " |")
-        L += [""]
+        L += ["", "Power: the smallest true difference the comparison detects 80% of the time (two-sided 5%, 2.8 "
+              "standard errors of the paired difference), and the items it would take to detect the gate's own "
+              "bound. A gate whose bound is below what its n detects cannot tell a pass from noise.", ""]
     # fidelity
     if metrics.get("fidelity"):
         L += ["## Fidelity: served f16 GGUF vs the HF model", ""]
@@ -266,6 +278,116 @@ def write(page: fmt.Page) -> dict[str, str]:
     L += [""]
     (out / "quality.md").write_text("\n".join(L) + "\n")
     return {"quality": "quality.md", **charts}
+
+
+def ood_section(metrics: dict, recipe: dict) -> list[str]:
+    """The out-of-distribution split (data.split.holdout) beside the test split, per model."""
+    task = metrics["task"]
+    ood, main = task.get("ood_task"), task["name"]
+    models = [m for m in metrics["models"] if ood and ood in metrics["models"][m]["tasks"]]
+    if not models:
+        return []
+    held = ((recipe.get("data") or {}).get("split") or {}).get("holdout") or {}
+    n = metrics["models"][models[0]]["tasks"][ood]["samples"]
+    tuned = [m for m in models if m != "base"]
+    L = [f"## Out of distribution ({ood}, {n} items)", "",
+         "Documents whose " + " or ".join(f"{c} is {'/'.join(map(str, v))}" for c, v in held.items())
+         + ": the data stage held every such record out of train, eval and test, so no model was tuned on them.", "",
+         "| metric | " + " | ".join(f"{m} test → ood" for m in models) + " | "
+         + " | ".join(f"{m} − base (ood)" for m in tuned if "base" in models) + " |",
+         "|---" * (1 + len(models) + (len(tuned) if "base" in models else 0)) + "|"]
+    for k in task["metrics"]:
+        cells = [f"{fmt.ci(metrics['models'][m]['tasks'].get(main, {}).get('ci', {}).get(k), 2)} → "
+                 f"{fmt.ci(metrics['models'][m]['tasks'][ood]['ci'].get(k), 2)}" for m in models]
+        diffs = [fmt.diff(metrics["comparisons"].get(m, {}).get(ood, {}).get(k)) for m in tuned] if "base" in models else []
+        L.append(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+    return L + ["", "test → ood: the same model on different items, so the two intervals are independent, not paired.",
+                ""]
+
+
+def baselines_section(metrics: dict) -> list[str]:
+    """What fine-tuning buys over prompting alone: every prompting baseline (few-shot, constrained decoding) and
+    every fine-tuned model on the same test items, and each model's paired difference against the strongest."""
+    strongest, bls = metrics.get("strongest_baseline"), metrics.get("baselines") or {}
+    if not strongest or not bls:
+        return []
+    task = metrics["task"]
+    main, keys = task["name"], [k for k in task["key_metrics"]]
+    if task["kind"] == "extraction" and "consistent" in task["metrics"]:
+        keys.append("consistent")
+    rows = {"base": {"shots": 0, "constrained": False, **metrics["models"]["base"]}, **bls}
+    tuned = [m for m in metrics["models"] if m != "base"]
+    L = ["## Against prompting baselines", "",
+         "The base model prompted better, on the same test items: few-shot examples (the first k of the training "
+         "split, as user/assistant turns) and/or decoding constrained to the task's answer contract "
+         "(llama-server's `response_format`).", "",
+         "| model | shots | constrained | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+    for name, d in rows.items():
+        ci = d["tasks"].get(main, {}).get("ci", {})
+        L.append(f"| {name} | {d.get('shots', 0)} | {'yes' if d.get('constrained') else 'no'} | "
+                 + " | ".join(fmt.ci(ci.get(k)) for k in keys) + " |")
+    for m in tuned:
+        ci = metrics["models"][m]["tasks"].get(main, {}).get("ci", {})
+        L.append(f"| **{m}** (fine-tuned) | 0 | no | " + " | ".join(fmt.ci(ci.get(k)) for k in keys) + " |")
+    s = strongest["name"]
+    L += ["", f"Strongest baseline by {strongest['metric']}: **{s}** ({fmt.num(strongest['value'])}).", ""]
+    for m in tuned:
+        c = (metrics.get("baseline_comparisons") or {}).get(s, {}).get(m) or {}
+        if c:
+            L += [f"| {m} − {s} | " + " | ".join(keys) + " |", "|---" * (1 + len(keys)) + "|",
+                  "| paired difference | " + " | ".join(fmt.diff(c.get(k)) for k in keys) + " |", ""]
+            sig = [k for k in keys if c.get(k, {}).get("improved")]
+            L.append(f"What fine-tuning buys over prompting alone ({m}): "
+                     + ("; ".join(f"{k} {c[k]['diff']:+.3f}" for k in keys if c.get(k, {}).get("diff") is not None))
+                     + (f" — significant on {', '.join(sig)}." if sig else " — not significant on any."))
+            L.append("")
+    return L
+
+
+def causes_section(metrics: dict, causes: dict) -> list[str]:
+    """Why units are wrong, per model with intervals, the paired change per cause, where each cause concentrates
+    and examples."""
+    if not causes.get("causes"):
+        return []
+    strongest = (metrics.get("strongest_baseline") or {}).get("name")
+    shown = [m for m in dict.fromkeys(["base", strongest, *[m for m in metrics["models"] if m != "base"]])
+             if m and m in causes["models"]]
+    changes = list(causes.get("changes") or {})
+    unit = metrics["task"].get("unit") or "answer"
+    L = ["## Failure causes", "",
+         f"Why each wrong {unit} is wrong (the task kind's rules, most specific first). A cell: items with at least "
+         f"one {unit} wrong for that cause, and their share of the {next(iter(causes['models'].values()))['n']} test "
+         "items [95% CI]; the changes are paired on the same items (negative: fewer such items).", "",
+         "| cause | meaning | " + " | ".join(shown) + " | " + " | ".join(c.replace("-vs-", " − ") for c in changes)
+         + " |", "|---" * (2 + len(shown) + len(changes)) + "|"]
+    for c, meaning in causes["causes"].items():
+        cells = []
+        for m in shown:
+            b = causes["models"][m]["by_cause"][c]
+            cells.append(f"{b['items']} ({fmt.ci(b['rate'], 2)})")
+        L.append(f"| {c} | {meaning} | " + " | ".join(cells) + " | "
+                 + " | ".join(fmt.diff(causes["changes"][k].get(c)) for k in changes) + " |")
+    focus = causes.get("focus")
+    if focus:
+        L += ["", f"Where the causes of {focus} concentrate (the slice value with the highest lift over its share of "
+              "the test items), and how much of the training split that value is:", ""]
+        for c in causes["causes"]:
+            b = causes["models"][focus]["by_cause"][c]
+            if not b["items"]:
+                continue
+            units = ", ".join(f"{u} {n}" for u, n in sorted(b["by_unit"].items(), key=lambda kv: -kv[1]))
+            w = (causes.get("why") or {}).get(c)
+            where = (f"{w['cases']} of {w['of']} in {w['column']}={w['value']} ({w['test_share']:.0%} of the test items, "
+                     f"{fmt.num(w['train_share'] * 100 if w['train_share'] is not None else None, 0)}% of the training "
+                     f"split; lift {w['lift']})" if w else "no slice value holds 1.5x its share of the items: spread "
+                     "across the slices")
+            L.append(f"- **{c}** ({b['items']} items; {units}): {where}.")
+    L += ["", "Examples (the first fine-tuned model's first):", ""]
+    for c, exs in (causes.get("examples") or {}).items():
+        for e in exs:
+            L.append(f"- {c}: `{e['id']}` ({'/'.join(e['slices'].values())}, {e['model']}) {e['unit']}: gold "
+                     f"`{_compact(e['gold'])}`, answered `{_compact(e['answer'])}`")
+    return L + [""]
 
 
 def _compact(obj) -> str:

@@ -66,6 +66,23 @@ def to_chat(rec: dict, system_prompt: str, task: tasks.Task) -> dict:
     }
 
 
+def holdout(records: list[dict], held: dict[str, list], task) -> tuple[list[dict], list[dict]]:
+    """(the out-of-distribution split, the rest): records whose slice value is one `data.split.holdout` names
+    (e.g. {locale: [it_IT], layout: [letter]}) never reach train, eval or test."""
+    for col, values in held.items():
+        if col not in task.slices:
+            raise StageError(f"data.split.holdout.{col}: not a slice column of task '{task.name}' "
+                             f"(slices: {', '.join(task.slices) or 'none'})")
+        seen = {str(r.get(col)) for r in records}
+        missing = [v for v in values if str(v) not in seen]
+        if missing:
+            raise StageError(f"data.split.holdout.{col}: {', '.join(map(str, missing))} matches no record "
+                             f"(values: {', '.join(sorted(seen))})")
+    out = [r for r in records if any(str(r.get(c)) in {str(v) for v in vs} for c, vs in held.items())]
+    ids = {r["id"] for r in out}
+    return out, [r for r in records if r["id"] not in ids]
+
+
 def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[str, list[dict]]:
     """Seeded, stratified by the task's slice columns. Each stratum is shuffled and cut by the fractions; the
     fractional remainders carry over from stratum to stratum, so small strata still feed every split and the
@@ -136,7 +153,7 @@ def ingest(cfg: dict, out, task: tasks.Task) -> tuple[list[dict], list[dict]]:
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
     task = tasks.of(ctx.recipe)
-    total = sum(cfg["split"].values())
+    total = sum(cfg["split"][k] for k in SPLITS)
     if abs(total - 1.0) > 1e-6:
         raise StageError(f"data.split: fractions must add up to 1.0, found {total:g}")
     led = Ledger()
@@ -275,9 +292,13 @@ def run(ctx: Context) -> Result:
 
     t0 = time.time()
     # strata: the task's slice columns, and for a classification task the label too (like stratify=y)
+    held, chats = holdout(chats, cfg["split"]["holdout"] or {}, task)
     parts = split(chats, cfg["split"], ctx.seed, task.slices + (("gold",) if task.scorer.STRATIFY_BY_ANSWER else ()))
+    splits = SPLITS + (("ood",) if cfg["split"]["holdout"] else ())
+    if cfg["split"]["holdout"]:
+        parts["ood"] = held
     leaks = {}
-    for name in ("eval", "test"):
+    for name in splits[1:]:
         if parts[name] and parts["train"]:
             hits = dedup.leakage([c["document"] for c in parts["train"]], [c["document"] for c in parts[name]],
                                  dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"])
@@ -289,7 +310,7 @@ def run(ctx: Context) -> Result:
     led.step("split+leakage", [c for p in parts.values() for c in p], t0)
 
     files, digests = {}, {}
-    for name in SPLITS:
+    for name in splits:
         if not parts[name] and name in ("train", "test"):
             raise StageError(f"split '{name}' is empty after cleaning: raise data.generator.size or the split fraction")
         path = ctx.out / f"{name}.jsonl"
@@ -311,7 +332,7 @@ def run(ctx: Context) -> Result:
                             outlier_ids) if injected else None
     dataset = {
         "version": version,
-        "files": {n: {"path": files[n], "sha256": digests[n], "records": len(parts[n])} for n in SPLITS},
+        "files": {n: {"path": files[n], "sha256": digests[n], "records": len(parts[n])} for n in splits},
         "source": "generator" if not cfg["sources"] else "sources",
         "generator": cfg["generator"] if not cfg["sources"] else None,
         "sources": cfg["sources"], "cleaning": {k: cfg[k] for k in ("normalize", "dedup", "pii", "labels",
@@ -322,7 +343,7 @@ def run(ctx: Context) -> Result:
     finding_counts = Counter((f["type"], f["action"]) for fs in findings.values() for f in fs)
     metrics = {
         "dataset_version": version, "counts": dict(led.counts), "step_seconds": led.seconds,
-        "records": {n: len(parts[n]) for n in SPLITS},
+        "records": {n: len(parts[n]) for n in splits},
         "removed_by_step": dict(Counter(r["step"] for r in removed)),
         "flagged_by_step": dict(Counter(f["step"] for f in led.flags)),
         "pii_findings": {f"{t}:{a}": n for (t, a), n in sorted(finding_counts.items())},
@@ -340,7 +361,7 @@ def run(ctx: Context) -> Result:
     if cfg["dvc"]["enabled"]:
         from runner.adapters import dvc
         ctx.progress("dvc add")
-        metrics["dvc"] = dvc.track([ctx.out / files[n] for n in SPLITS], version, env.runs_root() / "dvc",
+        metrics["dvc"] = dvc.track([ctx.out / files[n] for n in splits], version, env.runs_root() / "dvc",
                                    cfg["dvc"].get("remote"), ctx.log("dvc.log"))
     (ctx.out / "flags.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in led.flags))
     written = data_audit.write(Page(ctx.out, metrics, {"parts": parts, "removed": removed, "clusters": clusters,
@@ -349,5 +370,5 @@ def run(ctx: Context) -> Result:
     return Result(metrics=metrics,
                   artifacts={**files, "dataset": "dataset.json", "removed": "removed.jsonl", **written,
                              "findings": "findings.json", "clusters": "clusters.json", "flags": "flags.jsonl"},
-                  notes=[f"version {version}", "/".join(str(len(parts[n])) for n in SPLITS) + " train/eval/test",
+                  notes=[f"version {version}", "/".join(str(len(parts[n])) for n in splits) + " " + "/".join(splits),
                          f"{len(removed)} removed, {len(led.flags)} flagged"])

@@ -17,7 +17,7 @@ import time
 from runner import models, tasks
 from runner.adapters import llama_cpp, lm_eval
 from runner.quality import eval_analysis as ea
-from runner.quality import gates, served_eval
+from runner.quality import failure_causes, gates, served_eval
 from runner.reports import quality
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
@@ -51,6 +51,7 @@ def sha256(path) -> str:
 
 
 def sample_train_split(train_file, out_file, n: int, seed: int):
+    """A seeded sample of n rows of a split file (all of them, shuffled, when it has fewer)."""
     rows = [x for x in train_file.read_text().splitlines() if x.strip()]
     rows = random.Random(seed).sample(rows, min(n, len(rows)))
     out_file.write_text("\n".join(rows) + "\n")
@@ -75,6 +76,11 @@ def plan(ctx: Context, names: list[str]) -> list[dict]:
         sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
         lm_eval.write_task(task, tasks_dir, sample, cfg["max_gen_tokens"], name=task.train_task)
         runs[0]["tuned_tasks"] = [task.train_task]
+    if "ood" in data.artifacts:  # data.split.holdout: scored for every model, reported apart from the test split
+        sample = sample_train_split(data.path("ood"), ctx.out / "ood_sample.jsonl", cfg["ood_sample"] or 10 ** 9,
+                                    ctx.seed)
+        lm_eval.write_task(task, tasks_dir, sample, cfg["max_gen_tokens"], name=task.ood_task)
+        runs[0]["tasks"] = runs[0]["tasks"] + [task.ood_task]
     if cfg["general_task"]:
         lm_eval.write_task(cfg["general_task"], tasks_dir)
         runs.append({"name": "general", "tasks": [cfg["general_task"]], "system": None, "tuned_tasks": []})
@@ -160,6 +166,59 @@ def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dic
     return result
 
 
+def score_baselines(ctx: Context, names: list[str], iters: int) -> tuple[dict, dict, dict]:
+    """The prompting baselines (eval.baselines): the base model's f16 GGUF served again, the test task written
+    with k few-shot examples from the training split and/or the task's answer contract as llama-server's
+    response_format. Returns (metrics per baseline, samples per baseline, artifacts)."""
+    cfg, data, task = ctx.section("eval"), ctx.inputs["data"], tasks.of(ctx.recipe)
+    if not cfg["baselines"]:
+        return {}, {}, {}
+    if cfg["backend"] != "llama-server" or "base" not in names:
+        raise StageError("eval.baselines are scored by serving the base model's GGUF: they need eval.backend "
+                         f"llama-server and 'base' among the models (backend {cfg['backend']}, models "
+                         f"{', '.join(names)})")
+    scoring = tasks.scoring(task.name, tuple(ctx.recipe.get("task_paths") or ()))
+    contract = task.scorer.response_format(task.spec)
+    got, samples_of, artifacts = {}, {}, {}
+    for i, b in enumerate(cfg["baselines"]):
+        name = b["name"]
+        if name in names or name in got:
+            raise StageError(f"eval.baselines[{i}].name: '{name}' is already the name of a model or baseline")
+        if b["constrained"] and contract is None:
+            raise StageError(f"eval.baselines[{i}].constrained: a {task.kind} task has no answer contract to "
+                             "constrain decoding to (only extraction and classification do)")
+        tasks_dir = ctx.out / "baseline_tasks" / name  # not under tasks/: lm-eval reads include paths recursively
+        lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"], shots=b["shots"],
+                           shots_file=data.path("train"), response_format=contract if b["constrained"] else None)
+        out = ctx.out / name
+        out.mkdir(parents=True)
+        t0 = time.time()
+        timing = served_eval.score(ctx.out / "base" / "model-f16.gguf", name,
+                                   [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe)}],
+                                   tasks_dir, out, ctx.log, ctx.progress, threads=ctx.threads,
+                                   concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"], limit=cfg["limit"],
+                                   seed=ctx.seed)
+        agg, samples = lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{name}-test.log"))
+        (out / f"samples_{task.name}.jsonl").write_text(
+            "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        artifacts[f"{name}-samples-{task.name}"] = f"{name}/samples_{task.name}.jsonl"
+        ci = ea.summarize(task.name, scoring, samples, agg, iters, ctx.seed)
+        got[name] = {"shots": b["shots"], "constrained": b["constrained"], "seconds": round(time.time() - t0, 1),
+                     "tasks": {task.name: {k: v["value"] for k, v in ci.items()} | {"samples": len(samples), "ci": ci}},
+                     **timing}
+        samples_of[name] = samples
+    return got, samples_of, artifacts
+
+
+def strongest(metrics: dict, task: tasks.Task) -> dict:
+    """The strongest prompting baseline (base included) by the task's headline metric on the test split."""
+    scored = {"base": metrics["models"]["base"], **metrics["baselines"]}
+    vals = {n: d["tasks"][task.name][task.headline] for n, d in scored.items()
+            if d["tasks"].get(task.name, {}).get(task.headline) is not None}
+    name = max(vals, key=vals.get) if vals else "base"
+    return {"name": name, "metric": task.headline, "value": vals.get(name)}
+
+
 def pii_in_outputs(rows: list[dict], task: tasks.Task) -> dict:
     """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers, copied from the document or
     not. When the answer parses, only its string values are scanned: amounts are numbers by the task schema,
@@ -216,20 +275,39 @@ def run(ctx: Context) -> Result:
             scored[t] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
         metrics["models"][name] = {"tasks": scored, **timing}
 
-    # paired comparisons against the baseline, per task
-    comparisons = {}
+    # prompting baselines (few-shot, constrained decoding) on the same test items
+    metrics["baselines"], baseline_samples, more = score_baselines(ctx, names, iters)
+    artifacts.update(more)
+
+    # paired comparisons against the baseline, per task; against every prompting baseline on the recipe's task
+    comparisons, vs = {}, {}
     if baseline:
         for m in tuned:
             comparisons[m] = {t: ea.compare(t, tasks.scoring(t, paths), results[baseline][t]["samples"],
                                             results[m][t]["samples"], iters, seed)
                               for t in results[baseline] if t in results[m]}
+        vs = {"base": comparisons}
+        for b, samples in baseline_samples.items():
+            vs[b] = {m: {main: ea.compare(main, tasks.scoring(main, paths), samples, results[m][main]["samples"],
+                                          iters, seed)} for m in tuned if main in results[m]}
+        metrics["strongest_baseline"] = strongest(metrics, task)
+        metrics["baseline_comparisons"] = {b: {m: c[main] for m, c in per.items() if main in c}
+                                           for b, per in vs.items()}
     metrics["comparisons"] = comparisons
 
     # the recipe's task: per-item detail, breakdowns by field and slice, failure cases, PII in outputs, train/test gap
     edges = cfg["length_buckets_chars"]
     details = {m: ea.item_details(results[m][main]["samples"], task, edges) for m in names if main in results[m]}
+    baseline_details = {b: ea.item_details(s, task, edges) for b, s in baseline_samples.items()}
     analysis = {"breakdowns": ea.breakdowns(details, baseline or "", iters, seed, task) if details else {},
                 "failures": {}, "pii": {m: pii_in_outputs(rows, task) for m, rows in details.items()}, "gap": {}}
+    if details:
+        pairs = [(m, b) for m in tuned for b in dict.fromkeys([baseline, metrics.get("strongest_baseline", {}).get("name")])
+                 if b]
+        train_rows = [json.loads(x) for x in ctx.inputs["data"].path("train").read_text().splitlines() if x.strip()]
+        analysis["causes"] = failure_causes.analyze({**details, **baseline_details}, task.scorer.CAUSES, task.slices,
+                                                    train_rows, pairs, tuned[0] if tuned else None, iters, seed,
+                                                    cfg["cause_examples"])
     if task.kind == "classification":
         analysis["confusion"] = {m: ea.confusion(rows, task.spec["labels"], task) for m, rows in details.items()}
     for m in tuned:
@@ -255,8 +333,15 @@ def run(ctx: Context) -> Result:
     if cfg["gates"]:
         if not baseline:
             raise StageError("eval.gates compare against a baseline, but eval.models has no 'base'")
-        verdicts = gates.judge(cfg["gates"], comparisons, analysis["breakdowns"].get(task.scorer.UNIT or "", {}),
-                               tuned, baseline, main)
+        unit = task.scorer.UNIT or ""
+        named = {"strongest": metrics["strongest_baseline"]["name"]}
+        units = {"base": analysis["breakdowns"].get(unit, {})}
+        for g in cfg["gates"]:
+            b = named.get(g["baseline"], g["baseline"])
+            if g.get("per_field") and b not in units and b in baseline_details:
+                units[b] = ea.breakdowns({b: baseline_details[b], **{m: details[m] for m in tuned}}, b, iters, seed,
+                                         task).get(unit, {})
+        verdicts = gates.judge(cfg["gates"], vs, units, tuned, main, named)
     metrics["gates"] = verdicts
     # llama-server batches concurrent requests across its slots and its kernels are not batch-invariant, so
     # greedy answers are bit-exact from run to run only with one slot (llama.cpp issues #6950, #7052)
