@@ -30,6 +30,19 @@ def quality(inputs: dict[str, Output]) -> list[str]:
         L.append(f"- `{m}` vs base on the held-out test split: {head} {verdict}, {_ci(f1)} (paired bootstrap, "
                  f"p={f1['p']:.3f}, n={f1['n']})" + (f"; {second} {_ci(main[second])}" if main.get(
                      second, {}).get("diff") is not None else "") + ".")
+        sb = em.get("strongest_baseline") or {}
+        vs = (em.get("baseline_comparisons") or {}).get(sb.get("name"), {}).get(m) or {}
+        if em.get("baselines") and vs.get(head):
+            L.append(f"  - Against the strongest prompting baseline (`{sb['name']}`, of "
+                     f"{1 + len(em['baselines'])}: few-shot and/or constrained decoding): {head} {_ci(vs[head])}"
+                     + (f", {second} {_ci(vs[second])}" if vs.get(second) else "") + ".")
+        ood = d.get(fmt.recorded_task(em).get("ood_task") or "", {}).get(head)
+        if ood and ood.get("diff") is not None:
+            t = em["models"][m]["tasks"]
+            o, i = t[fmt.recorded_task(em)["ood_task"]], t[fmt.recorded_task(em)["name"]]
+            L.append(f"  - Out of distribution ({o['samples']} held-out items of a locale/layout training never saw): "
+                     f"{head} {fmt.ci(o['ci'].get(head))} vs {fmt.ci(i['ci'].get(head))} on the test split; "
+                     f"vs base {_ci(ood)}.")
         gen = d.get(em.get("general_task") or "", {}).get("accuracy")
         if gen and gen.get("diff") is not None:
             L.append(f"  - General instructions (forgetting check): accuracy {_ci(gen)}" +
@@ -45,7 +58,7 @@ def quality(inputs: dict[str, Output]) -> list[str]:
         cost = sum(t.get("cost_usd") or 0 for t in train.metrics.values() if isinstance(t, dict))
         secs = sum(t.get("seconds") or 0 for t in train.metrics.values() if isinstance(t, dict))
         L.append(f"- Cost: training {secs:.0f} s, ${cost:.4f} at the recipe's price; evaluation "
-                 f"{sum(d.get('seconds') or 0 for d in em['models'].values()):.0f} s "
+                 f"{sum(d.get('seconds') or 0 for d in [*em['models'].values(), *(em.get('baselines') or {}).values()]):.0f} s "
                  "([training.md](training.md)).")
     if q and q.metrics.get("chosen"):
         L.append(f"- Deployed as `{q.metrics['chosen']}`: {q.metrics.get('chosen_why')} "
