@@ -50,9 +50,9 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def sample_train_split(train_file, out_file, n: int, seed: int):
+def sample_split(split_file, out_file, n: int, seed: int):
     """A seeded sample of n rows of a split file (all of them, shuffled, when it has fewer)."""
-    rows = [x for x in train_file.read_text().splitlines() if x.strip()]
+    rows = [x for x in split_file.read_text().splitlines() if x.strip()]
     rows = random.Random(seed).sample(rows, min(n, len(rows)))
     out_file.write_text("\n".join(rows) + "\n")
     return out_file
@@ -73,11 +73,11 @@ def plan(ctx: Context, names: list[str]) -> list[dict]:
     runs = [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe),
              "tuned_tasks": []}]
     if cfg["train_sample"] and any(m != "base" for m in names):
-        sample = sample_train_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
+        sample = sample_split(data.path("train"), ctx.out / "train_sample.jsonl", cfg["train_sample"], ctx.seed)
         lm_eval.write_task(task, tasks_dir, sample, cfg["max_gen_tokens"], name=task.train_task)
         runs[0]["tuned_tasks"] = [task.train_task]
     if "ood" in data.artifacts:  # data.split.holdout: scored for every model, reported apart from the test split
-        sample = sample_train_split(data.path("ood"), ctx.out / "ood_sample.jsonl", cfg["ood_sample"] or 10 ** 9,
+        sample = sample_split(data.path("ood"), ctx.out / "ood_sample.jsonl", cfg["ood_sample"] or 10 ** 9,
                                     ctx.seed)
         lm_eval.write_task(task, tasks_dir, sample, cfg["max_gen_tokens"], name=task.ood_task)
         runs[0]["tasks"] = runs[0]["tasks"] + [task.ood_task]
