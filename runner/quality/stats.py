@@ -8,6 +8,7 @@ and binary metrics also get McNemar's exact test.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,19 +116,6 @@ def significant(cmp: dict) -> bool:
     return cmp.get("low") is not None and (cmp["low"] > 0 or cmp["high"] < 0)
 
 
-def _phi(x: float) -> float:
-    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
-
-
-def _z(p: float) -> float:
-    """The standard normal quantile (bisection on the CDF; p in (0, 1))."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _phi(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 def non_inferiority(ref_right: np.ndarray, new_right: np.ndarray, units: np.ndarray, margin: float,
                     alpha: float = 0.05, power: float = 0.8, iters: int = 2000, seed: int = 0) -> dict:
     """Is `new` no worse than `ref` by more than `margin` in the share of right unit decisions (per field, per
@@ -149,8 +137,9 @@ def non_inferiority(ref_right: np.ndarray, new_right: np.ndarray, units: np.ndar
     m = Metric(np.stack([ref_right - new_right, units], axis=1), lambda s: s[..., 0] / s[..., 1])
     draws = m._of(m.values[_indices(n, iters, seed)])
     drop, upper, se = m.point(), float(np.quantile(draws, 1 - alpha)), float(draws.std(ddof=1))
-    za, zb = _z(1 - alpha), _z(power)
-    pw = None if se == 0 else _phi(margin / se - za)  # no discordant item: no spread to estimate power from
+    normal = NormalDist()
+    za, zb = normal.inv_cdf(1 - alpha), normal.inv_cdf(power)
+    pw = None if se == 0 else normal.cdf(margin / se - za)  # no discordant item: no spread to estimate power from
     need = None if se == 0 else int(math.ceil(n * (se * (za + zb) / margin) ** 2))
     passed = upper <= margin
     why = (f"drop {drop:+.4f} of {int(decisions)} decisions on {n} items, one-sided {1 - alpha:.0%} upper bound "
