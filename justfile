@@ -13,6 +13,10 @@ default:
 run recipe *flags:
     python3 -m runner run {{recipe}} {{flags}}
 
+# tuned-v2 from tuned's failures: mine a generated pool, retrain from the same base, judge against tuned, keep or not
+iterate recipe:
+    python3 -m runner iterate {{recipe}}
+
 # Per stage: cached, or stale and which recipe section, input, file or tool changed (like `dvc status`)
 status recipe:
     python3 -m runner status {{recipe}}

@@ -1,4 +1,4 @@
-"""Commands: validate, run, status, report, compare, serve, test (see the justfile)."""
+"""Commands: validate, run, iterate, status, report, compare, serve, test (see the justfile)."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,28 @@ def cmd_run(a) -> int:
     except pipeline.RunFailed as e:
         print(f"\nrun {e.status}: {e}", file=sys.stderr)
         return 3 if e.status == "gated" else 1
+    return 0
+
+
+def cmd_iterate(a) -> int:
+    """The recipe's run with its iterate section on: data and train (cached when unchanged), then the loop; the
+    pack (iteration.md and what the run has) is published like a run's."""
+    import signal
+
+    from runner import pipeline
+    from runner.reports import pack
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    r = _load_or_exit(a.recipe)
+    r.data["iterate"]["enabled"] = True
+    try:
+        run_dir = pipeline.execute(r, stages=("data", "train", "iterate"))
+    except pipeline.RunFailed as e:
+        print(f"\nrun {e.status}: {e}", file=sys.stderr)
+        return 3 if e.status == "gated" else 1
+    rcfg = r.data["report"]
+    if rcfg.get("publish"):
+        # under reports/iterations/<recipe>/: the recipe's own packs (report.keep) stay as they are
+        print(f"evidence pack: {pack.publish(run_dir, env.reports_root() / 'iterations', rcfg['keep'])}")
     return 0
 
 
@@ -149,6 +171,9 @@ def main(argv: list[str]) -> int:
     r.add_argument("--until", metavar="STAGE", help="stop after this stage")
     r.add_argument("--force", action="store_true", help="ignore the cache")
     r.set_defaults(fn=cmd_run)
+    it = sub.add_parser("iterate", help="tuned-v2 from tuned's failures: mine a pool, retrain, judge, keep or not")
+    it.add_argument("recipe")
+    it.set_defaults(fn=cmd_iterate)
     st = sub.add_parser("status", help="per stage: cached, or stale and which recipe section, input or file changed")
     st.add_argument("recipe")
     st.set_defaults(fn=cmd_status)

@@ -23,7 +23,7 @@ from runner.env import REPO, reports_root, runs_root
 from runner.recipe import Recipe, content_hash
 from runner.stage import Context, Output, Result, StageError
 
-STAGES = ("data", "train", "eval", "quantize", "serve", "loadtest", "report")
+STAGES = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest", "report")
 
 
 def stage_module(name: str):
@@ -126,9 +126,12 @@ def select(only: str | None, start: str | None) -> tuple[set[str], set[str]]:
 
 
 def execute(recipe: Recipe, only: str | None = None, start: str | None = None, force: bool = False,
-            until: str | None = None) -> Path:
-    """Run the recipe; returns the run folder. Raises RunFailed when a stage fails or is gated."""
+            until: str | None = None, stages: tuple[str, ...] | None = None) -> Path:
+    """Run the recipe; returns the run folder. Raises RunFailed when a stage fails or is gated. `stages`: run
+    just these (`just iterate` runs data, train, iterate); the others are read from the cache when there."""
     wanted, forced = select(only, start)
+    if stages:
+        wanted = set(stages)
     if force:
         forced = set(wanted)
     if until:

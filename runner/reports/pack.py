@@ -12,8 +12,8 @@ from pathlib import Path
 from runner.reports import answers, fmt, risks
 from runner.stage import Output
 
-PAGES = ("data", "train", "eval", "quantize", "loadtest")  # stages whose .md/.png artifacts join the pack
-READS = ("data", "train", "eval", "quantize", "serve", "loadtest")  # stages whose outputs the pack reads
+PAGES = ("data", "train", "eval", "iterate", "quantize", "loadtest")  # stages whose .md/.png artifacts join the pack
+READS = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest")  # stages whose outputs the pack reads
 
 
 def chart_loss(train: Output, out: Path) -> str | None:
@@ -101,6 +101,15 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             lines += ["", f"![loss]({png})"]
         if "report" in train.artifacts:
             lines += ["", "Curves, checks, cost: [training.md](training.md)"]
+    it = inputs.get("iterate")
+    if it and it.metrics.get("enabled"):
+        m = it.metrics
+        main, h = m["task"]["name"], m["task"]["headline"]
+        c = m["comparisons"][f"{m['name']}-vs-tuned"].get(main, {})
+        lines += ["", "## Iteration", "", f"{m['name']} trained on the training split plus {m['mined']['items']} pool items "
+                  f"tuned got wrong: {m['name']} − tuned on the same {c.get(h, {}).get('n')} test items: " + ", ".join(
+                      f"{k} {fmt.diff(c[k])}" for k in m["task"]["key_metrics"] if k in c)
+                  + f". Kept: **{m['kept']}**. Loop, causes, gates: [iteration.md](iteration.md)"]
     ev = inputs.get("eval")
     if ev:
         lines += ["", f"## Quality (test split, lm-eval through {ev.metrics.get('backend', 'llama-server')})", ""]

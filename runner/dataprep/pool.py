@@ -1,0 +1,67 @@
+"""A pool of candidate training records for automated iteration: more records from the recipe's generator, past
+the end of its corpus (a generator seeds each record by its index, so these are new documents), cleaned by the
+recipe's own data policy and kept away from everything the model is judged on.
+
+Each candidate goes through the data section's normalization, PII policy, label checks and token limit, as
+the corpus did; a record in a held-out slice (data.split.holdout) is dropped, so the out-of-distribution split
+stays unseen; and a record that near-duplicates an eval, test or ood record (the data stage's leakage rule) is
+dropped. What each step removed is counted.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from runner.dataprep import dedup, labels, pii
+from runner.stage import StageError
+
+
+def generate(generators: dict[str, Callable], data_cfg: dict, size: int) -> list[dict]:
+    """`size` records of the recipe's generator after its corpus (indices corpus .. corpus + size)."""
+    gen = data_cfg["generator"]
+    if data_cfg["sources"]:
+        raise StageError("iterate.pool: mining a pool needs data.generator (the recipe reads data.sources; a pool "
+                         "of the user's own unlabelled records cannot be scored)")
+    return generators[gen["name"]](gen["seed"], gen["size"] + size)[gen["size"]:]
+
+
+def clean(records: list[dict], data_cfg: dict, task, *, normalize: Callable[[str, dict], str],
+          to_chat: Callable[[dict], dict], count_tokens: Callable[[dict], int], held_out: list[dict]) -> tuple[list[dict], dict]:
+    """(chat records that passed, {step: records removed}). `held_out`: the chat records of the eval, test and
+    ood splits."""
+    removed: Counter = Counter()
+    holdout = {c: {str(v) for v in vs} for c, vs in (data_cfg["split"]["holdout"] or {}).items()}
+    kept = []
+    for r in records:
+        r = dict(r, document=normalize(r["document"], data_cfg["normalize"]))
+        if len(r["document"]) < data_cfg["normalize"]["min_chars"]:
+            removed["empty"] += 1
+            continue
+        if any(str(r.get(c)) in vs for c, vs in holdout.items()):
+            removed["held_out_slice"] += 1
+            continue
+        if data_cfg["pii"]["enabled"]:
+            found = pii.scan(r["document"])
+            if found:
+                text, action = pii.apply_policy(r["document"], found, data_cfg["pii"]["policy"])
+                if action == "drop":
+                    removed["pii"] += 1
+                    continue
+                r["document"] = text
+        problems = labels.check(task, r["document"], r["gold"])
+        if problems and data_cfg["labels"][problems[0][0]] == "drop":
+            removed["labels"] += 1
+            continue
+        chat = to_chat(r)
+        chat["tokens"] = count_tokens(chat)
+        if chat["tokens"] > data_cfg["max_tokens"]:
+            removed["length"] += 1
+            continue
+        kept.append(chat)
+    dd = data_cfg["dedup"]
+    if kept and held_out:
+        hits = dedup.leakage([c["document"] for c in held_out], [c["document"] for c in kept],
+                             dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"])
+        removed["leakage"] += len(hits)
+        kept = [c for j, c in enumerate(kept) if j not in hits]
+    return kept, dict(removed)
