@@ -261,6 +261,45 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     out = bad.stdout + bad.stderr
     assert "scoring model 'base' failed" in out and "llama-server-base.log" in out and "lm-eval-base-test.log" in out
 
+    # `just iterate RECIPE`: data and train come from the cache; tuned answers a pool of new generated records,
+    # the items it gets wrong join the training split, tuned-it is trained and judged against tuned
+    it_recipe = tmp_path / "tiny-e2e-iterate.yaml"
+    it_recipe.write_text(f"extends: {recipe}\niterate: {{name: tuned-it, pool: 12, max_added: 4, repeat: 2}}\n")
+    it = subprocess.run([sys.executable, "-m", "runner", "iterate", str(it_recipe)], cwd=REPO,
+                        env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=1200)
+    assert it.returncode == 0, it.stdout[-3000:] + it.stderr[-3000:]
+    assert "Traceback" not in it.stdout + it.stderr
+    man_it = latest_manifest(runs_dir, "tiny-e2e")
+    assert man_it["stages"]["data"]["status"] == man_it["stages"]["train"]["status"] == "cached"
+    assert man_it["stages"]["iterate"]["status"] == "ok"
+    it_dir = sorted((runs_dir / "tiny-e2e").iterdir())[-1] / "stages" / "iterate"
+    im = man_it["stages"]["iterate"]["metrics"]
+    mined = [json.loads(x) for x in (it_dir / "mined.jsonl").read_text().splitlines()]
+    pool_rows = [json.loads(x) for x in (it_dir / "pool.jsonl").read_text().splitlines()]
+    assert im["enabled"] and im["name"] == "tuned-it" and 1 <= im["mined"]["items"] == len(mined) <= 4
+    assert len((it_dir / "train_v2.jsonl").read_text().splitlines()) == len(train_rows) + 2 * len(mined)
+    assert im["pool"]["kept"] == len(pool_rows) and im["pool"]["removed"]["held_out_slice"] >= 1
+    held = man_it["recipe"]["data"]["split"]["holdout"]
+    assert not [r for r in pool_rows if any(r[c] in vs for c, vs in held.items())]
+    judged_ids = {json.loads(x)["id"] for split in ("train", "eval", "test")
+                  for x in (run_dir / "stages" / "data" / f"{split}.jsonl").read_text().splitlines()}
+    assert not judged_ids & {r["id"] for r in pool_rows}
+    assert {r["id"] for r in mined} <= {r["id"] for r in pool_rows}
+    head = im["comparisons"]["tuned-it-vs-tuned"]["invoice_extraction"]["field_f1"]
+    assert head["n"] == n and im["scores"]["tuned-it"]["invoice_extraction"]["field_f1"]["n"] == n
+    assert (im["kept"] == "tuned-it") == all(v["passed"] for v in im["gates"]) and im["gates"]
+    it_pack = runs_dir.parent / "reports" / "iterations" / "tiny-e2e" / man_it["run_id"]
+    page = (it_pack / "iteration.md").read_text()
+    assert f"**Kept: {im['kept']}.**" in page and "## Gates" in page and "## Failure causes: base, tuned, tuned-it" in page
+    assert "[iteration.md](iteration.md)" in (it_pack / "README.md").read_text()
+    assert sorted(p.name for p in pack.parent.iterdir()) == [man2["run_id"]]  # the recipe's own pack stays
+    # a name the recipe already trains is refused, naming the key
+    clash = tmp_path / "tiny-e2e-clash.yaml"
+    clash.write_text(f"extends: {recipe}\niterate: {{name: tuned-v2}}\n")
+    bad = subprocess.run([sys.executable, "-m", "runner", "iterate", str(clash)], cwd=REPO,
+                         env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "iterate.name: 'tuned-v2' is already a model" in bad.stdout + bad.stderr
+
 
 KIND_RECIPES = {"extraction": "purchase-orders", "classification": "ticket-routing", "generation": "de-en-translation"}
 

@@ -14,9 +14,29 @@ def _ci(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
 
 
+def iteration(m: dict) -> list[str]:
+    """An iteration run's answer: tuned-v2 against tuned and base on the same items, and whether it was kept."""
+    name, main, (head, second) = m["name"], m["task"]["name"], m["task"]["key_metrics"][:2]
+    L = []
+    for against in ("tuned", "base"):
+        c = m["comparisons"][f"{name}-vs-{against}"].get(main, {})
+        if c.get(head, {}).get("diff") is not None:
+            L.append(f"- `{name}` vs {against} on the same {c[head]['n']} test items: {head} {_ci(c[head])}"
+                     + (f", {second} {_ci(c[second])}" if c.get(second, {}).get("diff") is not None else "") + ".")
+    failed = [g for g in m["gates"] if not g["passed"]]
+    L.append(f"- Kept: **{m['kept']}** ({len(m['gates']) - len(failed)} of {len(m['gates'])} gates passed"
+             + (": failed " + "; ".join(g["what"] for g in failed) if failed else "") + "). Cost: training "
+             f"{m['training']['seconds']:.0f} s, the whole loop {m['seconds']:.0f} s. Causes, mined items, gates: "
+             "[iteration.md](iteration.md).")
+    return L
+
+
 def quality(inputs: dict[str, Output]) -> list[str]:
     ev, train, q = inputs.get("eval"), inputs.get("train"), inputs.get("quantize")
     L = ["### 1. Did quality improve, where, and at what cost?", ""]
+    it = inputs.get("iterate")
+    if not ev and it and it.metrics.get("enabled"):
+        return L + iteration(it.metrics) + [""]
     if not ev:
         return L + ["Not measured: the run has no eval stage.", ""]
     em = ev.metrics

@@ -184,6 +184,9 @@ def run(ctx: Context) -> Result:
     edges = ecfg["length_buckets_chars"]
     pool_rows = ea.item_details(samples["tuned"][pool_task], task, edges)
     chosen, by_cause = mining.select([r for r in pool_rows if r["causes"]], cfg["max_added"])
+    if not chosen:
+        raise StageError(f"iterate: tuned answered all {len(pool_rows)} pool items without a failure cause, so there "
+                         "is nothing to mine (raise iterate.pool to look further)")
     chosen_ids = {r["id"] for r in chosen}
     mined = [c for c in pool if c["id"] in chosen_ids]
     write_jsonl(ctx.out / "mined.jsonl", mined)
