@@ -5,12 +5,11 @@ import pytest
 
 from runner import recipe as recipes
 from runner import tasks
-from runner.dataprep import pool
+from runner.dataprep import pool, records
 from runner.datagen import invoice
 from runner.env import REPO
 from runner.quality import mining
 from runner.stage import StageError
-from runner.stages import data as data_stage
 
 
 def row(i, causes):
@@ -47,23 +46,23 @@ def recipe():
 
 def test_the_pool_is_new_records_past_the_corpus(recipe):
     cfg = recipe["data"]
-    got = pool.generate(data_stage.GENERATORS, cfg, 5)
+    got = pool.generate(cfg, 5)
     size, seed = cfg["generator"]["size"], cfg["generator"]["seed"]
     assert [r["id"] for r in got] == [invoice.record(seed, size + i)["id"] for i in range(5)]
     corpus = {r["id"] for r in invoice.generate(seed, size)}
     assert not corpus & {r["id"] for r in got}
     with pytest.raises(StageError, match="data.generator"):
-        pool.generate(data_stage.GENERATORS, dict(cfg, sources=[{"path": "x.jsonl"}]), 5)
+        pool.generate(dict(cfg, sources=[{"path": "x.jsonl"}]), 5)
 
 
 def test_the_pool_keeps_held_out_slices_and_judged_documents_away(recipe):
     cfg = dict(recipe["data"], pii=dict(recipe["data"]["pii"], enabled=False))
     task = tasks.of(recipe)
-    raw = pool.generate(data_stage.GENERATORS, cfg, 60)
+    raw = pool.generate(cfg, 60)
     system = tasks.system_prompt(recipe)
-    to_chat = lambda r: data_stage.to_chat(r, system, task)
+    to_chat = lambda r: records.to_chat(r, system, task)
     judged = [to_chat(raw[0]), to_chat(raw[1])]  # as if two pool documents were already test items
-    kept, removed = pool.clean(raw, cfg, task, normalize=data_stage.normalize, to_chat=to_chat,
+    kept, removed = pool.clean(raw, cfg, task, to_chat=to_chat,
                                count_tokens=lambda c: len(c["document"]) // 4, held_out=judged)
     held = cfg["split"]["holdout"]
     assert held, "the default recipe holds slices out"
@@ -74,6 +73,6 @@ def test_the_pool_keeps_held_out_slices_and_judged_documents_away(recipe):
     assert len(kept) + sum(removed.values()) == 60
     assert all(c["messages"][-1]["content"] == c["gold"] for c in kept)
     # the token limit applies as it does to the corpus
-    few, removed = pool.clean(raw, dict(cfg, max_tokens=1), task, normalize=data_stage.normalize, to_chat=to_chat,
+    few, removed = pool.clean(raw, dict(cfg, max_tokens=1), task, to_chat=to_chat,
                               count_tokens=lambda c: 2, held_out=[])
     assert not few and removed["length"] == 60 - removed["held_out_slice"]

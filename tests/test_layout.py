@@ -38,3 +38,15 @@ def test_every_report_writer_has_the_one_signature():
         sig = inspect.signature(mod.write)
         assert list(sig.parameters) == ["page"], mod.__name__
         assert sig.parameters["page"].annotation in ("fmt.Page", fmt.Page) and sig.return_annotation == "dict[str, str]"
+
+
+def test_stages_never_import_one_another():
+    import ast
+    found = []
+    for f in sorted((REPO / "runner" / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
+                     else [])
+            found += [f"{f.name}: {n}" for n in names if n.startswith("runner.stages")]
+    assert found == [], "stages meet through artifacts; move what they share into a module of its own"

@@ -70,3 +70,31 @@ def test_quant_mix_reads_what_llama_quantize_wrote(tmp_path):
         "[   3/ 272] blk.0.attn_k.weight - [   576,    192, 1, 1], type =    f16, converting to q5_0 .. size = 0.21 MiB\n"
         "[   4/ 272] blk.0.ffn_down.weight - [  1536,    576, 1, 1], type =    f16, converting to q4_K .. size = 1 MiB\n")
     assert llama_cpp.quant_mix(log) == {"tensor_types": {"f32": 1, "q8_0": 1, "q5_0": 1, "q4_K": 1}, "fallbacks": 1}
+
+
+def test_kld_stats_reads_llama_perplexitys_summary():
+    # the tail of a real `llama-perplexity --kl-divergence` log (q8_0 against f16 of a tuned SmolLM2-135M)
+    text = """====== Perplexity statistics ======
+Mean PPL(Q)                   :   7.795628 ±   0.225732
+Mean PPL(base)                :   7.744167 ±   0.222911
+Cor(ln(PPL(Q)), ln(PPL(base))):  99.88%
+Mean ln(PPL(Q)/PPL(base))     :   0.006623 ±   0.001408
+Mean PPL(Q)/PPL(base)         :   1.006645 ±   0.001417
+
+====== KL divergence statistics ======
+Mean    KLD:   0.003505 ±   0.000065
+Maximum KLD:   0.226592
+99.9%   KLD:   0.059725
+99.0%   KLD:   0.027128
+Median  KLD:   0.001207
+Minimum KLD:  -0.000016
+
+====== Token probability statistics ======
+Mean    Δp: -0.050 ± 0.016 %
+RMS Δp    :  1.594 ± 0.045 %
+Same top p: 96.618 ± 0.179 %
+"""
+    assert llama_cpp.kld_stats(text) == {"mean_kld": 0.003505, "kld_p99": 0.027128, "kld_max": 0.226592,
+                                         "same_top_pct": 96.618, "same_top_pct_se": 0.179, "ppl_ratio": 1.006645,
+                                         "rms_dp_pct": 1.594}
+    assert llama_cpp.kld_stats("perplexity: 6.44 seconds per pass") == {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.adapters import axolotl
-from runner.stages import train
+from runner import training as train
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""llama.cpp adapter: HF -> GGUF conversion, llama-quantize, and llama-server processes.
+"""llama.cpp adapter: HF -> GGUF conversion, llama-quantize, llama-perplexity (KL divergence) and llama-server processes.
 
 Quirks kept here: thread count is always explicit (-t/-tb; on 2 cores an oversubscribed server decodes
 >10x slower); servers bind to 127.0.0.1 only; readiness means /health answers 200 *and* one real
@@ -35,10 +35,18 @@ def convert(hf_dir: Path, out_file: Path, log: Path, outtype: str = "f16") -> Pa
     return out_file
 
 
-def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int, imatrix: Path | None = None) -> Path:
-    if qtype not in QUANT_TYPES:
+LEGACY_TYPES = ("q5_1", "q4_1")  # not offered to recipes; measured by benchmarks/quant_kld.py
+
+
+def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int, imatrix: Path | None = None,
+             pure: bool = False, token_embedding_type: str | None = None) -> Path:
+    """llama-quantize `src` to `qtype`. pure: every tensor to that type (no k-quant mixture);
+    token_embedding_type: keep the token embeddings (SmolLM2's tied output too) at that type."""
+    if qtype not in QUANT_TYPES + LEGACY_TYPES:
         raise StageError(f"unknown quant type '{qtype}' for {src.name}; supported: {', '.join(QUANT_TYPES)}")
     extra = ["--imatrix", imatrix] if imatrix else []
+    extra += ["--pure"] if pure else []
+    extra += ["--token-embedding-type", token_embedding_type] if token_embedding_type else []
     proc.run([env.llama_cpp().bin("llama-quantize"), *extra, src, dst, qtype.upper(), str(threads)], log,
              what=f"llama-quantize {qtype}")
     return dst
@@ -66,6 +74,40 @@ def imatrix(gguf: Path, text_file: Path, out: Path, log: Path, threads: int, chu
               "-c", str(ctx_size), "--no-ppl"], log, what="llama-imatrix")
     if not out.exists():
         raise StageError(f"llama-imatrix wrote no {out}", log=log)
+    return out
+
+
+def kl_divergence(gguf: Path, text_file: Path, base: Path, log: Path, threads: int, ctx_size: int = 512,
+                  reference: bool = False) -> dict:
+    """llama-perplexity over `text_file`. reference: save this model's logits to `base` (the f16 run); otherwise
+    compare this model's token distributions with `base`'s: KL divergence, same top token, perplexity ratio."""
+    from runner import setup
+    binary = setup.ensure_llama_target("llama-perplexity")
+    mode = [] if reference else ["--kl-divergence"]
+    proc.run([binary, "-m", gguf, "-f", text_file, "-c", str(ctx_size), "-t", str(threads), "-tb", str(threads),
+              "--kl-divergence-base", base, *mode], log, what=f"llama-perplexity {gguf.name}")
+    if reference:
+        if not base.exists():
+            raise StageError(f"llama-perplexity wrote no logits file {base}", log=log)
+        return {}
+    stats = kld_stats(log.read_text(errors="replace"))
+    if "mean_kld" not in stats:
+        raise StageError(f"llama-perplexity printed no KL divergence statistics for {gguf.name}", log=log)
+    return stats
+
+
+def kld_stats(text: str) -> dict:
+    """llama-perplexity's KL-divergence summary: mean KLD (nats per token), its 99th percentile and maximum,
+    the share of tokens whose most likely next token is the reference's, and PPL(quant)/PPL(reference)."""
+    pats = {"mean_kld": r"Mean\s+KLD:\s+(-?[\d.]+)", "kld_p99": r"99\.0%\s+KLD:\s+(-?[\d.]+)",
+            "kld_max": r"Maximum KLD:\s+(-?[\d.]+)", "same_top_pct": r"Same top p:\s+([\d.]+)",
+            "same_top_pct_se": r"Same top p:\s+[\d.]+\s+±\s+([\d.]+)",
+            "ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s+:\s+([\d.]+)", "rms_dp_pct": r"RMS Δp\s+:\s+([\d.]+)"}
+    out = {}
+    for key, pat in pats.items():
+        m = re.search(pat, text)
+        if m:
+            out[key] = float(m.group(1))
     return out
 
 

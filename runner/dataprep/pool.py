@@ -13,20 +13,21 @@ from collections import Counter
 from typing import Callable
 
 from runner.dataprep import dedup, labels, pii
+from runner.dataprep.records import GENERATORS, normalize
 from runner.stage import StageError
 
 
-def generate(generators: dict[str, Callable], data_cfg: dict, size: int) -> list[dict]:
+def generate(data_cfg: dict, size: int) -> list[dict]:
     """`size` records of the recipe's generator after its corpus (indices corpus .. corpus + size)."""
     gen = data_cfg["generator"]
     if data_cfg["sources"]:
         raise StageError("iterate.pool: mining a pool needs data.generator (the recipe reads data.sources; a pool "
                          "of the user's own unlabelled records cannot be scored)")
-    return generators[gen["name"]](gen["seed"], gen["size"] + size)[gen["size"]:]
+    return GENERATORS[gen["name"]](gen["seed"], gen["size"] + size)[gen["size"]:]
 
 
-def clean(records: list[dict], data_cfg: dict, task, *, normalize: Callable[[str, dict], str],
-          to_chat: Callable[[dict], dict], count_tokens: Callable[[dict], int], held_out: list[dict]) -> tuple[list[dict], dict]:
+def clean(records: list[dict], data_cfg: dict, task, *, to_chat: Callable[[dict], dict],
+          count_tokens: Callable[[dict], int], held_out: list[dict]) -> tuple[list[dict], dict]:
     """(chat records that passed, {step: records removed}). `held_out`: the chat records of the eval, test and
     ood splits."""
     removed: Counter = Counter()

@@ -5,19 +5,17 @@ check, chat JSONL, dataset version, and the data audit report."""
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import random
-import re
 import time
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
-from runner.datagen import defects, invoice
+from runner.datagen import defects
 from runner.dataprep import dedup, labels, pii, sources, truth
+from runner.dataprep.records import GENERATORS, normalize, to_chat
 from runner.reports import data_audit
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
@@ -26,7 +24,6 @@ SECTIONS = ("task", "data", "base_model", "seed", "threads")
 INPUTS = ()
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("core", "ml")
-GENERATORS = {"invoice": invoice.generate}
 SPLITS = ("train", "eval", "test")
 
 
@@ -39,31 +36,6 @@ def fingerprint(recipe: dict) -> str:
             except OSError:
                 parts.append("unreadable")  # the stage itself reports it, naming the file
     return ":".join(parts)
-
-
-def normalize(text: str, cfg: dict) -> str:
-    if cfg["strip_html"]:
-        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
-    if cfg["unicode"] != "none":
-        text = unicodedata.normalize(cfg["unicode"], text)
-    if cfg["collapse_whitespace"]:
-        text = re.sub(r"[ \t]+", " ", text)
-        text = re.sub(r" *\n *", "\n", text)
-        text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    return text
-
-
-def to_chat(rec: dict, system_prompt: str, task: tasks.Task) -> dict:
-    """A chat record for Axolotl (messages) and lm-eval (document, gold), with the task's slice columns. `gold`
-    is text (extraction: JSON text; the datasets JSON loader would otherwise turn ISO dates into timestamps)."""
-    answer, slices = task.scorer.answer_text(rec["gold"]), task.slices
-    return {
-        "id": rec["id"], **{c: rec.get(c, "?") for c in slices}, "document": rec["document"],
-        "gold": answer,
-        "messages": [{"role": "system", "content": system_prompt},
-                     {"role": "user", "content": rec["document"]},
-                     {"role": "assistant", "content": answer}],
-    }
 
 
 def holdout(records: list[dict], held: dict[str, list], task) -> tuple[list[dict], list[dict]]:

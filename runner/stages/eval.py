@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 
 from runner import models, tasks
 from runner.adapters import llama_cpp, lm_eval
+from runner.dataprep.records import sample_split
 from runner.quality import eval_analysis as ea
 from runner.quality import failure_causes, gates, served_eval
 from runner.reports import quality
@@ -48,14 +48,6 @@ def sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def sample_split(split_file, out_file, n: int, seed: int):
-    """A seeded sample of n rows of a split file (all of them, shuffled, when it has fewer)."""
-    rows = [x for x in split_file.read_text().splitlines() if x.strip()]
-    rows = random.Random(seed).sample(rows, min(n, len(rows)))
-    out_file.write_text("\n".join(rows) + "\n")
-    return out_file
 
 
 def models_of(ctx: Context) -> list[str]:

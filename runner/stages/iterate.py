@@ -14,22 +14,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 from tokenizers import Tokenizer
 
-from runner import models, tasks
+from runner import models, tasks, training
 from runner.adapters import axolotl, llama_cpp, lm_eval
 from runner.dataprep import pool as pool_mod
+from runner.dataprep import records
 from runner.quality import eval_analysis as ea
 from runner.quality import failure_causes, gates, mining, served_eval
 from runner.reports import iteration as report
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
-from runner.stages import data as data_stage
-from runner.stages import eval as eval_stage
-from runner.stages import train as train_stage
 
 SECTIONS = ("iterate", "task", "data", "train", "eval", "base_model", "seed", "threads")
 INPUTS = ("data", "train")
@@ -44,14 +41,14 @@ def fingerprint(recipe: dict) -> str:
 def build_pool(ctx: Context, task: tasks.Task) -> tuple[list[dict], dict]:
     cfg, data_cfg, data = ctx.section("iterate"), ctx.section("data"), ctx.inputs["data"]
     ctx.progress(f"pool: generating {cfg['pool']} records")
-    raw = pool_mod.generate(data_stage.GENERATORS, data_cfg, cfg["pool"])
+    raw = pool_mod.generate(data_cfg, cfg["pool"])
     tok = Tokenizer.from_file(str(models.base_model_dir(ctx.section("base_model")) / "tokenizer.json"))
     held = [json.loads(x) for split in ("eval", "test", "ood") if split in data.artifacts
             for x in data.path(split).read_text().splitlines() if x.strip()]
     ctx.progress(f"pool: cleaning {len(raw)} records (the data section's policy)")
     system = tasks.system_prompt(ctx.recipe)
     kept, removed = pool_mod.clean(
-        raw, data_cfg, task, normalize=data_stage.normalize, to_chat=lambda r: data_stage.to_chat(r, system, task),
+        raw, data_cfg, task, to_chat=lambda r: records.to_chat(r, system, task),
         count_tokens=lambda c: sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"]), held_out=held)
     if not kept:
         raise StageError(f"iterate.pool: none of the {len(raw)} pool records survived cleaning ({removed})")
@@ -63,42 +60,15 @@ def write_jsonl(path, rows) -> None:
 
 
 def fit(ctx: Context, name: str, train_file, hp: dict, passthrough: dict) -> dict:
-    """Axolotl preprocess, train and merge of one model (as the train stage does it); returns its summary."""
+    """Axolotl preprocess, train and merge of one model, as the train stage does it; returns its summary."""
     section, out = ctx.section("train"), ctx.out / name
-    base_dir = models.base_model_dir(ctx.section("base_model"))
-    eval_rows = ctx.inputs["data"].path("eval").read_text().splitlines()
-    eval_file = None
-    if hp["eval_samples"] and eval_rows:
-        eval_file = out / "eval_loss.jsonl"
-        eval_file.write_text("\n".join(eval_rows[:hp["eval_samples"]]) + "\n")
-    config = axolotl.write_config(axolotl.build_config(hp, base_dir, train_file, eval_file, out, ctx.seed, passthrough,
-                                                       device=section["device"], distributed=section["distributed"]),
-                                  out / "axolotl.yaml")
-    ctx.progress(f"{name}: axolotl preprocess")
-    pre = axolotl.preprocess(config, ctx.log(f"axolotl-preprocess-{name}.log"), ctx.threads)
-    curve: list[dict] = []
-
-    def on_record(rec):
-        rec = {**rec, "step": len([r for r in curve if "loss" in r]) + (1 if "loss" in rec else 0)}
-        curve.append(rec)
-        if "loss" in rec:
-            ctx.progress(f"{name}: step {rec['step']}/{hp['max_steps']} loss {rec['loss']:.4f}")
-
-    run_stats = axolotl.train(config, ctx.log(f"axolotl-train-{name}.log"), ctx.threads, on_record)
-    (out / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
-    check, findings = train_stage.curve_checks(curve, hp["warmup_steps"])
-    if check == "failed":
-        raise StageError(f"training '{name}' failed: {'; '.join(findings)}", log=ctx.log(f"axolotl-train-{name}.log"))
-    ctx.progress(f"{name}: merging adapter")
-    merged = axolotl.merge(config, out / "adapter", ctx.log(f"axolotl-merge-{name}.log"), ctx.threads)
-    shutil.move(str(merged), str(out / "merged"))
-    shutil.rmtree(out / "prepared", ignore_errors=True)
-    losses = [r["loss"] for r in curve if "loss" in r]
-    evals = [r["eval_loss"] for r in curve if "eval_loss" in r]
-    return {"status": check, "findings": findings, "hyperparameters": hp, "steps": len(losses),
-            "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-            "final_eval_loss": evals[-1] if evals else None,
-            "seconds": round(run_stats["seconds"] + pre["seconds"], 1)}
+    f = training.fit(name, hp, passthrough, base_dir=models.base_model_dir(ctx.section("base_model")),
+                     train_file=train_file, eval_rows=ctx.inputs["data"].path("eval").read_text().splitlines(),
+                     out=out, seed=ctx.seed, section=section, logs=ctx.log, progress=ctx.progress, threads=ctx.threads)
+    if f.check == "failed":
+        raise StageError(f"training '{name}' failed: {'; '.join(f.findings)}", log=f.log)
+    training.merge(name, f, out, ctx.log, ctx.progress, ctx.threads)
+    return training.summary(hp, f, section)
 
 
 def score(ctx: Context, name: str, hf_dir, runs: list[dict]) -> tuple[dict, dict, dict]:
@@ -126,13 +96,13 @@ def score(ctx: Context, name: str, hf_dir, runs: list[dict]) -> tuple[dict, dict
 
 def model_hparams(ctx: Context) -> tuple[dict, dict]:
     """tuned's hyperparameters and Axolotl passthrough, with iterate.train applied."""
-    hp, passthrough = train_stage.variants(ctx.section("train"))["tuned"]
+    hp, passthrough = training.variants(ctx.section("train"))["tuned"]
     over = dict(ctx.section("iterate")["train"])
     passthrough = axolotl.deep_merge(passthrough, over.pop("axolotl", {}))
-    unknown = sorted(set(over) - set(train_stage.HYPER_KEYS))
+    unknown = sorted(set(over) - set(training.HYPER_KEYS))
     if unknown:
         raise StageError(f"iterate.train: {', '.join(unknown)} is not a train key "
-                         f"(expected some of: {', '.join(train_stage.HYPER_KEYS)}, axolotl)")
+                         f"(expected some of: {', '.join(training.HYPER_KEYS)}, axolotl)")
     return axolotl.deep_merge(hp, over), passthrough
 
 
@@ -166,7 +136,7 @@ def run(ctx: Context) -> Result:
     lm_eval.write_task(task, tasks_dir, ctx.out / "pool.jsonl", ecfg["max_gen_tokens"], name=pool_task)
     judged = [main]
     if "ood" in data.artifacts:
-        sample = eval_stage.sample_split(data.path("ood"), ctx.out / "ood_sample.jsonl", ecfg["ood_sample"] or 10 ** 9,
+        sample = records.sample_split(data.path("ood"), ctx.out / "ood_sample.jsonl", ecfg["ood_sample"] or 10 ** 9,
                                          ctx.seed)  # the eval stage's sample: the same items
         lm_eval.write_task(task, tasks_dir, sample, ecfg["max_gen_tokens"], name=ood)
         judged.append(ood)
@@ -196,7 +166,7 @@ def run(ctx: Context) -> Result:
 
     # 3. train tuned-v2 from the same base
     (ctx.out / name).mkdir(parents=True)
-    training = fit(ctx, name, train_file, hp, passthrough)
+    trained = fit(ctx, name, train_file, hp, passthrough)
 
     # 4. score base and tuned-v2 on the same items; pair; causes; gates
     timings["base"], samples["base"], aggs["base"] = score(ctx, "base", models.base_model_dir(ctx.section("base_model")),
@@ -234,7 +204,7 @@ def run(ctx: Context) -> Result:
                                                                 "pool_items_wrong": sum(bool(r["causes"]) for r in pool_rows),
                                                                 "pool_items": len(pool_rows), "by_cause": by_cause},
         "train_records": {"tuned": len(train_rows), name: len(train_rows) + len(mined) * cfg["repeat"]},
-        "training": training, "scores": scored, "comparisons": cmp, "gates": verdicts,
+        "training": trained, "scores": scored, "comparisons": cmp, "gates": verdicts,
         "gates_declared": gate_list, "timings": timings, "seconds": round(time.time() - t_start, 1),
         "dataset_version": data.metrics.get("dataset_version"),
     }
