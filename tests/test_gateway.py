@@ -154,6 +154,97 @@ def test_admission_refuses_beyond_the_queue_with_429_and_retry_after(tmp_path):
         srv.shutdown()
 
 
+class SlowStreamEngine(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-style upstream that streams 8 chunks 0.25 s apart (2 s a stream), the engine's headers at once."""
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(9):
+                data = "[DONE]" if i == 8 else json.dumps({"choices": [{"delta": {"content": f"t{i} "}}]})
+                line = f"data: {data}\n\n".encode()
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+                if i < 8:
+                    time.sleep(0.25)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def stream_chat(url, i):
+    t0 = time.time()
+    with httpx.stream("POST", url + "/v1/chat/completions", headers=AUTH, timeout=60,
+                      json={"messages": [{"role": "user", "content": f"s{i}"}], "stream": True}) as s:
+        body = "".join(s.iter_text())
+        return s.status_code, s.headers.get("retry-after"), body, time.time() - t0
+
+
+def gauge(url, name):
+    line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def test_a_stream_holds_its_admission_slot_until_its_last_byte(tmp_path):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowStreamEngine)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
+        with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as (url, _):
+            peak, samples, stop = [], [], threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    samples.append(gauge(url, "forge_in_flight"))
+                    time.sleep(0.05)
+            w = threading.Thread(target=watch)
+            w.start()
+            with cf.ThreadPoolExecutor(8) as ex:  # 4x max_in_flight
+                rs = list(ex.map(lambda i: stream_chat(url, i), range(8)))
+            stop.set()
+            w.join()
+            peak = max(samples)
+            codes = sorted(r[0] for r in rs)
+            # 2 stream at once, 2 wait for them in the queue, 4 are refused: a generating stream is counted
+            assert codes == [200] * 4 + [429] * 4, codes
+            assert peak == 2, f"in flight peaked at {peak} with max_in_flight 2"
+            assert all(int(r[1]) >= 1 for r in rs if r[0] == 429)
+            served = sorted(r[3] for r in rs if r[0] == 200)
+            assert all(r[2].count("data:") == 9 and "[DONE]" in r[2] for r in rs if r[0] == 200)
+            assert served[-1] > 3.5, served  # the queued two started only when the first two had finished
+            m = httpx.get(url + "/metrics").text
+            count = float(next(x for x in m.splitlines() if x.startswith('forge_request_latency_seconds_count{route="chat"}')).split()[-1])
+            total = float(next(x for x in m.splitlines() if x.startswith('forge_request_latency_seconds_sum{route="chat"}')).split()[-1])
+            assert count == 8 and total >= 4 * 2.0, (count, total)  # latency covers whole streams, not headers
+            assert 'forge_time_to_first_token_seconds_count{route="chat_stream"} 4.0' in m
+            lines = [json.loads(x) for x in (tmp_path / "gateway-requests.jsonl").read_text().splitlines()]
+            streamed = [x for x in lines if x.get("streamed")]
+            assert len(streamed) == 4 and min(x["latency_ms"] for x in streamed) >= 2000
+
+            # a client that leaves mid-stream gives its slot back
+            assert gauge(url, "forge_in_flight") == 0
+            with httpx.stream("POST", url + "/v1/chat/completions", headers=AUTH, timeout=60,
+                              json={"messages": [{"role": "user", "content": "bye"}], "stream": True}) as s:
+                chunks = s.iter_raw()  # held: a dropped iterator closes the connection
+                next(chunks)
+                assert gauge(url, "forge_in_flight") == 1
+            deadline = time.time() + 5
+            while gauge(url, "forge_in_flight") != 0 and time.time() < deadline:
+                time.sleep(0.05)
+            assert gauge(url, "forge_in_flight") == 0
+            assert stream_chat(url, 99)[0] == 200
+    finally:
+        srv.shutdown()
+
+
 def test_task_endpoint_validates_output_and_says_which_model_answered(stack):
     url, _ = stack
     r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH, json={"document": ""}, timeout=60)

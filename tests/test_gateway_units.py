@@ -84,3 +84,16 @@ def test_admission_is_fifo_bounded_and_times_out():
         assert adm.in_flight == 0 and adm.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_the_default_admission_limit_is_the_engines_slots():
+    from runner import recipe as recipes
+    from runner.env import REPO
+    from runner.serving import deploy
+    serve = recipes.load(REPO / "recipes" / "invoice-extraction.yaml").data["serve"]
+    assert serve["gateway"]["max_in_flight"] is None
+    spec = deploy.spec(serve, REPO / "p.gguf", None, None, 2)
+    assert spec["gateway"]["max_in_flight"] == serve["replicas"] * serve["parallel"] == 2
+    spec = deploy.spec({**serve, "replicas": 2, "gateway": {**serve["gateway"], "max_in_flight": 5}},
+                       REPO / "p.gguf", None, None, 2)
+    assert spec["gateway"]["max_in_flight"] == 5

@@ -1,5 +1,6 @@
 """Admission control: at most `max_in_flight` requests run; up to `max_queue` more wait in FIFO order, each
-at most `queue_timeout_s`; beyond that a request is refused at once. Nothing queues without bound."""
+at most `queue_timeout_s`; beyond that a request is refused at once. Nothing queues without bound. A streamed
+request holds its slot until its last byte is sent or its client goes away, not just until the engine answers."""
 from __future__ import annotations
 
 import asyncio
@@ -33,36 +34,44 @@ class Admission:
                 return
         self.in_flight -= 1
 
-    @contextlib.asynccontextmanager
-    async def slot(self):
+    async def acquire(self) -> None:
+        """A slot now, or after waiting in the queue; Rejected when the queue is full or the wait runs out.
+        Whoever acquires must release() exactly once (slot() does it for a block; a stream when it ends)."""
         if self.in_flight < self.max_in_flight and not self.waiters:
             self.in_flight += 1
-        else:
-            if len(self.waiters) >= self.max_queue:
-                raise Rejected(429, f"server busy: {self.in_flight} requests in flight and {len(self.waiters)} "
-                                    f"queued (limits {self.max_in_flight} and {self.max_queue})",
-                               retry_after=max(1, round(self.queue_timeout_s / 2)))
-            fut = asyncio.get_running_loop().create_future()
-            self.waiters.append(fut)
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout_s)
-            except asyncio.TimeoutError:
-                if fut.done():  # the slot arrived just as the wait ended: give it on
-                    self._release()
-                else:
-                    fut.cancel()
-                    with contextlib.suppress(ValueError):
-                        self.waiters.remove(fut)
-                raise Rejected(503, f"waited {self.queue_timeout_s:g} s in the queue without a free slot",
-                               retry_after=max(1, round(self.queue_timeout_s))) from None
-            except asyncio.CancelledError:  # client went away while queued
-                if fut.done():
-                    self._release()
-                else:
-                    fut.cancel()
-                    with contextlib.suppress(ValueError):
-                        self.waiters.remove(fut)
-                raise
+            return
+        if len(self.waiters) >= self.max_queue:
+            raise Rejected(429, f"server busy: {self.in_flight} requests in flight and {len(self.waiters)} "
+                                f"queued (limits {self.max_in_flight} and {self.max_queue})",
+                           retry_after=max(1, round(self.queue_timeout_s / 2)))
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout_s)
+        except asyncio.TimeoutError:
+            if fut.done():  # the slot arrived just as the wait ended: give it on
+                self._release()
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(fut)
+            raise Rejected(503, f"waited {self.queue_timeout_s:g} s in the queue without a free slot",
+                           retry_after=max(1, round(self.queue_timeout_s))) from None
+        except asyncio.CancelledError:  # client went away while queued
+            if fut.done():
+                self._release()
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self._release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        await self.acquire()
         try:
             yield
         finally:

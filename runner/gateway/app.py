@@ -42,6 +42,29 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers={"X-Request-Id": request_id, **self.headers})
 
 
+class StreamedAnswer(StreamingResponse):
+    """A relayed stream that keeps its admission slot and its upstream until the last byte is sent or the client
+    goes away; then `on_close` gives them back and the request's latency and log line are recorded (`after`)."""
+
+    def __init__(self, content, *, on_close, **kw):
+        super().__init__(content, **kw)
+        self.on_close, self.after, self.closed = on_close, None, False
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.on_close()
+        if self.after:
+            self.after(self.status_code)
+
+
 class Metrics:
     def __init__(self, gw: "Gateway"):
         r = self.registry = prom.CollectorRegistry()
@@ -205,9 +228,14 @@ class Gateway:
         body = self.check_chat(await self.body(request))
         ctx["prompt_chars"] = sum(len(json.dumps(m.get("content"))) for m in body["messages"])
         ctx["prompt_hash"] = hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()[:12]
+        if body.get("stream"):
+            await self.admission.acquire()
+            try:
+                return await self.stream(body, ctx)  # the stream gives the slot back when it ends
+            except BaseException:
+                self.admission.release()
+                raise
         async with self.admission.slot():
-            if body.get("stream"):
-                return await self.stream(body, ctx)
             u, data, reason = await self.forward("chat", body, ctx["request_id"])
         self.account(ctx, u, data.get("usage") or {}, reason, "chat")
         return JSONResponse(data, headers=self.headers(ctx, u, reason))
@@ -241,20 +269,22 @@ class Gateway:
             reason = last_error if u.role == "fallback" else ""
             metrics, route = self.metrics, "chat_stream"
 
-            async def relay(u=u, resp=resp):
+            async def relay(resp=resp):
                 first = True
-                try:
-                    async for chunk in resp.aiter_raw():
-                        if first:
-                            metrics.ttft.labels(route).observe(time.monotonic() - t0)
-                            first = False
-                        yield chunk
-                finally:
-                    await resp.aclose()
-                    u.outstanding -= 1
+                async for chunk in resp.aiter_raw():
+                    if first:
+                        metrics.ttft.labels(route).observe(time.monotonic() - t0)
+                        first = False
+                    yield chunk
+
+            async def on_close(u=u, resp=resp):
+                await resp.aclose()
+                u.outstanding -= 1
+                self.admission.release()
 
             self.account(ctx, u, {}, reason, "chat_stream")
-            return StreamingResponse(relay(), media_type="text/event-stream", headers=self.headers(ctx, u, reason))
+            return StreamedAnswer(relay(), on_close=on_close, media_type="text/event-stream",
+                                  headers=self.headers(ctx, u, reason))
         raise ApiError(503, f"no upstream could answer ({last_error or 'every circuit is open'})", "upstream_error",
                        code="upstream_unavailable", headers={"Retry-After": "5"})
 
@@ -368,17 +398,25 @@ def build(cfg: dict) -> Starlette:
                 ctx["error"] = type(e).__name__
                 resp = ApiError(500, "internal error; see the gateway log with this request id",
                                 "server_error").response(ctx["request_id"])
-            latency = time.monotonic() - t0
-            gw.metrics.requests.labels(route, ctx.get("model") or "-", str(resp.status_code)).inc()
-            gw.metrics.latency.labels(route).observe(latency)
-            line = {"ts": round(time.time(), 3), "request_id": ctx["request_id"], "route": route,
-                    "status": resp.status_code, "latency_ms": round(latency * 1000, 1), "model": ctx.get("model"),
-                    "fallback": ctx.get("fallback", False), "prompt_tokens": ctx.get("prompt_tokens"),
-                    "completion_tokens": ctx.get("completion_tokens"), "prompt_chars": ctx.get("prompt_chars"),
-                    "prompt_sha256": ctx.get("prompt_hash")}
-            if "error" in ctx:
-                line["error"] = ctx["error"]
-            gw.log.info(json.dumps(line))
+            def record(status: int) -> None:
+                latency = time.monotonic() - t0
+                gw.metrics.requests.labels(route, ctx.get("model") or "-", str(status)).inc()
+                gw.metrics.latency.labels(route).observe(latency)
+                line = {"ts": round(time.time(), 3), "request_id": ctx["request_id"], "route": route,
+                        "status": status, "latency_ms": round(latency * 1000, 1), "model": ctx.get("model"),
+                        "fallback": ctx.get("fallback", False), "prompt_tokens": ctx.get("prompt_tokens"),
+                        "completion_tokens": ctx.get("completion_tokens"), "prompt_chars": ctx.get("prompt_chars"),
+                        "prompt_sha256": ctx.get("prompt_hash")}
+                if isinstance(resp, StreamedAnswer):
+                    line["streamed"] = True
+                if "error" in ctx:
+                    line["error"] = ctx["error"]
+                gw.log.info(json.dumps(line))
+
+            if isinstance(resp, StreamedAnswer):
+                resp.after = record  # latency and the log line cover the whole stream
+            else:
+                record(resp.status_code)
             return resp
         return run
 

@@ -25,7 +25,9 @@ class Endpoint:
 def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | None, threads: int,
          task: dict | None = None) -> dict:
     """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway."""
-    gw = serve_cfg["gateway"]
+    gw = dict(serve_cfg["gateway"])
+    if gw.get("max_in_flight") is None:  # the engines' slots: more in flight only queues inside llama-server
+        gw["max_in_flight"] = serve_cfg["replicas"] * serve_cfg["parallel"]
     return {
         "engine": serve_cfg["engine"], "replicas": serve_cfg["replicas"], "parallel": serve_cfg["parallel"],
         "ctx_size": serve_cfg["ctx_size"], "threads": threads, "ready_timeout_s": serve_cfg["ready_timeout_s"],
