@@ -28,9 +28,9 @@ def tiny_gguf(tiny_model, tmp_path_factory):
     return llama_cpp.convert(tiny_model, out / "tiny-f16.gguf", out / "convert.log")
 
 
-def config(endpoints, constrained=False):
+def config(endpoints, constrained=False, constrained_retry=False):
     task = {**tasks.get("invoice_extraction").describe(), "system_prompt": SYSTEM, "max_tokens": 48,
-            "constrained": constrained}
+            "constrained": constrained, "constrained_retry": constrained_retry}
     return deploy.gateway_config(endpoints, LIMITS, task, "invoice-extraction")
 
 
@@ -257,6 +257,56 @@ def test_task_endpoint_validates_output_and_says_which_model_answered(stack):
                    json={"document": "Invoice INV-1, total 12.00 EUR"}, timeout=120)
     assert r.status_code == 502 and r.json()["error"]["code"] == "task_schema_failed"
     assert "primary-0" in r.json()["error"]["message"] and "fallback-1" in r.json()["error"]["message"]
+
+
+VALID = {"invoice_number": "INV-1", "invoice_date": "2024-01-02", "due_date": "2024-02-01", "seller": "Acme",
+         "buyer": "Beta", "currency": "EUR", "subtotal": 10.0, "tax": 2.0, "total": 12.0}
+
+
+class ContractEngine(http.server.BaseHTTPRequestHandler):
+    """An upstream whose free answer breaks the task's contract (total != subtotal + tax) and whose constrained
+    answer (response_format with the task's schema in the request) keeps it; it counts what it was asked."""
+    asked: list = []
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ContractEngine.asked.append(bool(req.get("response_format")))
+        answer = VALID if req.get("response_format", {}).get("schema") else dict(VALID, total=99.0)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}],
+                           "usage": {"prompt_tokens": 5, "completion_tokens": 40}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_an_answer_that_breaks_the_contract_is_asked_again_constrained(tmp_path, retry):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ContractEngine)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    ContractEngine.asked = []
+    try:
+        eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
+        with deploy.start_gateway(config(eps, constrained_retry=retry), tmp_path, api_keys=KEY) as (url, _):
+            r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH, timeout=60,
+                           json={"document": "Invoice INV-1 from Acme to Beta, 2024-01-02, due 2024-02-01, EUR 12.00"})
+            if retry:  # the free answer failed the sum rule; the same model, constrained, answered
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["constrained"] is True and body["fallback"] is False and body["upstream"] == "primary-0"
+                assert body["fields"] == VALID and ContractEngine.asked == [False, True]
+            else:  # asked once; no fallback configured: 502 naming the failure
+                assert r.status_code == 502 and r.json()["error"]["code"] == "task_schema_failed"
+                assert "primary-0: output failed the task's contract" in r.json()["error"]["message"]
+                assert ContractEngine.asked == [False]
+            m = httpx.get(url + "/metrics").text
+            assert 'forge_upstream_errors_total{kind="task_schema",upstream="primary-0"} 1.0' in m
+    finally:
+        srv.shutdown()
 
 
 def test_fallback_when_the_primary_dies_and_recovery_when_it_returns(tiny_gguf, tmp_path):

@@ -307,17 +307,26 @@ class Gateway:
                                 {"role": "user", "content": doc}],
                    "max_tokens": self.task_cfg["max_tokens"], "temperature": 0}
         spec = self.task_cfg["spec"]
-        fmt = self.task_kind.response_format(spec) if self.task_cfg.get("constrained") else None
-        if fmt:
-            payload["response_format"] = fmt
+        fmt = self.task_kind.response_format(spec)  # None: the kind has nothing to constrain (generation)
+        first = bool(fmt and self.task_cfg.get("constrained"))
+        # who is asked, in order: the primary as configured; when its answer fails the contract, the primary again
+        # with the contract enforced by the engine; then the fallback (constrained too when retries are on)
+        retry = bool(fmt and self.task_cfg.get("constrained_retry"))
+        attempts = [("primary", first)] + ([("primary", True)] if retry and not first else []) + \
+            [("fallback", first or retry)]
         failures = []
         async with self.admission.slot():
-            for role in ("primary", "fallback"):
+            down = set()
+            for role, constrained in attempts:
+                if role in down:
+                    continue
+                body = dict(payload, response_format=fmt) if constrained else payload
                 try:
-                    u, data, reason = await self.forward("task", payload, ctx["request_id"], (role,))
+                    u, data, reason = await self.forward("task", body, ctx["request_id"], (role,))
                 except ApiError as e:
                     if e.status >= 500:
                         failures.append(str(e))
+                        down.add(role)
                         continue
                     raise
                 text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
@@ -326,12 +335,14 @@ class Gateway:
                     why = "; ".join(failures) or reason
                     self.account(ctx, u, data.get("usage") or {}, why, "task")
                     out = {"answer": answer, "kind": self.task_cfg["kind"], "model": u.model, "upstream": u.name,
-                           "fallback": u.role == "fallback", "fallback_reason": why or None, "usage": data.get("usage")}
+                           "fallback": u.role == "fallback", "fallback_reason": why or None,
+                           "constrained": constrained, "usage": data.get("usage")}
                     if self.task_cfg["kind"] == "extraction":
                         out["fields"] = answer
                     return JSONResponse(out, headers=self.headers(ctx, u, why))
                 self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
-                failures.append(f"{u.name}: output failed the task's contract ({problems[0][:120]})")
+                failures.append(f"{u.name}{' (constrained)' if constrained else ''}: output failed the task's "
+                                f"contract ({problems[0][:120]})")
         raise ApiError(502, "no model produced output that passes the task's contract (" + "; ".join(failures) + ")",
                        "upstream_error", code="task_schema_failed")
 

@@ -174,12 +174,15 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
     dc = ((serve.metrics.get("decoding_check") or {}) if serve else {}).get("fallback")
     if dc and dc.get("constrainable"):
         on = (serving.get("task") or {}).get("constrained")
+        retry = (serving.get("task") or {}).get("constrained_retry")
         head = dc["headline"]
         L.append(f"- On the task endpoint the fallback must also give answers the gateway accepts (the task's "
                  f"output contract): measured on {dc['free']['n']} test documents, {dc['free']['valid']:.0%} accepted "
                  f"with free decoding, {dc['constrained']['valid']:.0%} with the contract as a grammar ({head} "
                  f"{fmt.num(dc['free'][head])} → {fmt.num(dc['constrained'][head])}). Constrained decoding is "
-                 + ("on" if on else "**off**") + " in this recipe (`serve.gateway.constrained_task`).")
+                 + ("on" if on else "**off**") + " in this recipe (`serve.gateway.constrained_task`); an answer that "
+                 "fails the contract is asked again with it enforced, of the same model and then of the fallback: "
+                 + ("on" if retry else "**off**") + " (`serve.gateway.constrained_retry`).")
     return L + [""]
 
 

@@ -63,7 +63,8 @@ def run(ctx: Context) -> Result:
     fallback = quant.path("fallback") if "fallback" in quant.artifacts else None
     the_task = tasks.of(ctx.recipe)
     task = {**the_task.describe(), "system_prompt": tasks.system_prompt(ctx.recipe),
-            "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"]}
+            "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"],
+            "constrained_retry": cfg["gateway"]["constrained_retry"]}
     serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads, task)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
