@@ -97,3 +97,30 @@ def test_the_default_admission_limit_is_the_engines_slots():
     spec = deploy.spec({**serve, "replicas": 2, "gateway": {**serve["gateway"], "max_in_flight": 5}},
                        REPO / "p.gguf", None, None, 2)
     assert spec["gateway"]["max_in_flight"] == 5
+
+
+def test_each_route_falls_back_only_to_a_model_that_serves_it():
+    p = Upstream("primary-0", "primary", "u0", "tuned")
+    chat_fb = Upstream("fallback-1", "fallback", "u1", "fallback-base", routes=("chat",))
+    task_fb = Upstream("fallback-2", "fallback", "u2", "fallback-deployed", routes=("task",))
+    r = Router([p, chat_fb, task_fb])
+    assert [u.name for u in r.candidates(route="chat")] == ["primary-0", "fallback-1"]
+    assert [u.name for u in r.candidates(route="task")] == ["primary-0", "fallback-2"]
+    for _ in range(3):
+        task_fb.breaker.failure()
+    task_fb.breaker.clock = lambda: 1e12  # long after reset_s: half-open, one trial allowed
+    assert [u.name for u in r.candidates(route="chat")] == ["primary-0", "fallback-1"]  # the trial is not spent here
+    assert [u.name for u in r.candidates(route="task")] == ["primary-0", "fallback-2"]
+
+
+def test_serve_fallbacks_one_engine_per_model_with_its_routes():
+    from runner.stage import StageError
+    from runner.stages import serve
+    got = serve.fallbacks({"task": "deployed", "chat": "base"}, "d.gguf", "b.gguf")
+    assert got == [{"gguf": "b.gguf", "alias": "fallback-base", "routes": ["chat"]},
+                   {"gguf": "d.gguf", "alias": "fallback-deployed", "routes": ["task"]}]
+    assert serve.fallbacks({"task": "deployed", "chat": "deployed"}, "d.gguf", None) == [
+        {"gguf": "d.gguf", "alias": "fallback-deployed", "routes": ["chat", "task"]}]
+    assert serve.fallbacks({"task": "none", "chat": "none"}, "d.gguf", "b.gguf") == []
+    with pytest.raises(StageError, match="serve.fallback.chat: 'base' has no model"):
+        serve.fallbacks({"task": "deployed", "chat": "base"}, "d.gguf", None)

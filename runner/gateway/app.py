@@ -96,7 +96,8 @@ class Gateway:
         lim = cfg["limits"]
         br = cfg.get("breaker", {})
         self.router = Router([Upstream(u["name"], u["role"], u["url"], u["model"],
-                                       CircuitBreaker(br.get("threshold", 3), br.get("reset_s", 10.0)))
+                                       CircuitBreaker(br.get("threshold", 3), br.get("reset_s", 10.0)),
+                                       routes=tuple(u.get("routes") or ("chat", "task")))
                               for u in cfg["upstreams"]])
         self.admission = Admission(lim["max_in_flight"], lim["max_queue"], lim["queue_timeout_s"])
         self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(lim["upstream_timeout_s"], connect=2.0))
@@ -175,7 +176,7 @@ class Gateway:
                       roles: tuple[str, ...] = ("primary", "fallback")) -> tuple[Upstream, dict, str]:
         """First upstream that answers: (upstream, JSON body, fallback reason or '')."""
         reason = ""
-        for u in self.router.candidates(roles):
+        for u in self.router.candidates(roles, route):
             for attempt in (0, 1):
                 u.outstanding += 1
                 try:
@@ -216,8 +217,8 @@ class Gateway:
                                    code=(data.get("error") or {}).get("type") if isinstance(data.get("error"), dict)
                                    else None)
                 return u, data, (reason if u.role == "fallback" else "")
-        if not any(u.role in roles for u in self.router.upstreams):
-            raise ApiError(503, f"no {' or '.join(roles)} upstream is configured", "upstream_error",
+        if not any(u.role in roles and route in u.routes for u in self.router.upstreams):
+            raise ApiError(503, f"no {' or '.join(roles)} upstream is configured for {route}", "upstream_error",
                            code="upstream_unavailable")
         raise ApiError(503, f"no upstream could answer ({reason or 'every circuit is open'})", "upstream_error",
                        code="upstream_unavailable", headers={"Retry-After": "5"})
@@ -244,7 +245,7 @@ class Gateway:
         """Streaming goes to the first upstream whose circuit allows it; fallback only before the first byte."""
         t0 = time.monotonic()
         last_error = None
-        for u in self.router.candidates():
+        for u in self.router.candidates(route="chat"):
             u.outstanding += 1
             try:
                 req = self.client.build_request("POST", u.url + "/v1/chat/completions",

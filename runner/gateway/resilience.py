@@ -1,5 +1,5 @@
 """Upstream selection for the gateway: a circuit breaker per upstream and least-outstanding-requests routing
-across the primary replicas, with the fallback model behind them. Pure Python (no web framework), so it is
+across the primary replicas, with the fallback models behind them (each for the routes it serves). Pure Python (no web framework), so it is
 unit-tested without a server."""
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ class Upstream:
     model: str          # the alias the engine serves
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     outstanding: int = 0
+    routes: tuple[str, ...] = ("chat", "task")  # which routes it serves (a fallback may do only one)
 
     def info(self) -> dict:
         return {"name": self.name, "role": self.role, "model": self.model, "circuit": self.breaker.state,
-                "outstanding": self.outstanding}
+                "outstanding": self.outstanding, "routes": list(self.routes)}
 
 
 class Router:
@@ -67,9 +68,11 @@ class Router:
     def by_role(self, role: str) -> list[Upstream]:
         return [u for u in self.upstreams if u.role == role]
 
-    def candidates(self, roles: tuple[str, ...] = ("primary", "fallback")) -> list[Upstream]:
+    def candidates(self, roles: tuple[str, ...] = ("primary", "fallback"), route: str | None = None) -> list[Upstream]:
+        """route: only upstreams that serve it (the breaker's half-open trial is not spent on the others)."""
         order = []
         for role in roles:
-            ups = sorted(self.by_role(role), key=lambda u: (u.outstanding, u.name))
+            ups = sorted((u for u in self.by_role(role) if route is None or route in u.routes),
+                         key=lambda u: (u.outstanding, u.name))
             order += [u for u in ups if u.breaker.allow()]
         return order

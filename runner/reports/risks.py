@@ -157,11 +157,15 @@ def monitoring(recipe: dict, serving: dict | None) -> list[str]:
 def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> list[str]:
     if not serving:
         return []
-    fb = serving.get("fallback")
+    fbs = serving.get("fallbacks")
+    if fbs is None:  # a serving.json from before per-route fallbacks: one base-model fallback for every route
+        fbs = [dict(serving["fallback"], alias="fallback-base", routes=["chat", "task"])] if serving.get("fallback") else []
+    what = {"fallback-base": "the base model's quant", "fallback-deployed": "the deployed model, in an engine of its own"}
+    shown = "; ".join(f"{' and '.join(f['routes'])}: `{Path(f['gguf']).name}` ({what.get(f['alias'], f['alias'])})"
+                      for f in fbs)
     L = ["## Fallback plan", "",
          f"- Primary: `{serving.get('model_type')}` of the tuned model on {serving.get('engine')} "
-         f"(x{serving.get('replicas')}); fallback: " + (f"`{Path(fb['gguf']).name}` (the base model's quant)" if fb
-                                                        else "none configured") + ".",
+         f"(x{serving.get('replicas')}); fallback per route: " + (shown or "none configured") + ".",
          "- The gateway moves a request to the fallback when the primary refuses connections, times out, answers "
          "5xx, has its circuit open, or (task endpoint) returns output that fails the task schema; the response "
          "says so (`fallback: true`, header `X-Forge-Fallback`). Engines that exit are restarted with backoff."]
@@ -171,6 +175,13 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
                  f"load; {k['answered_by_fallback']} requests answered by the fallback; engine back after "
                  f"{k['engine_restarted_s']} s, primary answering through the gateway again after "
                  f"{k['primary_answers_again_s']} s; drill **{'passed' if k['passed'] else 'failed'}**.")
+        t = k.get("task")
+        if t:
+            L.append(f"- The task route in the same outage (`{t['route']}`, {t['workers']} client(s) beside the chat "
+                     f"load): {t['valid_while_down']} of {t['while_primary_down']} task requests sent while the primary "
+                     f"was down got an answer that passed the task's contract ({fmt.num(t['valid_share_while_down'])}; "
+                     f"before the kill {fmt.num(t['valid_share_before_kill'])}); {t['answered_by_fallback']} answered "
+                     "by the fallback.")
     dc = ((serve.metrics.get("decoding_check") or {}) if serve else {}).get("fallback")
     if dc and dc.get("constrainable"):
         on = (serving.get("task") or {}).get("constrained")

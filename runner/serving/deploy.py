@@ -20,11 +20,19 @@ class Endpoint:
     model: str
     ready_s: float
     engine: supervisor.SupervisedServer | None = None   # restarts it when it exits
+    routes: tuple[str, ...] = ("chat", "task")           # the gateway routes it serves
 
 
-def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | None, threads: int,
+def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | list[dict] | None, threads: int,
          task: dict | None = None) -> dict:
-    """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway."""
+    """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway.
+    fallback: one GGUF for every route, or [{"gguf", "alias", "routes"}], one engine each."""
+    if fallback is None:
+        fallbacks = []
+    elif isinstance(fallback, list):
+        fallbacks = [{**f, "gguf": str(f["gguf"])} for f in fallback]
+    else:
+        fallbacks = [{"gguf": str(fallback), "alias": "fallback", "routes": ["chat", "task"]}]
     gw = dict(serve_cfg["gateway"])
     if gw.get("max_in_flight") is None:  # the engines' slots: more in flight only queues inside llama-server
         gw["max_in_flight"] = serve_cfg["replicas"] * serve_cfg["parallel"]
@@ -34,7 +42,7 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path
         "sglang": serve_cfg["sglang"], "engine_args": serve_cfg["engine_args"],
         "fallback_threads": serve_cfg["fallback_threads"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
-        "fallback": {"gguf": str(fallback), "alias": "fallback"} if fallback else None,
+        "fallbacks": fallbacks,
         "gateway": gw if gw["enabled"] else None,
         "task": task,
     }
@@ -81,17 +89,26 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
     with contextlib.ExitStack() as stack:
         endpoints = []
         roles = [("primary", serving["primary"], serving["replicas"], serving["threads"])]
-        if serving.get("fallback"):
-            roles.append(("fallback", serving["fallback"], 1, serving.get("fallback_threads") or serving["threads"]))
+        roles += [("fallback", fb, 1, serving.get("fallback_threads") or serving["threads"]) for fb in fallbacks_of(serving)]
+        n = 0
         for role, model, replicas, threads in roles:
-            for i in range(replicas):
-                engine = supervisor.supervise(Path(model["gguf"]), logs / f"llama-server-{role}-{i}.log",
+            for _ in range(replicas):
+                engine = supervisor.supervise(Path(model["gguf"]), logs / f"llama-server-{role}-{n}.log",
                                               threads, serving["parallel"], serving["ctx_size"],
                                               model["alias"], serving["ready_timeout_s"], serving.get("engine_args", ()))
+                n += 1
                 ready_s = engine.start()
                 stack.callback(engine.stop)
-                endpoints.append(Endpoint(role, engine.server.url, model["alias"], ready_s, engine))
+                endpoints.append(Endpoint(role, engine.server.url, model["alias"], ready_s, engine,
+                                          tuple(model.get("routes") or ("chat", "task"))))
         yield endpoints
+
+
+def fallbacks_of(serving: dict) -> list[dict]:
+    """The fallback engines of a serving.json (older ones had one `fallback` for every route)."""
+    if "fallbacks" in serving:
+        return serving["fallbacks"]
+    return [dict(serving["fallback"], routes=["chat", "task"])] if serving.get("fallback") else []
 
 
 @contextlib.contextmanager
@@ -126,13 +143,13 @@ def start_sglang(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
                 raise StageError(f"SGLang not ready after {serving['ready_timeout_s']} s; logs in {logs}")
             time.sleep(1)
         endpoints = [Endpoint("primary", plan["endpoint"], serving["primary"]["alias"], time.time() - t0)]
-        if serving.get("fallback"):
-            fb = serving["fallback"]
-            engine = supervisor.supervise(Path(fb["gguf"]), logs / "llama-server-fallback-0.log", serving["threads"],
+        for i, fb in enumerate(fallbacks_of(serving)):
+            engine = supervisor.supervise(Path(fb["gguf"]), logs / f"llama-server-fallback-{i}.log", serving["threads"],
                                           1, serving["ctx_size"], fb["alias"], serving["ready_timeout_s"])
             ready_s = engine.start()
             stack.callback(engine.stop)
-            endpoints.append(Endpoint("fallback", engine.server.url, fb["alias"], ready_s, engine))
+            endpoints.append(Endpoint("fallback", engine.server.url, fb["alias"], ready_s, engine,
+                                      tuple(fb.get("routes") or ("chat", "task"))))
         yield endpoints
 
 
@@ -144,8 +161,8 @@ def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, serve
     """The gateway's config: its upstreams (the engines just started) plus the recipe's limits."""
     return {
         "served_model": served_model,
-        "upstreams": [{"name": f"{e.role}-{i}", "role": e.role, "url": e.url, "model": e.model}
-                      for i, e in enumerate(endpoints)],
+        "upstreams": [{"name": f"{e.role}-{i}", "role": e.role, "url": e.url, "model": e.model,
+                       "routes": list(e.routes)} for i, e in enumerate(endpoints)],
         "limits": {k: gw[k] for k in ("max_in_flight", "max_queue", "queue_timeout_s", "upstream_timeout_s",
                                       "max_tokens", "max_body_bytes")},
         "breaker": gw["breaker"],

@@ -1,7 +1,9 @@
 """Fault drills against a live deployment (engines under supervision + gateway), each one measured:
 
 - kill_primary: under load, SIGKILL the primary engine. Requests must keep being answered (by the fallback),
-  the supervisor must restart the engine, and the primary must answer again once its circuit closes.
+  the supervisor must restart the engine, and the primary must answer again once its circuit closes. With task
+  documents, task requests run beside the chat load, and the share answered with a valid answer while the
+  primary is down is measured (the fallback must be able to do the task, not just answer).
 - overload: bursts of concurrent requests past max_in_flight + max_queue. The excess gets 429 with
   Retry-After, nothing crashes, and the gateway's memory stays flat from burst to burst.
 - malformed: a batch of bad requests, each of which must get a 4xx with an OpenAI-style JSON error, after
@@ -54,7 +56,8 @@ def _circuit(gateway_url: str, upstream: str) -> float | None:
     return None
 
 
-def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, timeout_s: float = 60.0) -> dict:
+def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, timeout_s: float = 60.0,
+                 task: dict | None = None) -> dict:
     """Load from `workers` threads; kill the first primary engine (primary-0); run until it has answered through
     the gateway again, then 3 s more. Meanwhile the other replicas or the fallback model must answer everything."""
     primary = dep.primary
@@ -67,13 +70,24 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
     def worker():
         with httpx.Client(timeout=60) as c:
             while not stop.is_set():
-                results.append(_post(c, url, dep.api_key, CHAT))
+                results.append(dict(_post(c, url, dep.api_key, CHAT), kind="chat"))
+
+    def task_worker(docs=(task or {}).get("documents") or [""]):
+        i = 0
+        with httpx.Client(timeout=120) as c:
+            while not stop.is_set():
+                r = _post(c, dep.gateway_url + task["route"], dep.api_key, {"document": docs[i % len(docs)]})
+                results.append(dict(r, kind="task"))
+                i += 1
 
     before = len(engine.events)
     t_start = time.time()
-    with ThreadPoolExecutor(workers) as pool:
+    task_workers = max(1, workers // 2) if task else 0
+    with ThreadPoolExecutor(workers + task_workers) as pool:
         for _ in range(workers):
             pool.submit(worker)
+        for _ in range(task_workers):
+            pool.submit(task_worker)
         time.sleep(kill_after_s)
         pid = engine.pid
         state["killed_at"] = time.time()
@@ -82,7 +96,8 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
         # until the primary answers through the gateway again (its circuit half-opens after reset_s), then 3 s more
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            back = [r for r in list(results) if r["t"] > state["killed_at"] and r.get("upstream") == "primary-0"]
+            back = [r for r in list(results) if r["t"] > state["killed_at"] and r.get("upstream") == "primary-0"
+                    and r["kind"] == "chat"]
             if back:
                 state["primary_back_at"] = back[0]["t"] + back[0]["s"]
                 time.sleep(3)
@@ -90,6 +105,8 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
             time.sleep(0.2)
         stop.set()
     killed = state["killed_at"]
+    tasks_sent = [r for r in results if r["kind"] == "task"]
+    results = [r for r in results if r["kind"] == "chat"]
     after = [r for r in results if r["t"] >= killed]
     during = [r for r in after if r["t"] < state.get("primary_back_at", float("inf"))]
     statuses = Counter(str(r["status"]) for r in results)
@@ -116,6 +133,17 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
     }
     out["passed"] = bool(out["errors_after_kill"] == 0 and len(others) > 0
                          and out["primary_answers_again_s"] is not None and out["circuit_after"] == "closed")
+    if task:  # the task route under the same outage: 200 means an answer that passed the task's contract
+        down = [r for r in tasks_sent if killed <= r["t"] < state.get("primary_back_at", float("inf"))]
+        valid = [r for r in down if r["status"] == 200]
+        out["task"] = {"route": task["route"], "workers": task_workers, "requests": len(tasks_sent),
+                       "statuses": dict(Counter(str(r["status"]) for r in tasks_sent)),
+                       "while_primary_down": len(down), "valid_while_down": len(valid),
+                       "valid_share_while_down": round(len(valid) / len(down), 3) if down else None,
+                       "answered_by_fallback": sum(1 for r in tasks_sent if r["t"] >= killed
+                                                   and (r.get("upstream") or "").startswith("fallback")),
+                       "valid_share_before_kill": round(sum(r["status"] == 200 for r in tasks_sent if r["t"] < killed)
+                                                        / max(1, sum(r["t"] < killed for r in tasks_sent)), 3)}
     return out
 
 
@@ -198,7 +226,9 @@ def malformed(dep: Deployment, serving: dict) -> dict:
             "passed": all(r["passed"] for r in rows) and health == 200 and ready == "ready" and good == 200}
 
 
-def run_all(dep: Deployment, serving: dict, cfg: dict, progress=lambda m: None) -> dict:
+def run_all(dep: Deployment, serving: dict, cfg: dict, progress=lambda m: None,
+            documents: list[str] | None = None) -> dict:
+    """documents: task documents; with them (and a task route) the kill drill sends task requests too."""
     out = {}
     if "malformed" in cfg["drills"]:
         progress("drill: a batch of malformed requests")
@@ -211,7 +241,10 @@ def run_all(dep: Deployment, serving: dict, cfg: dict, progress=lambda m: None) 
             out["kill_primary"] = {"skipped": "the primary engine is not a supervised llama-server"}
         elif len(dep.endpoints) > 1:
             progress("drill: kill the primary engine under load")
-            out["kill_primary"] = kill_primary(dep, workers=cfg["kill_workers"], timeout_s=cfg["timeout_s"])
+            route = (serving.get("task") or {}).get("route")
+            out["kill_primary"] = kill_primary(dep, workers=cfg["kill_workers"], timeout_s=cfg["timeout_s"],
+                                               task={"route": route, "documents": documents}
+                                               if route and documents else None)
         else:
             out["kill_primary"] = {"skipped": "nothing else is deployed to answer while the primary is down"}
     return out

@@ -137,7 +137,9 @@ def run(ctx: Context) -> Result:
         with deploy.up(serving, ctx.logs / "drills") as dep:
             task_attacks = constant_rate(ctx, cfg, dep, (serving.get("task") or {}).get("route"))
             if cfg["drills"]["enabled"]:
-                drill_results = drills.run_all(dep, serving, cfg["drills"], ctx.progress)
+                docs = [json.loads(x)["document"] for x in ctx.inputs["data"].path("test").read_text().splitlines()
+                        if x.strip()][:32]
+                drill_results = drills.run_all(dep, serving, cfg["drills"], ctx.progress, docs)
             restarts += dep.restarts()
     baseline = None
     if cfg["baseline"]["enabled"]:

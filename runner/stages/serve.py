@@ -54,13 +54,28 @@ def gateway_checks(dep: deploy.Deployment, doc: dict, route: str) -> dict:
             "refused": {"no_key": no_key.status_code, "malformed_json": malformed.status_code}}
 
 
+def fallbacks(choice: dict, deployed, base) -> list[dict]:
+    """One fallback engine per distinct model that serve.fallback names, with the routes it serves."""
+    models = {"deployed": deployed, "base": base}
+    out: dict[str, dict] = {}
+    for route in ("chat", "task"):
+        name = choice[route]
+        if name == "none":
+            continue
+        if models[name] is None:
+            raise StageError(f"serve.fallback.{route}: '{name}' has no model in this run (the quantize stage "
+                             "quantizes the base model only when the eval stage scored it)")
+        out.setdefault(name, {"gguf": models[name], "alias": f"fallback-{name}", "routes": []})["routes"].append(route)
+    return list(out.values())
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("serve")
     quant = ctx.inputs["quantize"]
     qtype, gguf = choose_model(cfg, quant)
     model_name = quant.metrics["model"]
     hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
-    fallback = quant.path("fallback") if "fallback" in quant.artifacts else None
+    fallback = fallbacks(cfg["fallback"], gguf, quant.path("fallback") if "fallback" in quant.artifacts else None)
     the_task = tasks.of(ctx.recipe)
     task = {**the_task.describe(), "system_prompt": tasks.system_prompt(ctx.recipe),
             "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"],
@@ -94,7 +109,8 @@ def run(ctx: Context) -> Result:
             n = cfg["decoding_check"]["samples"]
             ctx.progress(f"decoding check: {n} test documents per engine, free vs constrained to the task's contract")
             docs = decoding_check.load_docs(ctx.inputs["data"].path("test"), n)
-            first = {ep.role: ep for ep in reversed(dep.endpoints)}  # one engine per role (replica 0)
+            # one engine per role: primary replica 0, and the fallback that serves the task route
+            first = {ep.role: ep for ep in reversed(dep.endpoints) if "task" in ep.routes}
             decoding = {role: decoding_check.measure(ep.url, docs, serving["system_prompt"], task["max_tokens"],
                                                      the_task)
                         for role, ep in sorted(first.items(), key=lambda kv: kv[0] != "primary")}
