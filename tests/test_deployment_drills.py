@@ -1,11 +1,9 @@
 """A whole deployment (supervised llama-servers with the tiny model + the gateway) on loopback: the supervisor
 restarts a killed engine, the resource sampler sees every process and gauge, and the three fault drills pass
 for the right reasons."""
-import http.server
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from runner import tasks
 from runner.adapters import llama_cpp
 from runner.serving import deploy, drills, resources, supervisor
+from tests.fake_engines import VALID_INVOICE, ChatEngine, running
 
 GATEWAY = {"enabled": True, "max_in_flight": 2, "max_queue": 2, "queue_timeout_s": 20, "upstream_timeout_s": 30,
            "max_tokens": 64, "max_body_bytes": 20000, "breaker": {"threshold": 2, "reset_s": 2.0},
@@ -118,24 +117,12 @@ def test_supervisor_backs_off_while_restarts_keep_failing(deployment, tmp_path):
     assert engine.restarts == 0 and "[supervisor] llama-server exited" in (tmp_path / "doomed.log").read_text()
 
 
-class TaskFallback(http.server.BaseHTTPRequestHandler):
+class TaskFallback(ChatEngine):
     """A task-route fallback that always answers within the invoice task's contract (the tiny random model
     cannot), so the drill's task accounting has something valid to count."""
 
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        answer = {"invoice_number": "INV-1", "invoice_date": "2024-01-02", "due_date": "2024-02-01",
-                  "seller": "Acme", "buyer": "Beta", "currency": "EUR", "subtotal": 10.0, "tax": 2.0, "total": 12.0}
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 40}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    def answer(self, request):
+        return json.dumps(VALID_INVOICE)
 
 
 def test_kill_drill_on_the_task_route_counts_valid_answers_while_the_primary_is_down(tiny_model, tmp_path):
@@ -143,22 +130,16 @@ def test_kill_drill_on_the_task_route_counts_valid_answers_while_the_primary_is_
     serving = {"engine": "llama-server", "replicas": 1, "parallel": 2, "ctx_size": 512, "threads": 1,
                "ready_timeout_s": 60, "primary": {"gguf": str(gguf), "alias": "tuned"},
                "fallbacks": [{"gguf": str(gguf), "alias": "fallback-base", "routes": ["chat"]}]}
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TaskFallback)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     task = {**tasks.get("invoice_extraction").describe(), "system_prompt": "Extract.", "max_tokens": 48,
             "constrained": False, "constrained_retry": False}
-    try:
-        with deploy.start(serving, tmp_path / "logs") as endpoints:
-            endpoints = endpoints + [deploy.Endpoint("fallback", f"http://127.0.0.1:{srv.server_port}", "fallback-deployed",
-                                                     0, None, ("task",))]
-            cfg = deploy.gateway_config(endpoints, GATEWAY, task, "tiny")
-            with deploy.start_gateway(cfg, tmp_path / "logs", api_keys="k") as (url, pid):
-                dep = deploy.Deployment(endpoints, url, "k", pid.pid)
-                docs = ["Invoice INV-1 from Acme to Beta, total 12.00 EUR", "Invoice INV-2, total 7 EUR"]
-                res = drills.kill_primary(dep, workers=2, kill_after_s=1.5, timeout_s=60,
-                                          task={"route": task["route"], "documents": docs})
-    finally:
-        srv.shutdown()
+    with running(TaskFallback) as fallback, deploy.start(serving, tmp_path / "logs") as endpoints:
+        endpoints = endpoints + [deploy.Endpoint("fallback", fallback, "fallback-deployed", 0, None, ("task",))]
+        cfg = deploy.gateway_config(endpoints, GATEWAY, task, "tiny")
+        with deploy.start_gateway(cfg, tmp_path / "logs", api_keys="k") as (url, pid):
+            dep = deploy.Deployment(endpoints, url, "k", pid.pid)
+            docs = ["Invoice INV-1 from Acme to Beta, total 12.00 EUR", "Invoice INV-2, total 7 EUR"]
+            res = drills.kill_primary(dep, workers=2, kill_after_s=1.5, timeout_s=60,
+                                      task={"route": task["route"], "documents": docs})
     assert res["passed"], res  # the chat side as before: the chat fallback answered, the primary came back
     t = res["task"]
     assert t["workers"] == 1 and t["requests"] == sum(t["statuses"].values()) > 0

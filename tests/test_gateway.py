@@ -13,6 +13,7 @@ import pytest
 from runner import proc, tasks
 from runner.adapters import llama_cpp
 from runner.serving import deploy
+from tests.fake_engines import VALID_INVOICE, ChatEngine, running
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"
@@ -112,30 +113,17 @@ def test_chat_streaming_health_metrics_and_logs(stack):
     assert "Invoice 123" not in (logs / "gateway-requests.jsonl").read_text()  # length and hash only
 
 
-class SlowEngine(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-style upstream that takes 0.5 s per answer (the tiny model answers in milliseconds, too fast
-    to fill a queue deterministically)."""
+class SlowEngine(ChatEngine):
+    """Takes 0.5 s per answer (the tiny model answers in milliseconds, too fast to fill a queue deterministically)."""
 
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+    def answer(self, request):
         time.sleep(0.5)
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"}}],
-                           "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        return "ok"
 
 
 def test_admission_refuses_beyond_the_queue_with_429_and_retry_after(tmp_path):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowEngine)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
+    with running(SlowEngine) as engine:
+        eps = [deploy.Endpoint("primary", engine, "tuned", 0)]
         with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as (url, _):
             with cf.ThreadPoolExecutor(12) as ex:
                 t0 = time.time()
@@ -150,8 +138,6 @@ def test_admission_refuses_beyond_the_queue_with_429_and_retry_after(tmp_path):
             m = httpx.get(url + "/metrics").text
             assert 'forge_rejected_total{status="429"} 8.0' in m and "forge_queued 0.0" in m
             assert chat(url).status_code == 200  # and it still serves
-    finally:
-        srv.shutdown()
 
 
 class SlowStreamEngine(http.server.BaseHTTPRequestHandler):
@@ -194,10 +180,8 @@ def gauge(url, name):
 
 
 def test_a_stream_holds_its_admission_slot_until_its_last_byte(tmp_path):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowStreamEngine)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
+    with running(SlowStreamEngine) as engine:
+        eps = [deploy.Endpoint("primary", engine, "tuned", 0)]
         with deploy.start_gateway(config(eps), tmp_path, api_keys=KEY) as (url, _):
             peak, samples, stop = [], [], threading.Event()
 
@@ -241,8 +225,6 @@ def test_a_stream_holds_its_admission_slot_until_its_last_byte(tmp_path):
                 time.sleep(0.05)
             assert gauge(url, "forge_in_flight") == 0
             assert stream_chat(url, 99)[0] == 200
-    finally:
-        srv.shutdown()
 
 
 def test_task_endpoint_validates_output_and_says_which_model_answered(stack):
@@ -259,38 +241,22 @@ def test_task_endpoint_validates_output_and_says_which_model_answered(stack):
     assert "primary-0" in r.json()["error"]["message"] and "fallback-1" in r.json()["error"]["message"]
 
 
-VALID = {"invoice_number": "INV-1", "invoice_date": "2024-01-02", "due_date": "2024-02-01", "seller": "Acme",
-         "buyer": "Beta", "currency": "EUR", "subtotal": 10.0, "tax": 2.0, "total": 12.0}
-
-
-class ContractEngine(http.server.BaseHTTPRequestHandler):
-    """An upstream whose free answer breaks the task's contract (total != subtotal + tax) and whose constrained
-    answer (response_format with the task's schema in the request) keeps it; it counts what it was asked."""
+class ContractEngine(ChatEngine):
+    """Its free answer breaks the task's contract (total != subtotal + tax); its constrained answer
+    (response_format with the task's schema in the request) keeps it. It counts what it was asked."""
     asked: list = []
 
-    def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ContractEngine.asked.append(bool(req.get("response_format")))
-        answer = VALID if req.get("response_format", {}).get("schema") else dict(VALID, total=99.0)
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 40}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    def answer(self, request):
+        ContractEngine.asked.append(bool(request.get("response_format")))
+        constrained = (request.get("response_format") or {}).get("schema")
+        return json.dumps(VALID_INVOICE if constrained else dict(VALID_INVOICE, total=99.0))
 
 
 @pytest.mark.parametrize("retry", [True, False])
 def test_an_answer_that_breaks_the_contract_is_asked_again_constrained(tmp_path, retry):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ContractEngine)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     ContractEngine.asked = []
-    try:
-        eps = [deploy.Endpoint("primary", f"http://127.0.0.1:{srv.server_port}", "tuned", 0)]
+    with running(ContractEngine) as engine:
+        eps = [deploy.Endpoint("primary", engine, "tuned", 0)]
         with deploy.start_gateway(config(eps, constrained_retry=retry), tmp_path, api_keys=KEY) as (url, _):
             r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH, timeout=60,
                            json={"document": "Invoice INV-1 from Acme to Beta, 2024-01-02, due 2024-02-01, EUR 12.00"})
@@ -298,15 +264,13 @@ def test_an_answer_that_breaks_the_contract_is_asked_again_constrained(tmp_path,
                 assert r.status_code == 200, r.text
                 body = r.json()
                 assert body["constrained"] is True and body["fallback"] is False and body["upstream"] == "primary-0"
-                assert body["fields"] == VALID and ContractEngine.asked == [False, True]
+                assert body["fields"] == VALID_INVOICE and ContractEngine.asked == [False, True]
             else:  # asked once; no fallback configured: 502 naming the failure
                 assert r.status_code == 502 and r.json()["error"]["code"] == "task_schema_failed"
                 assert "primary-0: output failed the task's contract" in r.json()["error"]["message"]
                 assert ContractEngine.asked == [False]
             m = httpx.get(url + "/metrics").text
             assert 'forge_upstream_errors_total{kind="task_schema",upstream="primary-0"} 1.0' in m
-    finally:
-        srv.shutdown()
 
 
 def test_fallback_when_the_primary_dies_and_recovery_when_it_returns(tiny_gguf, tmp_path):
