@@ -60,9 +60,11 @@ class StreamedAnswer(StreamingResponse):
         if self.closed:
             return
         self.closed = True
-        await self.on_close()
-        if self.after:
-            self.after(self.status_code)
+        try:
+            await self.on_close()
+        finally:
+            if self.after:
+                self.after(self.status_code)
 
 
 class Metrics:
@@ -279,9 +281,9 @@ class Gateway:
                     yield chunk
 
             async def on_close(u=u, resp=resp):
-                await resp.aclose()
-                u.outstanding -= 1
+                u.outstanding -= 1  # the bookkeeping first: closing the upstream may be cut short by a cancellation
                 self.admission.release()
+                await resp.aclose()
 
             self.account(ctx, u, {}, reason, "chat_stream")
             return StreamedAnswer(relay(), on_close=on_close, media_type="text/event-stream",
