@@ -19,7 +19,6 @@ HYPER_KEYS = ("adapter", "lora", "sequence_len", "micro_batch_size", "gradient_a
               "logging_steps", "eval_samples")
 
 
-
 def variants(section: dict) -> dict[str, tuple[dict, dict]]:
     """name -> (hyperparameters, axolotl passthrough): 'tuned' plus each variant over it."""
     base = {k: section[k] for k in HYPER_KEYS}

@@ -16,7 +16,8 @@ def serving_for(tmp_path, serve_yaml: str, hf_dir="/models/tuned") -> dict:
     f = tmp_path / "gpu.yaml"
     f.write_text(f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: gpu\nserve:\n{serve_yaml}")
     cfg = recipe.load(f).data["serve"]
-    return deploy.spec(cfg, Path("/q/model-q8_0.gguf"), Path(hf_dir) if hf_dir else None, Path("/q/base.gguf"), 8)
+    return deploy.spec(cfg, Path("/q/model-q8_0.gguf"), Path(hf_dir) if hf_dir else None,
+                       [{"gguf": Path("/q/base.gguf"), "alias": "fallback-base", "routes": ["chat", "task"]}], 8)
 
 
 def test_two_replicas_with_tensor_parallel_get_gpu_slices_and_a_router(tmp_path):

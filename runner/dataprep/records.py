@@ -1,6 +1,7 @@
 """What a record is on its way in: the generators a recipe can name, the text normalization of the data policy,
-the chat record that Axolotl trains on and lm-eval scores, and a seeded sample of a split file. The data stage and the iteration pool both build
-their records with these, so a pool record is made exactly as a corpus record is."""
+the chat record that Axolotl trains on and lm-eval scores, and a seeded sample of a split file. The data stage
+and the iteration pool both build their records with these, so a pool record is made exactly as a corpus
+record is."""
 from __future__ import annotations
 
 import html

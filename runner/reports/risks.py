@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from runner.reports import fmt
+from runner.serving import deploy
 from runner.stage import Output
 
 
@@ -157,10 +158,9 @@ def monitoring(recipe: dict, serving: dict | None) -> list[str]:
 def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> list[str]:
     if not serving:
         return []
-    fbs = serving.get("fallbacks")
-    if fbs is None:  # a serving.json from before per-route fallbacks: one base-model fallback for every route
-        fbs = [dict(serving["fallback"], alias="fallback-base", routes=["chat", "task"])] if serving.get("fallback") else []
-    what = {"fallback-base": "the base model's quant", "fallback-deployed": "the deployed model, in an engine of its own"}
+    fbs = deploy.fallbacks_of(serving)
+    what = {"fallback": "the base model's quant", "fallback-base": "the base model's quant",  # "fallback": older runs
+            "fallback-deployed": "the deployed model, in an engine of its own"}
     shown = "; ".join(f"{' and '.join(f['routes'])}: `{Path(f['gguf']).name}` ({what.get(f['alias'], f['alias'])})"
                       for f in fbs)
     L = ["## Fallback plan", "",

@@ -23,16 +23,10 @@ class Endpoint:
     routes: tuple[str, ...] = ("chat", "task")           # the gateway routes it serves
 
 
-def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path | list[dict] | None, threads: int,
+def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallbacks: list[dict], threads: int,
          task: dict | None = None) -> dict:
     """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway.
-    fallback: one GGUF for every route, or [{"gguf", "alias", "routes"}], one engine each."""
-    if fallback is None:
-        fallbacks = []
-    elif isinstance(fallback, list):
-        fallbacks = [{**f, "gguf": str(f["gguf"])} for f in fallback]
-    else:
-        fallbacks = [{"gguf": str(fallback), "alias": "fallback", "routes": ["chat", "task"]}]
+    fallbacks: [{"gguf", "alias", "routes"}], one engine each."""
     gw = dict(serve_cfg["gateway"])
     if gw.get("max_in_flight") is None:  # the engines' slots: more in flight only queues inside llama-server
         gw["max_in_flight"] = serve_cfg["replicas"] * serve_cfg["parallel"]
@@ -42,7 +36,7 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallback: Path
         "sglang": serve_cfg["sglang"], "engine_args": serve_cfg["engine_args"],
         "fallback_threads": serve_cfg["fallback_threads"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
-        "fallbacks": fallbacks,
+        "fallbacks": [{**f, "gguf": str(f["gguf"])} for f in fallbacks],
         "gateway": gw if gw["enabled"] else None,
         "task": task,
     }

@@ -75,12 +75,13 @@ def run(ctx: Context) -> Result:
     qtype, gguf = choose_model(cfg, quant)
     model_name = quant.metrics["model"]
     hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
-    fallback = fallbacks(cfg["fallback"], gguf, quant.path("fallback") if "fallback" in quant.artifacts else None)
+    fallback_engines = fallbacks(cfg["fallback"], gguf,
+                                 quant.path("fallback") if "fallback" in quant.artifacts else None)
     the_task = tasks.of(ctx.recipe)
     task = {**the_task.describe(), "system_prompt": tasks.system_prompt(ctx.recipe),
             "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"],
             "constrained_retry": cfg["gateway"]["constrained_retry"]}
-    serving = deploy.spec(cfg, gguf, hf_dir, fallback, ctx.threads, task)
+    serving = deploy.spec(cfg, gguf, hf_dir, fallback_engines, ctx.threads, task)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
     serving["system_prompt"] = task["system_prompt"]
