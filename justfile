@@ -41,6 +41,6 @@ report run:
 compare run_a run_b *flags:
     python3 -m runner compare {{run_a}} {{run_b}} {{flags}}
 
-# Start a recipe's deployment (llama-server engines + gateway) from its last run; Ctrl-C stops it
+# Start a recipe's deployment (llama-server engines + gateway; --monitor: + Prometheus) from its last run; Ctrl-C stops it
 serve recipe *flags:
     python3 -m runner serve {{recipe}} {{flags}}

@@ -112,8 +112,11 @@ def cmd_serve(a) -> int:
     import signal
     import time
 
+    import contextlib
+
     from runner import pipeline
-    from runner.serving import deploy
+    from runner.serving import deploy, monitoring
+    from runner.stage import StageError
     r = _load_or_exit(a.recipe)
     out = pipeline.cached_stage(r.data, "serve")
     if not out:
@@ -129,13 +132,22 @@ def cmd_serve(a) -> int:
     logs = env.runs_root() / r.name / ("serve-" + time.strftime("%Y%m%d-%H%M%S"))
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        with deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port")) as dep:
+        with deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port")) as dep, \
+                contextlib.ExitStack() as stack:
             for e in dep.endpoints:
                 print(f"engine  {e.role:<8} {e.url}  ({e.model}, ready in {e.ready_s:.1f}s)")
             if dep.gateway_url:
                 route = (serving.get("task") or {}).get("route")
                 print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, "
                       + (f"POST {route}, " if route else "") + f"/readyz, /metrics); logs: {logs}")
+            if a.monitor:
+                mon = r.data["monitoring"]
+                rules = monitoring.checked_rules(logs / "prometheus", r.data["loadtest"]["slo"], serving, mon)
+                srv = stack.enter_context(monitoring.watching(dep, logs / "prometheus" / rules["rules_file"],
+                                                              logs / "prometheus", mon["scrape_interval_s"],
+                                                              port=mon["port"]))
+                print(f"prometheus {srv.url}  ({len(rules['alerts'])} alerts from the SLO, checked and unit-tested "
+                      f"by promtool: {logs / 'prometheus' / rules['rules_file']})")
             print("serving; engines that exit are restarted (with backoff); Ctrl-C stops everything")
             seen = 0
             while True:
@@ -148,6 +160,9 @@ def cmd_serve(a) -> int:
                 seen = len(events)
     except KeyboardInterrupt:
         print("stopped")
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,6 +205,9 @@ def main(argv: list[str]) -> int:
     sv = sub.add_parser("serve", help="start a recipe's deployment (engines + gateway) in the foreground")
     sv.add_argument("recipe")
     sv.add_argument("--port", type=int, default=None, help="gateway port (default: serve.gateway.port)")
+    sv.add_argument("--monitor", action="store_true",
+                    help="also start Prometheus (monitoring.port) scraping the gateway and engines, with the "
+                         "recipe's alerting rules")
     sv.set_defaults(fn=cmd_serve)
     t = sub.add_parser("test", help="run the test suite (pytest)")
     t.add_argument("args", nargs=argparse.REMAINDER)

@@ -171,6 +171,28 @@ def base_models() -> dict[str, BaseModel]:
     return {n: BaseModel(n, c["package"], c["gguf_glob"], c["hub_id"]) for n, c in cfg.items()}
 
 
+@dataclass(frozen=True)
+class DebPackage:
+    """A Debian package pinned in [tool.forge.debian], unpacked (not installed) into the cache."""
+    name: str
+    version: str
+
+    @property
+    def key(self) -> str:
+        return short_hash({"name": self.name, "version": self.version, "arch": platform.machine()})
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / "debian" / f"{self.name}-{self.key}"
+
+    def bin(self, name: str) -> Path:
+        return self.path / "root" / "usr" / "bin" / name
+
+
+def debian(name: str) -> DebPackage:
+    return DebPackage(name, project_config()["tool"]["forge"]["debian"][name])
+
+
 def done_marker(path: Path) -> Path:
     return path / ".forge-complete"
 

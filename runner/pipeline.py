@@ -40,11 +40,15 @@ def code_files(mod) -> list[Path]:
     return sorted(files)
 
 
+DEBIAN_TOOLS = ("prometheus",)   # unpacked Debian packages ([tool.forge.debian])
+
+
 def tool_keys(mod) -> dict[str, str]:
     """Build keys of the tools a stage runs (venv pins, llama.cpp build): new tool versions, new outputs."""
     keys = {}
     for tool in getattr(mod, "TOOLS", ()):
-        keys[tool] = env.llama_cpp().key if tool == "llama" else env.venv(tool).key
+        keys[tool] = (env.llama_cpp().key if tool == "llama" else env.debian(tool).key if tool in DEBIAN_TOOLS
+                      else env.venv(tool).key)
     return keys
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from runner import env, llama_build
 
-PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models")
+PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models", "monitoring")
+DEBS_ENV = "FORGE_DEBS"   # a folder of .deb files to use instead of apt-get download (offline machines)
 
 
 def log(msg: str) -> None:
@@ -216,6 +217,37 @@ def ensure_npm_package(name: str) -> Path:
     return path / "node_modules" / name
 
 
+def ensure_debian_package(name: str) -> env.DebPackage:
+    """A Debian package pinned in [tool.forge.debian], downloaded by `apt-get download` (no root) or taken from
+    $FORGE_DEBS, and unpacked with `dpkg-deb -x` into the cache: its binaries run from there."""
+    pkg = env.debian(name)
+
+    def build(logfile: Path) -> None:
+        arch = platform.machine().replace("x86_64", "amd64").replace("aarch64", "arm64")
+        pattern = f"{name}_{pkg.version.replace(':', '%3a')}_{arch}.deb"
+        folder = os.environ.get(DEBS_ENV)
+        found = sorted(Path(folder).glob(pattern)) if folder else []
+        how = (f"put {pattern} in ${DEBS_ENV} (a folder of .deb files), or make apt-get reach a Debian mirror "
+               f"that has {name}={pkg.version}")
+        if not found:
+            if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+                raise SystemExit(f"[setup] {name} {pkg.version}: apt-get and dpkg-deb are needed to download it; {how}")
+            dl = pkg.path / "download"
+            dl.mkdir(parents=True, exist_ok=True)
+            try:
+                run_logged(["apt-get", "download", f"{name}={pkg.version}"], logfile, cwd=dl)
+            except SystemExit:
+                raise SystemExit(f"[setup] apt-get download {name}={pkg.version} failed (log: {logfile}); {how}") from None
+            found = sorted(dl.glob("*.deb"))
+        if not found:
+            raise SystemExit(f"[setup] no {pattern} after download; {how}")
+        run_logged(["dpkg-deb", "-x", found[0], pkg.path / "root"], logfile)
+        shutil.rmtree(pkg.path / "download", ignore_errors=True)
+
+    build_once(pkg.path, f"deb-{name}-{pkg.key}", f"unpacking Debian package {name} {pkg.version}", build)
+    return pkg
+
+
 def ensure(parts: list[str]) -> None:
     if "all" in parts:
         parts = list(PARTS)
@@ -228,6 +260,8 @@ def ensure(parts: list[str]) -> None:
         elif part == "models":
             for name in env.base_models():
                 ensure_base_model(name)
+        elif part == "monitoring":
+            ensure_debian_package("prometheus")
         else:
             raise SystemExit(f"[setup] unknown part '{part}'; choose from {', '.join(PARTS)} or all")
 

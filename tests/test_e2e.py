@@ -152,8 +152,25 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert set(lt["drills"]) == {"malformed", "overload", "kill_primary"}
     assert all(d["passed"] for d in lt["drills"].values()), lt["drills"]
     assert lt["engine_restarts"] and lt["engine_restarts"][0]["engine"] == "primary-0"
+    # monitoring: the SLO's rules passed promtool, and a real Prometheus watched the gateway ladder and counted
+    # every request the gateway answered in each level (GuideLLM's total can include requests cut at the end)
+    mon = lt["monitoring"]
+    assert mon["promtool"]["test_cases"] == 2 * len(mon["alerts"]) and "SUCCESS" in mon["promtool"]["test"]
+    cross = mon["cross_check"]
+    assert [c["streams"] for c in cross["levels"]] == [1, 2] and all(cross["targets_up"].values())
+    assert all(0 < c["requests_prometheus"] and c["requests_generator_completed"] - 2 <= c["requests_prometheus"]
+               <= c["requests_generator"] + 2 for c in cross["levels"]), cross["levels"]
     perf_md = (run_dir / "stages" / "loadtest" / "perf_cost.md").read_text()
     assert "## Fault drills" in perf_md and "## Optimization, measured in this run" in perf_md
+    assert "## The same ladder seen by Prometheus" in perf_md
+    # the task route, the product's workload: test documents from the light driver, 6 per level, against
+    # llama-bench's single-stream limit (the random model's answers mostly fail the contract: 502s, counted)
+    tl = lt["task_ladder"]
+    assert [r["streams"] for r in tl["levels"]] == [1, 2] and tl["route"] == "/v1/tasks/invoice_extraction"
+    assert all(r["requests"] == 6 and sum(r["statuses"].values()) == 6 and set(r["statuses"]) <= {"200", "502"}
+               and 0 <= r["driver_cpu_share"] < 1 and r["resources"]["samples"] >= 1 for r in tl["levels"]), tl
+    assert tl["calibration"]["bench"]["gen_tokens_per_s"] > 0
+    assert "## The task route: the product's workload" in perf_md
     assert (run_dir / "stages" / "loadtest" / "perf_cost.png").stat().st_size > 0
     # serve measured constrained decoding on the deployed model
     dc = st["serve"]["metrics"]["decoding_check"]
@@ -170,10 +187,10 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     for q in ("### 1. Did quality improve", "### 2. Does performance meet the SLO", "### 3. What are the risks"):
         assert q in index, q
     for page in ("data_audit.md", "training.md", "quality.md", "perf_cost.md", "risks.md", "manifest.json",
-                 "perf_cost.png", "quality_metrics.png"):
+                 "perf_cost.png", "quality_metrics.png", "prometheus-rules.yml", "prometheus-rules.test.yml"):
         assert (pack / page).is_file(), page
     for page in pack.glob("*.md"):  # every page's local links (charts included) resolve inside the pack
-        for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json))(?:#[\w-]+)?\)", page.read_text()):
+        for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json|yml))(?:#[\w-]+)?\)", page.read_text()):
             assert (pack / link).is_file(), f"{page.name} links {link}"
     assert "## Quantization" in (pack / "quality.md").read_text()
     risks_md = (pack / "risks.md").read_text()

@@ -8,6 +8,7 @@ Every bad request gets a 4xx with an OpenAI-style error body; no stack trace eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ import os
 import time
 import uuid
 
-import httpx
+import aiohttp
 import prometheus_client as prom
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from runner import kinds
 from runner.gateway.admission import Admission, Rejected
+from runner.gateway.metrics_spec import LATENCY_BUCKETS, TTFT_BUCKETS
 from runner.gateway.resilience import CircuitBreaker, Router, Upstream
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -73,9 +75,9 @@ class Metrics:
         self.requests = prom.Counter("forge_requests", "Requests by route, model and status",
                                      ["route", "model", "status"], registry=r)
         self.latency = prom.Histogram("forge_request_latency_seconds", "Request latency", ["route"], registry=r,
-                                      buckets=(.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120))
+                                      buckets=LATENCY_BUCKETS)
         self.ttft = prom.Histogram("forge_time_to_first_token_seconds", "Time to first streamed token", ["route"],
-                                   registry=r, buckets=(.05, .1, .25, .5, 1, 2, 4, 8, 15, 30))
+                                   registry=r, buckets=TTFT_BUCKETS)
         self.tokens = prom.Counter("forge_tokens", "Tokens in and out", ["direction", "model"], registry=r)
         self.fallbacks = prom.Counter("forge_fallbacks", "Requests answered by the fallback model",
                                       ["route", "reason"], registry=r)
@@ -83,6 +85,8 @@ class Metrics:
                                             registry=r)
         self.rejected = prom.Counter("forge_rejected", "Requests refused by admission control", ["status"],
                                      registry=r)
+        self.escalations = prom.Counter("forge_escalations", "Task requests the cascade sent past its cheap tier",
+                                        ["reason"], registry=r)
         prom.Gauge("forge_in_flight", "Requests being served", registry=r).set_function(
             lambda: gw.admission.in_flight)
         prom.Gauge("forge_queued", "Requests waiting for a slot", registry=r).set_function(
@@ -93,7 +97,7 @@ class Metrics:
 
 
 class Gateway:
-    def __init__(self, cfg: dict, client: httpx.AsyncClient | None = None):
+    def __init__(self, cfg: dict):
         self.cfg = cfg
         lim = cfg["limits"]
         br = cfg.get("breaker", {})
@@ -102,7 +106,8 @@ class Gateway:
                                        routes=tuple(u.get("routes") or ("chat", "task")))
                               for u in cfg["upstreams"]])
         self.admission = Admission(lim["max_in_flight"], lim["max_queue"], lim["queue_timeout_s"])
-        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(lim["upstream_timeout_s"], connect=2.0))
+        self.timeout = aiohttp.ClientTimeout(total=lim["upstream_timeout_s"], connect=2.0)
+        self._session: aiohttp.ClientSession | None = None   # made in the server's event loop, on first use
         self.metrics = Metrics(self)
         keys_env = cfg.get("auth", {}).get("api_keys_env", "FORGE_API_KEYS")
         self.keys = [k.strip().encode() for k in os.environ.get(keys_env, "").split(",") if k.strip()]
@@ -118,6 +123,19 @@ class Gateway:
         self.errors = logging.getLogger("forge.errors")     # tracebacks: stderr (the gateway's process log)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The upstream client: aiohttp (measured 0.3 ms of CPU per forwarded request, httpx 1.3 ms:
+        benchmarks/gateway_overhead.py), keep-alive connections, no proxy lookups."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0),
+                                                  auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def authorize(self, request: Request) -> None:
         if not self.keys:
@@ -182,40 +200,41 @@ class Gateway:
             for attempt in (0, 1):
                 u.outstanding += 1
                 try:
-                    r = await self.client.post(u.url + "/v1/chat/completions", json=dict(payload, model=u.model),
-                                               headers={"X-Request-Id": request_id})
-                except httpx.ConnectError:
+                    async with self.session.post(u.url + "/v1/chat/completions", json=dict(payload, model=u.model),
+                                                 headers={"X-Request-Id": request_id}) as r:
+                        status, raw = r.status, await r.read()
+                except aiohttp.ClientConnectorError:
                     self.metrics.upstream_errors.labels(u.name, "connect").inc()
                     if attempt == 0:
                         continue  # nothing was sent: one retry on the same upstream
                     u.breaker.failure()
                     reason = reason or f"{u.name}: connection refused"
                     break
-                except httpx.TimeoutException:
+                except asyncio.TimeoutError:
                     self.metrics.upstream_errors.labels(u.name, "timeout").inc()
                     u.breaker.failure()
                     reason = reason or f"{u.name}: timed out"
                     break
-                except httpx.TransportError as e:  # the engine died mid-request (connection reset, EOF)
+                except aiohttp.ClientError as e:  # the engine died mid-request (connection reset, EOF)
                     self.metrics.upstream_errors.labels(u.name, "transport").inc()
                     u.breaker.failure()
                     reason = reason or f"{u.name}: {type(e).__name__}"
                     break
                 finally:
                     u.outstanding -= 1
-                if r.status_code >= 500:
-                    self.metrics.upstream_errors.labels(u.name, f"http_{r.status_code}").inc()
+                if status >= 500:
+                    self.metrics.upstream_errors.labels(u.name, f"http_{status}").inc()
                     u.breaker.failure()
-                    reason = reason or f"{u.name}: HTTP {r.status_code}"
+                    reason = reason or f"{u.name}: HTTP {status}"
                     break
                 u.breaker.success()
                 try:
-                    data = r.json()
-                except json.JSONDecodeError:
+                    data = json.loads(raw)
+                except ValueError:
                     raise ApiError(502, f"upstream {u.name} answered with non-JSON", "upstream_error") from None
-                if r.status_code >= 400:  # the request's fault (e.g. prompt over the context): say so
+                if status >= 400:  # the request's fault (e.g. prompt over the context): say so
                     msg = (data.get("error") or {}).get("message") if isinstance(data.get("error"), dict) else None
-                    raise ApiError(400 if r.status_code != 404 else 404, msg or json.dumps(data)[:300],
+                    raise ApiError(400 if status != 404 else 404, msg or json.dumps(data)[:300],
                                    code=(data.get("error") or {}).get("type") if isinstance(data.get("error"), dict)
                                    else None)
                 return u, data, (reason if u.role == "fallback" else "")
@@ -250,22 +269,24 @@ class Gateway:
         for u in self.router.candidates(route="chat"):
             u.outstanding += 1
             try:
-                req = self.client.build_request("POST", u.url + "/v1/chat/completions",
-                                                json=dict(body, model=u.model, stream=True))
-                resp = await self.client.send(req, stream=True)
-            except httpx.TransportError as e:
+                resp = await self.session.post(u.url + "/v1/chat/completions",
+                                               json=dict(body, model=u.model, stream=True))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 u.outstanding -= 1
                 u.breaker.failure()
                 self.metrics.upstream_errors.labels(u.name, type(e).__name__).inc()
                 last_error = f"{u.name}: {type(e).__name__}"
                 continue
-            if resp.status_code >= 400:
-                text = (await resp.aread()).decode(errors="replace")
-                await resp.aclose()
+            if resp.status >= 400:
+                try:
+                    text = (await resp.read()).decode(errors="replace")
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    text = ""
+                resp.release()
                 u.outstanding -= 1
-                if resp.status_code >= 500:
+                if resp.status >= 500:
                     u.breaker.failure()
-                    last_error = f"{u.name}: HTTP {resp.status_code}"
+                    last_error = f"{u.name}: HTTP {resp.status}"
                     continue
                 raise ApiError(400, text[:300])
             u.breaker.success()
@@ -274,7 +295,7 @@ class Gateway:
 
             async def relay(resp=resp):
                 first = True
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.content.iter_any():
                     if first:
                         metrics.ttft.labels(route).observe(time.monotonic() - t0)
                         first = False
@@ -283,7 +304,7 @@ class Gateway:
             async def on_close(u=u, resp=resp):
                 u.outstanding -= 1  # the bookkeeping first: closing the upstream may be cut short by a cancellation
                 self.admission.release()
-                await resp.aclose()
+                resp.close()   # a stream cut short leaves its connection unusable: never back to the pool
 
             self.account(ctx, u, {}, reason, "chat_stream")
             return StreamedAnswer(relay(), on_close=on_close, media_type="text/event-stream",
@@ -319,10 +340,22 @@ class Gateway:
             [("fallback", first or retry)]
         failures = []
         async with self.admission.slot():
+            escalated = None
+            cheap = [u for u in self.router.by_role("cheap") if "task" in u.routes]
+            cascade = self.task_cfg.get("cascade") if cheap else None
+            if cascade:  # the cheap tier first, unless every one of its slots is taken
+                if cascade.get("escalate_when_busy", True) and \
+                        all(u.outstanding >= cascade.get("cheap_slots", 1) for u in cheap):
+                    escalated = "cheap tier busy"
+                    self.metrics.escalations.labels("cheap_busy").inc()
+                else:
+                    attempts.insert(0, ("cheap", first))
             down = set()
             for role, constrained in attempts:
                 if role in down:
                     continue
+                if role == "primary" and escalated is None and cascade and failures:
+                    escalated = failures[-1]
                 body = dict(payload, response_format=fmt) if constrained else payload
                 try:
                     u, data, reason = await self.forward("task", body, ctx["request_id"], (role,))
@@ -330,6 +363,8 @@ class Gateway:
                     if e.status >= 500:
                         failures.append(str(e))
                         down.add(role)
+                        if role == "cheap":
+                            self.metrics.escalations.labels("cheap_unavailable").inc()
                         continue
                     raise
                 text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
@@ -340,10 +375,14 @@ class Gateway:
                     out = {"answer": answer, "kind": self.task_cfg["kind"], "model": u.model, "upstream": u.name,
                            "fallback": u.role == "fallback", "fallback_reason": why or None,
                            "constrained": constrained, "usage": data.get("usage")}
+                    if cascade:
+                        out["tier"], out["escalated"] = u.role, (escalated if u.role != "cheap" else None)
                     if self.task_cfg["kind"] == "extraction":
                         out["fields"] = answer
                     return JSONResponse(out, headers=self.headers(ctx, u, why))
                 self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
+                if role == "cheap":
+                    self.metrics.escalations.labels("contract").inc()
                 failures.append(f"{u.name}{' (constrained)' if constrained else ''}: output failed the task's "
                                 f"contract ({problems[0][:120]})")
         raise ApiError(502, "no model produced output that passes the task's contract (" + "; ".join(failures) + ")",
@@ -356,10 +395,12 @@ class Gateway:
     async def readyz(self, request: Request, ctx: dict) -> Response:
         async def probe(u: Upstream):
             try:
-                r = await self.client.post(u.url + "/v1/chat/completions", timeout=10.0, json={
-                    "model": u.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
-                return r.status_code == 200
-            except httpx.HTTPError:
+                async with self.session.post(u.url + "/v1/chat/completions", timeout=aiohttp.ClientTimeout(total=10),
+                                             json={"model": u.model, "messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 1}) as r:
+                    await r.read()
+                    return r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 return False
         ups = self.router.upstreams
         results = await asyncio.gather(*(probe(u) for u in ups))
@@ -456,6 +497,11 @@ def build(cfg: dict) -> Starlette:
                         + ("method not allowed" if status == 405 else "no such route"),
                         code="not_found" if status == 404 else "method_not_allowed").response(uuid.uuid4().hex[:16])
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await gw.close()
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
     app.state.gateway = gw
     return app

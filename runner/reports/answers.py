@@ -130,6 +130,12 @@ def risks(inputs: dict[str, Output]) -> list[str]:
         L.append("- Fallback and resilience, drilled in this run: " + ", ".join(
             f"{n} {'passed' if d.get('passed') else 'skipped' if 'skipped' in d else '**failed**'}"
             for n, d in drills.items()) + " ([perf_cost.md](perf_cost.md#fault-drills-automated-against-the-live-deployment)).")
-    L.append("- Monitoring: gateway and engine Prometheus metrics with alert rules from the SLO "
-             "([risks.md](risks.md#monitoring)).")
+    mon = (lt.metrics.get("monitoring") or {}) if lt else {}
+    if mon.get("alerts"):
+        L.append(f"- Monitoring: {len(mon['alerts'])} Prometheus alerts and {len(mon['recording_rules'])} recording "
+                 f"rules generated from the SLO ([{mon['rules_file']}]({mon['rules_file']})), checked by promtool and "
+                 f"unit-tested ({mon['promtool']['test_cases']} cases, [risks.md](risks.md#monitoring))"
+                 + (", and watched by a real Prometheus during the load test" if mon.get("cross_check") else "") + ".")
+    else:
+        L.append("- Monitoring: gateway and engine Prometheus metrics ([risks.md](risks.md#monitoring)).")
     return L + [""]

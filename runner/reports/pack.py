@@ -12,7 +12,7 @@ from pathlib import Path
 from runner.reports import answers, fmt, risks
 from runner.stage import Output
 
-PAGES = ("data", "train", "eval", "iterate", "quantize", "loadtest")  # stages whose .md/.png artifacts join the pack
+PAGES = ("data", "train", "eval", "iterate", "quantize", "loadtest")  # stages whose .md/.png/.yml artifacts join the pack
 READS = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest")  # stages whose outputs the pack reads
 
 
@@ -46,7 +46,7 @@ def copy_pages(inputs: dict[str, Output], out: Path) -> list[str]:
         o = inputs.get(stage)
         for rel in (o.artifacts.values() if o else ()):
             src = o.dir / rel
-            if src.suffix in (".md", ".png") and src.is_file():
+            if src.suffix in (".md", ".png", ".yml") and src.is_file():
                 shutil.copyfile(src, out / src.name)
                 copied.append(src.name)
     if "quantization.md" in copied and "quality.md" in copied:  # quality.md carries the quantization section

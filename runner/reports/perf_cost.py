@@ -127,6 +127,16 @@ def render(metrics: dict, chart_name: str | None) -> str:
           f"{VERDICTS.get(metrics['bottleneck'].get('verdict'), metrics['bottleneck'].get('verdict'))}."]
     for e in metrics["bottleneck"].get("evidence", []):
         L.append(f"  - {e}")
+    tl = metrics.get("task_ladder")
+    if tl:
+        best, cal = tl.get("best_at_slo"), tl["calibration"]
+        L.append(f"- **The task route** (`{tl['route']}`, test documents, the product's workload): " + (
+            f"**{fmt.num(best['documents_per_s'], 2)} documents/s** within the SLO at {best['streams']} stream(s), "
+            f"{fmt.num(best['x_one_stream'], 2)}x one stream, ${fmt.num(best['usd_per_1k_documents'], 4)} per 1,000 "
+            "documents" if best else "**no level met the SLO**") + "; calibration: one stream reached "
+            + (f"{cal['one_stream_vs_limit']:.0%} of llama-bench's single-stream limit"
+               + (" (**contended**: below 80%, so these figures understate the machine)" if cal["contended"] else "")
+               if cal.get("one_stream_vs_limit") is not None else "no calibration point") + " ([below](#the-task-route-the-products-workload)).")
     L.append("")
     if chart_name:
         L += [f"![throughput, latency, TTFT and CPU per level]({chart_name})", ""]
@@ -171,7 +181,9 @@ def render(metrics: dict, chart_name: str | None) -> str:
                      f"{fmt.num(lat['p50'], 2)} / {fmt.num(lat['p95'], 2)} / {fmt.num(lat['p99'], 2)} | {fmt.num(v['success_ratio'], 2)} | "
                      + ", ".join(f"{c}: {n}" for c, n in sorted(v["status_codes"].items())) + " |")
         L.append("")
+    L += _task_ladder(metrics.get("task_ladder"), price)
     L += _drills(metrics.get("drills"), metrics.get("engine_restarts") or [])
+    L += _prometheus((metrics.get("monitoring") or {}).get("cross_check"))
     L += ["## How cost is controlled", "",
           "- Cost per 1M output tokens = price per hour / (output tok/s × 3600) × 1e6, per level above; it falls "
           "as concurrency rises until the throughput knee, then only latency grows.",
@@ -180,6 +192,69 @@ def render(metrics: dict, chart_name: str | None) -> str:
           "- `max_tokens` is capped at the gateway, so one request cannot hold a slot until the context is full.",
           ""]
     return "\n".join(L)
+
+
+def _task_ladder(tl: dict | None, price: float) -> list[str]:
+    if not tl:
+        return []
+    cal = tl["calibration"]
+    b = cal.get("bench") or {}
+    L = ["## The task route: the product's workload", "",
+         f"`POST {tl['route']}` with {tl['documents']} test-split documents (cycled), from the project's asyncio driver "
+         "in a process of its own (closed loop: each stream sends its next document when its answer arrives), "
+         "one level per concurrency, climbing while the SLO holds. A request counts as answered when the gateway "
+         "returned an answer that passed the task's contract (HTTP 200); documents/s counts those. The limit is "
+         f"one stream at llama-bench's speeds for the deployed model on {b.get('threads', '?')} threads (prompt "
+         f"{fmt.num(b.get('prompt_tokens_per_s'), 0)} tok/s, generation {fmt.num(b.get('gen_tokens_per_s'), 1)} tok/s), "
+         "weighted by each level's own prompt/answer token mix; batching several streams can exceed it.", "",
+         "| streams | requests | valid | documents/s | latency p50 / p95 / p99 (s) | p99 rests on | prompt / answer tokens | "
+         "x single-stream limit | $ per 1k documents | generator CPU | bottleneck | SLO |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in tl["levels"]:
+        lat = r["latency_s"]
+        L.append(f"| {r['streams']} | {r['requests']} | {fmt.num(r['valid_share'], 3)} | {fmt.num(r['documents_per_s'], 3)} | "
+                 f"{fmt.num(lat['p50'], 2)} / {fmt.num(lat['p95'], 2)} / {fmt.num(lat['p99'], 2)} | "
+                 f"{r['latency_samples']} answers | {fmt.num(r['prompt_tokens_mean'], 0)} / "
+                 f"{fmt.num(r['completion_tokens_mean'], 0)} | {fmt.num(r.get('x_single_stream_limit'), 2)} | "
+                 f"{fmt.num(r['usd_per_1k_documents'], 4)} | {fmt.num((r['driver_cpu_share'] or 0) * 100, 1)}% | "
+                 f"{(r.get('bottleneck') or {}).get('verdict', '–')} | {'meets' if r['meets_slo'] else '**misses**'} |")
+    if cal.get("one_stream_vs_limit") is not None:
+        L += ["", f"Calibration: one stream through the whole stack reached {cal['one_stream_vs_limit']:.0%} of the "
+              f"single-stream limit" + (f" (below {cal['min']:.0%}: **the measurement was contended**, something "
+                                        "else held the cores)" if cal["contended"] else
+                                        f" (at least {cal['min']:.0%}: the stack and the generator cost little)") + "."]
+    statuses = {}
+    for r in tl["levels"]:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    L += ["", "Status codes over the ladder: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+          + " (502: no model produced an answer that passes the contract, after the constrained retries).", ""]
+    return L
+
+
+def _prometheus(cross: dict | None) -> list[str]:
+    """The gateway ladder as a Prometheus server scraping the deployment saw it, beside the load generator."""
+    if not cross:
+        return []
+    L = [f"## The same ladder seen by Prometheus (scraped every {cross['scrape_interval_s']:g} s)", "",
+         f"Requests on the `{cross['route']}` route counted by the gateway's `forge_requests_total` between each "
+         "level's start and end, latency quantiles estimated from its histogram buckets (interpolated inside a "
+         "bucket, so coarse), and peaks of the gauges:", "",
+         "| streams | requests (generator: sent / completed) | requests (Prometheus) | p50 s generator / Prometheus | "
+         "p99 s generator / Prometheus | in flight peak | queued peak | engine slots busy peak |",
+         "|---|---|---|---|---|---|---|---|"]
+    for r in cross["levels"]:
+        L.append(f"| {r['streams']} | {r['requests_generator']} / {r['requests_generator_completed']} | "
+                 f"{r['requests_prometheus']} | {fmt.num(r['p50_s_generator'], 2)} / {fmt.num(r['p50_s_prometheus'], 2)} | "
+                 f"{fmt.num(r['p99_s_generator'], 2)} / {fmt.num(r['p99_s_prometheus'], 2)} | "
+                 f"{fmt.num(r['in_flight_peak'], 0)} | {fmt.num(r['queued_peak'], 0)} | "
+                 f"{fmt.num(r['engine_slots_busy_peak'], 0)} |")
+    seen = cross.get("alerts_seen") or []
+    down = [t for t, up in (cross.get("targets_up") or {}).items() if not up]
+    L += ["", "Alerts pending or firing during the ladder (the recipe's rules, evaluated by this Prometheus): "
+          + (", ".join(f"`{a['alert']}` ({a['state']})" for a in seen) if seen else "none") + ". Targets down at "
+          "the end: " + (", ".join(down) if down else "none") + ".", ""]
+    return L
 
 
 def _drills(drills: dict | None, restarts: list[dict]) -> list[str]:

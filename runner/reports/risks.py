@@ -135,24 +135,30 @@ def quantization(q: Output | None) -> list[str]:
     return L + [""]
 
 
-def monitoring(recipe: dict, serving: dict | None) -> list[str]:
-    slo = (recipe.get("loadtest") or {}).get("slo") or {}
-    gw = (serving or {}).get("gateway") or {}
-    return ["## Monitoring", "",
-            "The gateway exports Prometheus metrics on `/metrics`; llama-server exports its own (`--metrics`). "
-            "Alerts that follow from this recipe's SLO and limits:", "",
-            "| watch | metric | alert when |", "|---|---|---|",
-            f"| latency | `forge_request_latency_seconds` (histogram, by route) | p99 > {slo.get('p99_latency_s')} s over 5 min |",
-            f"| time to first token | `forge_time_to_first_token_seconds` | p95 > {slo.get('p95_ttft_s')} s |",
-            f"| errors | `forge_requests{{status=~\"5..\"}}` / `forge_requests` | > {slo.get('max_error_rate')} |",
-            f"| saturation | `forge_queued`, `forge_rejected` (429/503), `llamacpp:requests_deferred` | queue > "
-            f"{gw.get('max_queue')} / 2 for 5 min, any sustained 429s |",
-            "| fallback in use | `forge_fallbacks` (by reason), `forge_circuit_state` | any fallback; circuit open (2) |",
-            "| task quality drift | `forge_upstream_errors{kind=\"task_schema\"}` | rising share of outputs failing the "
-            "task schema |",
-            "| engine restarts | the supervisor's restart log lines (`[supervisor]` in the engine logs) | more than one an hour |",
-            "", "Request logs are one JSON line per request (request id, route, model, status, latency, token counts, "
-            "prompt length and hash; no prompt or completion text).", ""]
+def monitoring(lt: Output | None) -> list[str]:
+    mon = (lt.metrics.get("monitoring") or {}) if lt else {}
+    L = ["## Monitoring", "",
+         "The gateway exports Prometheus metrics on `/metrics`; llama-server exports its own (`--metrics`). "
+         "Request logs are one JSON line per request (request id, route, model, status, latency, token counts, "
+         "prompt length and hash; no prompt or completion text).", ""]
+    if not mon.get("alerts"):
+        return L + ["No alerting rules were generated for this run (its load test predates them).", ""]
+    L += [f"Alerting rules generated from this recipe's SLO (`loadtest.slo`), the gateway's limits and "
+          f"`monitoring`: [{mon['rules_file']}]({mon['rules_file']}) ({len(mon['alerts'])} alerts, "
+          f"{len(mon['recording_rules'])} recording rules), loadable by any Prometheus. `promtool check rules`: "
+          f"{mon['promtool']['check'].splitlines()[-1].strip()}; `promtool test rules` "
+          f"([{mon['tests_file']}]({mon['tests_file']}): for every alert a breach that must fire and a calm "
+          f"series that must not, {mon['promtool']['test_cases']} cases): "
+          f"{mon['promtool']['test'].splitlines()[-1].strip()}.", "",
+          "| alert | fires when | for | severity |", "|---|---|---|---|"]
+    for a in mon["alerts"]:
+        L.append(f"| `{a['name']}` | `{a['expr'].replace('|', chr(92) + '|')}` | {a['for_s']} s | {a['severity']} |")
+    cross = mon.get("cross_check")
+    if cross:
+        seen = ", ".join(f"`{a['alert']}` ({a['state']})" for a in cross["alerts_seen"]) or "none"
+        L += ["", f"A real Prometheus server scraped the gateway and the engines during the gateway ladder; alerts "
+              f"pending or firing then: {seen} (figures beside the load generator's in perf_cost.md)."]
+    return L + [""]
 
 
 def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> list[str]:
@@ -169,6 +175,12 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
          "- The gateway moves a request to the fallback when the primary refuses connections, times out, answers "
          "5xx, has its circuit open, or (task endpoint) returns output that fails the task schema; the response "
          "says so (`fallback: true`, header `X-Forge-Fallback`). Engines that exit are restarted with backoff."]
+    cheap = serving.get("cheap")
+    if cheap:
+        L.append(f"- Routing: a cascade on the task route. `{Path(cheap['gguf']).name}` (a quant that passed the "
+                 "regression gate) answers first; the gateway escalates to the deployed model when that answer fails "
+                 "the task's contract, when the cheap engine is down, or when all its slots are busy "
+                 "(`forge_escalations_total` by reason; the answer says `tier` and `escalated`).")
     k = ((lt.metrics.get("drills") or {}) if lt else {}).get("kill_primary") or {}
     if "passed" in k:
         L.append(f"- Measured (kill drill): {k['errors_after_kill']} client errors after killing the primary under "
@@ -206,6 +218,6 @@ def write(page: fmt.Page) -> dict[str, str]:
     an = _analysis(ev)
     L = [f"# Risks: {recipe['name']}", ""]
     L += overfitting(train, ev, an) + hallucination(ev, an) + sensitive(data, an) + slices(an, ev) + \
-        synthetic(recipe, data) + quantization(q) + monitoring(recipe, serving) + fallback(serving, lt, serve)
+        synthetic(recipe, data) + quantization(q) + monitoring(lt) + fallback(serving, lt, serve)
     (out / "risks.md").write_text("\n".join(L) + "\n")
     return {"risks": "risks.md"}

@@ -15,7 +15,7 @@ from runner.stage import StageError
 
 @dataclass
 class Endpoint:
-    role: str       # primary | fallback
+    role: str       # primary | cheap (a cascade's first tier) | fallback
     url: str
     model: str
     ready_s: float
@@ -24,9 +24,9 @@ class Endpoint:
 
 
 def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallbacks: list[dict], threads: int,
-         task: dict | None = None) -> dict:
+         task: dict | None = None, cheap: dict | None = None) -> dict:
     """The serving config: engine, models, the per-replica settings an operator would tune, and the gateway.
-    fallbacks: [{"gguf", "alias", "routes"}], one engine each."""
+    fallbacks: [{"gguf", "alias", "routes"}], one engine each; cheap: the cascade's first tier (one engine)."""
     gw = dict(serve_cfg["gateway"])
     if gw.get("max_in_flight") is None:  # the engines' slots: more in flight only queues inside llama-server
         gw["max_in_flight"] = serve_cfg["replicas"] * serve_cfg["parallel"]
@@ -37,6 +37,7 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallbacks: lis
         "fallback_threads": serve_cfg["fallback_threads"],
         "primary": {"gguf": str(primary), "hf_dir": str(primary_hf) if primary_hf else None, "alias": "primary"},
         "fallbacks": [{**f, "gguf": str(f["gguf"])} for f in fallbacks],
+        "cheap": {**cheap, "gguf": str(cheap["gguf"])} if cheap else None,
         "gateway": gw if gw["enabled"] else None,
         "task": task,
     }
@@ -83,6 +84,8 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
     with contextlib.ExitStack() as stack:
         endpoints = []
         roles = [("primary", serving["primary"], serving["replicas"], serving["threads"])]
+        if serving.get("cheap"):  # the cascade's first tier
+            roles.append(("cheap", serving["cheap"], 1, serving["cheap"].get("threads") or serving["threads"]))
         roles += [("fallback", fb, 1, serving.get("fallback_threads") or serving["threads"]) for fb in fallbacks_of(serving)]
         n = 0
         for role, model, replicas, threads in roles:

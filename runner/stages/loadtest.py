@@ -1,13 +1,18 @@
 """loadtest: bring the deployment up from serving.json and measure it.
 
-1. GuideLLM's concurrency ladder through the gateway and, for its overhead, straight to the primary engine,
-   while CPU/RSS of every process and both /metrics endpoints are sampled (runner/serving/resources.py);
+1. GuideLLM's concurrency ladder (synthetic chat) through the gateway and, for its overhead, straight to the
+   primary engine, while CPU/RSS of every process and both /metrics endpoints are sampled
+   (runner/serving/resources.py), and a Prometheus server watches it when monitoring.prometheus is on (the
+   recipe's alerting rules are generated and checked by promtool in every run: runner/serving/monitoring.py);
+   then the task ladder: the task endpoint with test documents until the SLO breaks, against llama-bench's
+   single-stream limit (runner/serving/task_load.py);
 2. the fault drills (runner/serving/drills.py) against the live deployment;
 3. with the deployment down, the baseline engine settings at the same load (an optimization's before/after);
 4. the SLO verdict per level, the concurrency ceiling, the bottleneck, cost per 1M output tokens, and
    perf_cost.md with its plots."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -16,14 +21,14 @@ import psutil
 from runner import models
 from runner.adapters import guidellm, llama_cpp, vegeta
 from runner.reports import perf_cost
-from runner.serving import deploy, drills, perf_analysis, resources
+from runner.serving import deploy, drills, monitoring, perf_analysis, resources, task_load
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("loadtest", "seed", "threads", "base_model")
+SECTIONS = ("loadtest", "monitoring", "seed", "threads", "base_model")
 INPUTS = ("serve", "data")
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
-TOOLS = ("loadtest", "llama", "gateway")
+TOOLS = ("loadtest", "llama", "gateway", "prometheus")
 
 
 def ladder(ctx: Context, cfg: dict, target: str, model: str, tokenizer, name: str, api_key: str | None) -> list[dict]:
@@ -94,13 +99,20 @@ def engines_snapshot(dep: deploy.Deployment) -> dict:
             for i, e in enumerate(dep.endpoints)}
 
 
-def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: str) -> tuple[list[dict], list, list,
-                                                                                                  dict]:
+def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: str,
+                    watch: tuple[Path, float] | None = None) -> tuple[list[dict], list, list, dict, dict | None]:
     """One ladder against a deployment started for it alone: every ladder replays the same seeded prompts, so
     an engine kept from an earlier ladder would serve them from its prompt cache (measured: 285 of 286 prompt
     tokens cached, TTFT 23 ms instead of 250 ms) and the comparison would be meaningless. The engines' own
-    counters at the start prove it: a fresh engine has processed only its readiness probe."""
-    with deploy.up(serving, ctx.logs / f"ladder-{through}") as dep:
+    counters at the start prove it: a fresh engine has processed only its readiness probe.
+    watch: (rule file, scrape interval): a Prometheus server scrapes the deployment during the ladder, and the
+    ladder's figures are cross-checked against its queries."""
+    cross = None
+    if through == "direct":  # the primary alone: no gateway or fallback engines to start and sample
+        serving = {**serving, "gateway": None, "fallbacks": [], "fallback": None, "cheap": None}
+    with deploy.up(serving, ctx.logs / f"ladder-{through}") as dep, contextlib.ExitStack() as stack:
+        prom = stack.enter_context(monitoring.watching(dep, watch[0], ctx.logs / "prometheus", watch[1])) \
+            if watch else None
         procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None)
                  for i, e in enumerate(dep.endpoints)}
         urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
@@ -115,27 +127,80 @@ def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: 
                 rows = ladder(ctx, cfg, dep.primary.url, dep.primary.model, tokenizer, "direct", None)
         engines["at_end"] = engines_snapshot(dep)
         restarts = dep.restarts()
+        if prom:
+            ctx.progress("Prometheus: the ladder's figures cross-checked against its queries")
+            cross = monitoring.cross_check(prom, rows, "chat", watch[1])
     attach_resources(rows, sampler, serving["parallel"])
-    return rows, sampler.samples, restarts, engines
+    return rows, sampler.samples, restarts, engines, cross
+
+
+def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
+    """The task endpoint with test documents, level by level until the SLO breaks, in a deployment of its own;
+    llama-bench first (nothing else running) for the single-stream limit the levels are compared with."""
+    t = cfg["task_ladder"]
+    docs = [json.loads(x)["document"] for x in ctx.inputs["data"].path("test").read_text().splitlines()
+            if x.strip()][:t["documents"]]
+    bench = {}
+    if serving["engine"] == "llama-server":
+        ctx.progress(f"llama-bench on the deployed model, {serving['threads']} threads: the single-stream limit")
+        bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-task.log"), serving["threads"],
+                                256, 64, t["bench_repetitions"])
+    levels: list[dict] = []
+    with deploy.up(serving, ctx.logs / "task-ladder") as dep:
+        procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None) for i, e in enumerate(dep.endpoints)}
+        urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
+        procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+        with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
+            while (streams := task_load.next_levels(t, levels)) is not None:
+                ctx.progress(f"task route {route}: {streams} stream(s), up to {t['requests_per_level']} documents "
+                             f"or {t['max_seconds_per_level']:g}s")
+                rows, timing = task_load.level(dep.gateway_url, route, docs, dep.api_key, streams,
+                                               t["requests_per_level"], t["max_seconds_per_level"], ctx.out,
+                                               t["timeout_s"])
+                levels.append(task_load.summarize(rows, timing, streams, cfg["slo"], cfg["price_per_hour_usd"],
+                                                  psutil.cpu_count() or 1))
+        restarts = dep.restarts()
+    attach_resources(levels, sampler, serving["parallel"])
+    calibration = task_load.calibrate(levels, bench)
+    passing = [r for r in levels if r["meets_slo"]]
+    at = max(passing, key=lambda r: r["documents_per_s"] or 0) if passing else None
+    one = next((r for r in levels if r["streams"] == 1), None)
+    return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration,
+            "ceiling_streams": max((r["streams"] for r in passing), default=None),
+            "best_at_slo": {"streams": at["streams"], "documents_per_s": at["documents_per_s"],
+                            "usd_per_1k_documents": at["usd_per_1k_documents"],
+                            "x_one_stream": round(at["documents_per_s"] / one["documents_per_s"], 3)
+                            if one and one["documents_per_s"] else None} if at else None,
+            "engine_restarts": restarts}
 
 
 def run(ctx: Context) -> Result:
-    cfg = ctx.section("loadtest")
+    cfg, mon = ctx.section("loadtest"), ctx.section("monitoring")
     serving = deploy.load(ctx.inputs["serve"].path("serving"))
     tokenizer = models.base_model_dir(ctx.section("base_model"))
     direct = drill_results = task_attacks = None
     has_gateway = bool(serving.get("gateway"))
     through = "gateway" if has_gateway else "direct"
-    rows, samples, restarts, engines = measured_ladder(ctx, cfg, serving, tokenizer, through)
+    monitor = monitoring.checked_rules(ctx.out, cfg["slo"], serving, mon)
+    ctx.progress(f"Prometheus rules: {len(monitor['alerts'])} alerts, {len(monitor['recording_rules'])} recording "
+                 f"rules; promtool check and {monitor['promtool']['test_cases']} rule tests passed")
+    watch = (ctx.out / monitor["rules_file"], min(mon["scrape_interval_s"], 0.5)) if mon["prometheus"] and has_gateway \
+        else None
+    rows, samples, restarts, engines, monitor["cross_check"] = measured_ladder(ctx, cfg, serving, tokenizer, through,
+                                                                               watch)
     ladders = {through: engines}
     if has_gateway and cfg["direct_comparison"]:
-        direct, more, more_restarts, ladders["direct"] = measured_ladder(ctx, cfg, serving, tokenizer, "direct")
+        direct, more, more_restarts, ladders["direct"], _ = measured_ladder(ctx, cfg, serving, tokenizer, "direct")
         samples, restarts = samples + more, restarts + more_restarts
     (ctx.out / "resource_samples.json").write_text(json.dumps(samples) + "\n")
+    route = (serving.get("task") or {}).get("route")
+    tasks_measured = task_ladder(ctx, cfg, serving, route) if has_gateway and route and cfg["task_ladder"]["enabled"] \
+        else None
+    restarts += (tasks_measured or {}).get("engine_restarts") or []
     wants_vegeta = cfg["vegeta"]["enabled"] is True or (cfg["vegeta"]["enabled"] == "auto" and vegeta.available())
     if has_gateway and (cfg["drills"]["enabled"] or wants_vegeta):
         with deploy.up(serving, ctx.logs / "drills") as dep:
-            task_attacks = constant_rate(ctx, cfg, dep, (serving.get("task") or {}).get("route"))
+            task_attacks = constant_rate(ctx, cfg, dep, route)
             if cfg["drills"]["enabled"]:
                 docs = [json.loads(x)["document"] for x in ctx.inputs["data"].path("test").read_text().splitlines()
                         if x.strip()][:32]
@@ -162,13 +227,15 @@ def run(ctx: Context) -> Result:
                "usd_per_1m_output_tokens_at_ceiling": next((r["usd_per_1m_output_tokens"] for r in rows
                                                             if r["streams"] == ceiling), None),
                "price_per_hour_usd": cfg["price_per_hour_usd"], "baseline": baseline, "drills": drill_results,
-               "vegeta": task_attacks, "ladder_engines": ladders,
+               "vegeta": task_attacks, "ladder_engines": ladders, "monitoring": monitor, "task_ladder": tasks_measured,
                "engine_restarts": restarts, "serving": {k: serving[k] for k in ("engine", "replicas", "parallel",
                                                                                 "threads", "ctx_size")},
                "model_type": serving.get("model_type"), "cores": psutil.cpu_count()}
     (ctx.out / "levels.json").write_text(json.dumps({"through": through, "levels": rows, "direct": direct,
-                                                     "baseline": baseline}, indent=2) + "\n")
-    arts = {"levels": "levels.json", "resource_samples": "resource_samples.json"}
+                                                     "baseline": baseline, "task_ladder": tasks_measured},
+                                                    indent=2) + "\n")
+    arts = {"levels": "levels.json", "resource_samples": "resource_samples.json",
+            "prometheus_rules": monitor["rules_file"], "prometheus_rules_test": monitor["tests_file"]}
     arts.update({f"guidellm-{n}": f"guidellm-{n}.json" for n in ("gateway", "direct", "baseline")
                  if (ctx.out / f"guidellm-{n}.json").exists()})
     arts.update(perf_cost.write(Page(ctx.out, metrics, recipe=ctx.recipe)))

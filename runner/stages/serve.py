@@ -69,6 +69,25 @@ def fallbacks(choice: dict, deployed, base) -> list[dict]:
     return list(out.values())
 
 
+def cheap_tier(cfg: dict, quant, deployed_type: str) -> dict | None:
+    """The cascade's first tier: a gated quant of the tuned model, cheaper than the deployed one."""
+    r = cfg["routing"]
+    if r["policy"] != "cascade":
+        return None
+    q = r["cheap"]
+    verdict = (quant.metrics.get("verdicts") or {}).get(q)
+    if q not in quant.artifacts or verdict is None:
+        raise StageError(f"serve.routing.cheap '{q}' is not among the quantized models "
+                         f"({', '.join(v for v in (quant.metrics.get('verdicts') or {}))})")
+    if not verdict.get("passed"):
+        raise StageError(f"serve.routing.cheap '{q}' did not pass the quantize stage's regression gate "
+                         f"({'; '.join(verdict.get('reasons', []))}): a cascade starts with a gated model")
+    if q == deployed_type:
+        raise StageError(f"serve.routing.cheap '{q}' is the deployed model itself: a cascade needs a cheaper one")
+    return {"gguf": quant.path(q), "alias": f"cheap-{q}", "routes": ["task"], "type": q,
+            "threads": r["cheap_threads"]}
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("serve")
     quant = ctx.inputs["quantize"]
@@ -81,7 +100,11 @@ def run(ctx: Context) -> Result:
     task = {**the_task.describe(), "system_prompt": tasks.system_prompt(ctx.recipe),
             "max_tokens": cfg["gateway"]["task_max_tokens"], "constrained": cfg["gateway"]["constrained_task"],
             "constrained_retry": cfg["gateway"]["constrained_retry"]}
-    serving = deploy.spec(cfg, gguf, hf_dir, fallback_engines, ctx.threads, task)
+    cheap = cheap_tier(cfg, quant, qtype)
+    if cheap:
+        task["cascade"] = {"cheap": cheap["type"], "cheap_slots": cfg["parallel"],
+                           "escalate_when_busy": cfg["routing"]["escalate_when_busy"]}
+    serving = deploy.spec(cfg, gguf, hf_dir, fallback_engines, ctx.threads, task, cheap)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
     serving["system_prompt"] = task["system_prompt"]

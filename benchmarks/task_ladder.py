@@ -1,0 +1,109 @@
+"""The task route under load, engine settings swept in one run: a stored run's deployment (its serving.json and
+test split), the primary alone behind the gateway (no fallback engines: the primary's capacity is what is
+measured), `POST /v1/tasks/<name>` with the test documents from the project's light driver
+(runner/serving/task_load.py), one closed-loop level per variant with as many streams as the engine has slots.
+
+1. calibration: `--parallel 1`, one stream, against llama-bench's single-stream limit for the same model and
+   threads (>= 80% or the measurement was contended);
+2. `--parallel` 2, 4, 8 with as many streams (the deployed quant);
+3. the other quants at the best parallel of step 2.
+
+    ~/.cache/finetune-forge/venvs/core-*/bin/python benchmarks/task_ladder.py --run-dir runs/invoice-extraction/<run>
+        [--parallel 1 2 4 8] [--quants q8_0 q4_k_m] [--requests 100] [--max-seconds 150]
+
+Prints one JSON line per level (documents/s, latency quantiles and how many answers they rest on, valid share,
+x single-stream limit, generator CPU share, cost per 1,000 documents), then a summary line.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from runner.adapters import llama_cpp  # noqa: E402
+from runner.serving import deploy, task_load  # noqa: E402
+
+SLO = {"p99_latency_s": 15, "max_error_rate": 0.01}   # the default recipe's
+
+
+def variant(base: dict, gguf: Path, parallel: int) -> dict:
+    s = copy.deepcopy(base)
+    s["primary"]["gguf"] = str(gguf)
+    s["parallel"] = parallel
+    s["fallbacks"] = []
+    s.pop("fallback", None)
+    s["gateway"]["max_in_flight"] = s["replicas"] * parallel
+    return s
+
+
+def measure(serving: dict, docs: list[str], streams: int, requests: int, max_seconds: float, price: float,
+            bench: dict, label: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, deploy.up(serving, Path(tmp)) as dep:
+        rows, timing = task_load.level(dep.gateway_url, serving["task"]["route"], docs, dep.api_key, streams,
+                                       requests, max_seconds, Path(tmp), 120)
+    row = task_load.summarize(rows, timing, streams, SLO, price, 2)
+    task_load.calibrate([row], bench)
+    row.update(variant=label, parallel=serving["parallel"], model=Path(serving["primary"]["gguf"]).name)
+    for k in ("start_time", "end_time"):
+        row.pop(k)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--quants", nargs="*", default=["q8_0", "q4_k_m"])
+    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--max-seconds", type=float, default=150)
+    ap.add_argument("--documents", type=int, default=64)
+    ap.add_argument("--price-per-hour", type=float, default=0.10)
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    base = deploy.load(run / "stages" / "serve" / "serving.json")
+    docs = [json.loads(x)["document"] for x in (run / "stages" / "data" / "test.jsonl").read_text().splitlines()
+            if x.strip()][:a.documents]
+    primary = Path(base["primary"]["gguf"])
+    quant_dir = run / "stages" / "quantize"
+    arts = json.loads((quant_dir / "stage.json").read_text()).get("artifacts", {})
+    ggufs = {"deployed": primary, **{q: quant_dir / arts.get(q, f"tuned-{q}.gguf") for q in a.quants}}
+    missing = [str(p) for p in ggufs.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing GGUF files (the quantize stage keeps only the deployed one when asked to; "
+                         f"re-make one with llama-quantize from the f16): {missing}")
+    benches = {}
+
+    def bench(name: str) -> dict:
+        if name not in benches:
+            with tempfile.TemporaryDirectory() as tmp:
+                benches[name] = llama_cpp.bench(ggufs[name], Path(tmp) / "bench.log", base["threads"], 256, 64, 3)
+            print(json.dumps({"llama_bench": name, **benches[name]}), flush=True)
+        return benches[name]
+
+    rows = []
+    for p in a.parallel:
+        streams = p
+        rows.append(measure(variant(base, primary, p), docs, streams, a.requests, a.max_seconds, a.price_per_hour,
+                            bench("deployed"), f"deployed, --parallel {p}, {streams} stream(s)"))
+    best = max((r for r in rows if r["documents_per_s"]), key=lambda r: r["documents_per_s"], default=None)
+    if best:
+        for q in a.quants:
+            rows.append(measure(variant(base, ggufs[q], best["parallel"]), docs, best["streams"], a.requests,
+                                a.max_seconds, a.price_per_hour, bench(q), f"{q}, --parallel {best['parallel']}"))
+    one = next((r for r in rows if r["streams"] == 1 and r["variant"].startswith("deployed")), None)
+    print(json.dumps({"summary": True, "calibration_one_stream_vs_limit": one and one.get("x_single_stream_limit"),
+                      "best_deployed": best and {k: best[k] for k in ("parallel", "documents_per_s", "latency_s",
+                                                                         "valid_share")},
+                      "best_vs_one_stream": round(best["documents_per_s"] / one["documents_per_s"], 3)
+                      if best and one and one["documents_per_s"] else None}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The product's workload: `/v1/tasks/<name>` driven with the test split's documents by the light asyncio driver
+(runner/serving/async_driver.py, a process of its own whose CPU time is measured), one closed-loop level per
+concurrency, climbing until the SLO breaks. Each level: documents/s, latency quantiles, the share of answers that
+passed the task's contract, cost per 1,000 documents, and throughput as a multiple of the single-stream limit
+llama-bench measures for the same model and threads (prompt and generation speed weighted by the workload's own
+prompt/output token mix); the 1-stream level is the calibration point that says whether the measurement was
+contended."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runner import env
+from runner.serving import async_driver
+from runner.stage import StageError
+
+CALIBRATION_MIN = 0.8   # single stream through the whole stack vs llama-bench's speed: below, the run was contended
+
+
+def child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def level(url: str, route: str, docs: list[str], api_key: str, streams: int, count: int, max_seconds: float,
+          out: Path, timeout_s: float, name: str | None = None, keep_responses: bool = False) -> tuple[list[dict], dict]:
+    """One closed-loop level; (one record per request, {wall_s, driver_cpu_s, start_time, end_time})."""
+    spec = out / f"{name or f'task-level-{streams}'}.spec.json"
+    samples = out / f"{name or f'task-level-{streams}'}.jsonl"
+    spec.write_text(json.dumps({"targets": [{"url": url + route, "body": {"document": d}} for d in docs],
+                                "streams": streams, "count": count, "max_seconds": max_seconds,
+                                "timeout_s": timeout_s, "keep_responses": keep_responses}))
+    cpu0, t0 = child_cpu_s(), time.time()
+    p = subprocess.run([sys.executable, "-m", "runner.serving.async_driver", spec, samples], cwd=env.REPO,
+                       env={**os.environ, "PYTHONPATH": str(env.REPO), "FORGE_DRIVER_AUTH": api_key},
+                       capture_output=True, text=True, timeout=max_seconds + timeout_s + 60)
+    t1 = time.time()
+    if p.returncode != 0:
+        raise StageError(f"the task load driver failed at {streams} streams: {p.stderr[-1500:]}")
+    rows = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
+    return rows, {"wall_s": t1 - t0, "driver_cpu_s": child_cpu_s() - cpu0, "start_time": t0, "end_time": t1}
+
+
+def single_stream_limit(bench: dict, prompt_tokens: float, completion_tokens: float) -> float | None:
+    """Documents/s one stream could reach at llama-bench's speeds: prefill the prompt, then decode the answer."""
+    pp, tg = bench.get("prompt_tokens_per_s"), bench.get("gen_tokens_per_s")
+    if not (pp and tg and completion_tokens):
+        return None
+    return 1.0 / (prompt_tokens / pp + completion_tokens / tg)
+
+
+def summarize(rows: list[dict], timing: dict, streams: int, slo: dict, price_per_hour: float, cores: int) -> dict:
+    ok = [r for r in rows if r["status"] == 200]
+    lat = [r["latency_s"] for r in ok]
+    q = async_driver.quantiles(lat)
+    n = len(rows)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    prompt = mean([r["usage"]["prompt_tokens"] for r in ok if r.get("usage")])
+    completion = mean([r["usage"]["completion_tokens"] for r in ok if r.get("usage")])
+    docs_s = len(ok) / timing["wall_s"] if timing["wall_s"] else None
+    error_rate = (n - len(ok)) / n if n else 1.0
+    return {
+        "streams": streams, "requests": n, "answered_valid": len(ok), "statuses": statuses,
+        "valid_share": round(len(ok) / n, 4) if n else None, "error_rate": round(error_rate, 4),
+        "documents_per_s": round(docs_s, 3) if docs_s else None,
+        "latency_s": {k: (round(v, 3) if v is not None else None) for k, v in q.items()},
+        "latency_samples": len(lat),
+        "prompt_tokens_mean": round(prompt, 1) if prompt else None,
+        "completion_tokens_mean": round(completion, 1) if completion else None,
+        "output_tokens_per_s": round(docs_s * completion, 2) if docs_s and completion else None,
+        "usd_per_1k_documents": round(price_per_hour / (docs_s * 3600) * 1000, 5) if docs_s else None,
+        "driver_cpu_share": round(timing["driver_cpu_s"] / (timing["wall_s"] * cores), 4) if timing["wall_s"] else None,
+        "wall_s": round(timing["wall_s"], 1), "start_time": timing["start_time"], "end_time": timing["end_time"],
+        "meets_slo": bool(ok and q["p99"] is not None and q["p99"] <= slo["p99_latency_s"]
+                          and error_rate <= slo["max_error_rate"]),
+    }
+
+
+def next_levels(cfg: dict, done: list[dict]) -> int | None:
+    """The next concurrency: the configured ones first, then doubling while the last one met the SLO (up to
+    max_streams), so the ladder climbs until the SLO breaks."""
+    tried = [r["streams"] for r in done]
+    for c in cfg["concurrency"]:
+        if c not in tried:
+            return c
+    if cfg["climb"] and done and done[-1]["meets_slo"] and done[-1]["streams"] * 2 <= cfg["max_streams"]:
+        return done[-1]["streams"] * 2
+    return None
+
+
+def calibrate(levels: list[dict], bench: dict) -> dict:
+    """Each level's documents/s against the single-stream limit at llama-bench's speeds for the level's own
+    token mix; the 1-stream level must reach CALIBRATION_MIN of it or the measurement was contended."""
+    for r in levels:
+        lim = single_stream_limit(bench, r["prompt_tokens_mean"] or 0, r["completion_tokens_mean"] or 0)
+        r["single_stream_limit_docs_per_s"] = round(lim, 3) if lim else None
+        r["x_single_stream_limit"] = round(r["documents_per_s"] / lim, 3) if lim and r["documents_per_s"] else None
+    one = next((r for r in levels if r["streams"] == 1), None)
+    ratio = one["x_single_stream_limit"] if one else None
+    return {"bench": bench, "one_stream_vs_limit": ratio, "min": CALIBRATION_MIN,
+            "contended": None if ratio is None else ratio < CALIBRATION_MIN}

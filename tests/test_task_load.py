@@ -1,0 +1,111 @@
+"""The task route's load test: the light asyncio driver against real loopback servers (closed loop: bounded
+count, concurrency held), one level through a real gateway with answers that pass and fail the task's contract,
+and the arithmetic that turns a level into documents/s, cost and a fraction of llama-bench's limit."""
+import asyncio
+import http.server
+import json
+import threading
+import time
+
+import pytest
+
+from runner.serving import async_driver, deploy, task_load
+from tests.fake_engines import VALID_INVOICE, ChatEngine, running
+from tests.test_gateway import KEY, config
+
+SLO = {"p99_latency_s": 5, "p95_ttft_s": 2, "max_error_rate": 0.2}
+
+
+class CountingEngine(http.server.BaseHTTPRequestHandler):
+    """Answers after 0.1 s and remembers the most requests it held at once."""
+    active = peak = 0
+    lock = threading.Lock()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            CountingEngine.active += 1
+            CountingEngine.peak = max(CountingEngine.peak, CountingEngine.active)
+        time.sleep(0.1)
+        with self.lock:
+            CountingEngine.active -= 1
+        body = b'{"ok": true, "usage": {"prompt_tokens": 10, "completion_tokens": 5}}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_closed_loop_sends_exactly_count_requests_with_at_most_streams_at_once():
+    with running(CountingEngine) as url:
+        target = async_driver.request_bytes(url + "/anything", {"x": 1})
+        t0 = time.time()
+        out = asyncio.run(async_driver.closed_loop([target], streams=3, count=10, max_seconds=30))
+        took = time.time() - t0
+    assert len(out) == 10 and all(s.status == 200 for s in out)
+    assert CountingEngine.peak == 3
+    assert 0.3 < took < 2.5            # 4 rounds of 0.1 s, not 10 in series
+    assert json.loads(out[0].body)["usage"]["completion_tokens"] == 5
+    assert all(0 < s.first_byte_s <= s.latency_s for s in out)
+
+
+def test_the_driver_bounds_time_and_reports_refused_connections():
+    with running(CountingEngine) as url:
+        target = async_driver.request_bytes(url + "/x", {})
+        out = asyncio.run(async_driver.closed_loop([target], streams=1, count=1000, max_seconds=0.5))
+    assert 2 <= len(out) <= 8          # stopped by time, not by count
+    dead = async_driver.request_bytes("http://127.0.0.1:9/x", {})
+    s = asyncio.run(async_driver.one(*dead, timeout_s=2))
+    assert s.status == 0 and s.error
+
+
+class HalfValidEngine(ChatEngine):
+    """A valid invoice for documents that say "good", prose otherwise (which fails the contract, constrained too)."""
+
+    def answer(self, request):
+        return json.dumps(VALID_INVOICE) if "good" in request["messages"][-1]["content"] else "no idea"
+
+
+def test_a_level_through_the_gateway_counts_valid_answers_and_prices_documents(tmp_path):
+    with running(HalfValidEngine) as engine:
+        eps = [deploy.Endpoint("primary", engine, "tuned", 0)]
+        cfg = config(eps, constrained_retry=True)
+        with deploy.start_gateway(cfg, tmp_path, api_keys=KEY) as (url, _):
+            rows, timing = task_load.level(url, cfg["task"]["route"], ["good invoice 1", "bad scan"], KEY, 2, 8, 30,
+                                           tmp_path, 30)
+    assert len(rows) == 8 and sorted({r["status"] for r in rows}) == [200, 502]
+    assert all(r["usage"]["completion_tokens"] == 1 for r in rows if r["status"] == 200)
+    level = task_load.summarize(rows, timing, 2, SLO, price_per_hour=0.36, cores=2)
+    assert level["answered_valid"] == 4 and level["valid_share"] == 0.5 and level["statuses"] == {"200": 4, "502": 4}
+    assert level["error_rate"] == 0.5 and not level["meets_slo"]           # half the documents got no answer
+    assert level["documents_per_s"] == pytest.approx(4 / timing["wall_s"], rel=0.01)
+    assert level["usd_per_1k_documents"] == pytest.approx(0.36 / (level["documents_per_s"] * 3600) * 1000, rel=0.01)
+    assert 0 <= level["driver_cpu_share"] < 0.5 and level["prompt_tokens_mean"] == 5
+
+
+def test_the_ladder_climbs_until_the_slo_breaks():
+    cfg = {"concurrency": [1, 2], "climb": True, "max_streams": 16}
+    row = lambda n, ok: {"streams": n, "meets_slo": ok}  # noqa: E731
+    assert task_load.next_levels(cfg, []) == 1
+    assert task_load.next_levels(cfg, [row(1, True)]) == 2
+    assert task_load.next_levels(cfg, [row(1, True), row(2, True)]) == 4
+    assert task_load.next_levels(cfg, [row(1, True), row(2, True), row(4, False)]) is None
+    assert task_load.next_levels(cfg, [row(1, True), row(2, True), row(4, True), row(8, True), row(16, True)]) is None
+    assert task_load.next_levels({**cfg, "climb": False}, [row(1, True), row(2, True)]) is None
+
+
+def test_calibration_compares_one_stream_with_llama_bench_at_the_workloads_token_mix():
+    bench = {"prompt_tokens_per_s": 1000.0, "gen_tokens_per_s": 50.0}
+    # 500 prompt tokens (0.5 s) + 100 answer tokens (2 s): 0.4 documents/s is the single-stream limit
+    assert task_load.single_stream_limit(bench, 500, 100) == pytest.approx(0.4)
+    levels = [{"streams": 1, "documents_per_s": 0.3, "prompt_tokens_mean": 500, "completion_tokens_mean": 100},
+              {"streams": 2, "documents_per_s": 0.5, "prompt_tokens_mean": 500, "completion_tokens_mean": 100}]
+    cal = task_load.calibrate(levels, bench)
+    assert cal["one_stream_vs_limit"] == 0.75 and cal["contended"] is True
+    assert levels[1]["x_single_stream_limit"] == 1.25                   # batching beats one stream
+    levels[0]["documents_per_s"] = 0.36
+    assert task_load.calibrate(levels, bench)["contended"] is False
+    assert task_load.calibrate(levels, {})["contended"] is None         # no llama-bench (SGLang): no verdict
