@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ from runner import tasks  # noqa: E402
 from runner.serving import deploy, routing_eval  # noqa: E402
 
 
-def variant(base: dict, primary: Path, cheap: Path | None, streams: int) -> dict:
+def variant(base: dict, primary: Path, cheap: Path | None, streams: int, threads: tuple[int, int] | None = None) -> dict:
+    """threads: (primary, cheap) for the cascade: both tiers share the cores."""
     s = copy.deepcopy(base)
     s["primary"]["gguf"] = str(primary)
     s["fallbacks"] = []
@@ -37,18 +39,29 @@ def variant(base: dict, primary: Path, cheap: Path | None, streams: int) -> dict
     s["cheap"] = None
     s["task"].pop("cascade", None)
     if cheap:
-        s["cheap"] = {"gguf": str(cheap), "alias": "cheap", "routes": ["task"], "threads": None}
+        s["cheap"] = {"gguf": str(cheap), "alias": "cheap", "routes": ["task"], "threads": threads and threads[1]}
+        if threads:
+            s["threads"] = threads[0]
         s["task"]["cascade"] = {"cheap": cheap.name, "cheap_slots": s["parallel"], "escalate_when_busy": True}
     return s
 
 
+def stop_on_sigterm(*_):
+    raise KeyboardInterrupt   # unwinds the deployments: engines run in process groups of their own and outlive a bare kill
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--cheap", default="q4_k_m")
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--documents", type=int, default=None, help="first N test documents (default: all)")
     ap.add_argument("--price-per-hour", type=float, default=0.10)
+    ap.add_argument("--cascade-threads", type=int, nargs=2, default=[1, 1], metavar=("PRIMARY", "CHEAP"),
+                    help="threads of the two tiers in the cascade (both at 2 on 2 cores: 4 spinning threads, "
+                         "measured 120 s timeouts)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these variants (deployed, cheap, cascade)")
     a = ap.parse_args()
     run = Path(a.run_dir)
     base = deploy.load(run / "stages" / "serve" / "serving.json")
@@ -61,15 +74,20 @@ def main() -> None:
         raise SystemExit(f"no {cheap}: re-make it with llama-quantize from the f16")
     primary = Path(base["primary"]["gguf"])
     task = tasks.get(base["task"]["name"])
-    plan = [("deployed", primary, None), (f"{a.cheap} alone", cheap, None), (f"cascade {a.cheap} -> deployed", primary, cheap)]
+    plan = [("deployed", "deployed", primary, None), ("cheap", f"{a.cheap} alone", cheap, None),
+            ("cascade", f"cascade {a.cheap} -> deployed, threads {a.cascade_threads[0]}+{a.cascade_threads[1]}",
+             primary, cheap)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, p, c in plan:
-            results.append(routing_eval.run_variant(name, variant(base, p, c, a.streams), docs, task, a.streams,
-                                                    Path(tmp), a.price_per_hour))
+        for key, name, p, c in plan:
+            if a.only and key not in a.only:
+                continue
+            serving = variant(base, p, c, a.streams, tuple(a.cascade_threads) if c else None)
+            results.append(routing_eval.run_variant(name, serving, docs, task, a.streams, Path(tmp), a.price_per_hour))
             print(json.dumps({"variant": name, **results[-1]["summary"]}), file=sys.stderr, flush=True)
     keys = list(task.metrics())
-    out = routing_eval.compare(results, "deployed", keys)
+    out = routing_eval.compare(results, "deployed", keys) if any(r["name"] == "deployed" for r in results) else \
+        {r["name"]: r["summary"] for r in results}
     print(json.dumps({"documents": len(docs), "streams": a.streams, "headline": task.headline,
                       "deployed": primary.name, "cheap": cheap.name, "variants": out}, indent=1))
 

@@ -88,7 +88,7 @@ def test_a_level_through_the_gateway_counts_valid_answers_and_prices_documents(t
 
 def test_the_ladder_climbs_until_the_slo_breaks():
     cfg = {"concurrency": [1, 2], "climb": True, "max_streams": 16}
-    row = lambda n, ok: {"streams": n, "meets_slo": ok}  # noqa: E731
+    row = lambda n, ok: {"streams": n, "latency_ok": ok, "meets_slo": False}  # noqa: E731
     assert task_load.next_levels(cfg, []) == 1
     assert task_load.next_levels(cfg, [row(1, True)]) == 2
     assert task_load.next_levels(cfg, [row(1, True), row(2, True)]) == 4
@@ -101,11 +101,19 @@ def test_calibration_compares_one_stream_with_llama_bench_at_the_workloads_token
     bench = {"prompt_tokens_per_s": 1000.0, "gen_tokens_per_s": 50.0}
     # 500 prompt tokens (0.5 s) + 100 answer tokens (2 s): 0.4 documents/s is the single-stream limit
     assert task_load.single_stream_limit(bench, 500, 100) == pytest.approx(0.4)
-    levels = [{"streams": 1, "documents_per_s": 0.3, "prompt_tokens_mean": 500, "completion_tokens_mean": 100},
-              {"streams": 2, "documents_per_s": 0.5, "prompt_tokens_mean": 500, "completion_tokens_mean": 100}]
+    answer = lambda latency, status=200: {"status": status, "latency_s": latency,  # noqa: E731
+                                          "usage": {"prompt_tokens": 500, "completion_tokens": 100}}
+    # predicted 2.5 s each; latencies 2.5, 3.125, 5.0 (a retried one) and a refused one: the median ratio is 0.8
+    rows = [answer(2.5), answer(3.125), answer(5.0), answer(9.0, 502)]
+    assert task_load.speed_vs_bench(rows, bench) == 0.8
+    level = task_load.summarize(rows, {"wall_s": 20.0, "driver_cpu_s": 0.1, "start_time": 0, "end_time": 20}, 1,
+                                {"p99_latency_s": 10, "max_error_rate": 0.01}, 0.1, 2, bench)
+    assert level["speed_vs_bench"] == 0.8 and level["answers_per_s"] == 0.2 and level["p99_all_answered_s"] == 9.0
+    assert level["latency_ok"] and not level["meets_slo"]               # fast enough, but a quarter refused
+    levels = [level, {"streams": 2, "documents_per_s": 0.5, "prompt_tokens_mean": 500, "completion_tokens_mean": 100}]
     cal = task_load.calibrate(levels, bench)
-    assert cal["one_stream_vs_limit"] == 0.75 and cal["contended"] is True
-    assert levels[1]["x_single_stream_limit"] == 1.25                   # batching beats one stream
-    levels[0]["documents_per_s"] = 0.36
-    assert task_load.calibrate(levels, bench)["contended"] is False
-    assert task_load.calibrate(levels, {})["contended"] is None         # no llama-bench (SGLang): no verdict
+    assert cal["speed_vs_bench"] == 0.8 and cal["contended"] is False
+    assert levels[0]["x_single_stream_limit"] == 0.375 and levels[1]["x_single_stream_limit"] == 1.25
+    level["speed_vs_bench"] = 0.62
+    assert task_load.calibrate(levels, bench)["contended"] is True
+    assert task_load.calibrate([{**level, "speed_vs_bench": None}], {})["contended"] is None   # no llama-bench

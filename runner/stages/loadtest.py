@@ -158,17 +158,18 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
                                                t["requests_per_level"], t["max_seconds_per_level"], ctx.out,
                                                t["timeout_s"])
                 levels.append(task_load.summarize(rows, timing, streams, cfg["slo"], cfg["price_per_hour_usd"],
-                                                  psutil.cpu_count() or 1))
+                                                  psutil.cpu_count() or 1, bench))
         restarts = dep.restarts()
     attach_resources(levels, sampler, serving["parallel"])
     calibration = task_load.calibrate(levels, bench)
-    passing = [r for r in levels if r["meets_slo"]]
-    at = max(passing, key=lambda r: r["documents_per_s"] or 0) if passing else None
+    within = [r for r in levels if r["latency_ok"]]
+    at = max(within, key=lambda r: r["documents_per_s"] or 0) if within else None
     one = next((r for r in levels if r["streams"] == 1), None)
     return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration,
-            "ceiling_streams": max((r["streams"] for r in passing), default=None),
+            "ceiling_streams": max((r["streams"] for r in within), default=None),
+            "meets_slo_streams": [r["streams"] for r in levels if r["meets_slo"]],
             "best_at_slo": {"streams": at["streams"], "documents_per_s": at["documents_per_s"],
-                            "usd_per_1k_documents": at["usd_per_1k_documents"],
+                            "valid_share": at["valid_share"], "usd_per_1k_documents": at["usd_per_1k_documents"],
                             "x_one_stream": round(at["documents_per_s"] / one["documents_per_s"], 3)
                             if one and one["documents_per_s"] else None} if at else None,
             "engine_restarts": restarts}
