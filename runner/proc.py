@@ -103,6 +103,25 @@ def terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait()
 
 
+def wait_http_ok(process: subprocess.Popen, url: str, timeout: float, interval: float = 0.1) -> str | None:
+    """Poll `url` until it answers 200 while `process` runs: None when it did, else why not (its exit, or the
+    timeout), for the caller's own error."""
+    import urllib.request
+    t0 = time.time()
+    while True:
+        if process.poll() is not None:
+            return f"exited with code {process.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return None
+        except OSError:
+            pass
+        if time.time() - t0 > timeout:
+            return f"no 200 from {url} within {timeout:.0f}s"
+        time.sleep(interval)
+
+
 @contextmanager
 def background(cmd: list, log: Path, env: dict | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
     """A long-running process (a server) whose output goes to `log`; stopped on exit from the block."""

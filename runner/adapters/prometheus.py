@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -295,17 +294,7 @@ def server(binary: Path, config: dict, workdir: Path, port: int, ready_timeout_s
            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d", "--log.level=warn"]
     with proc.background(cmd, workdir / "prometheus.log") as p:
         url = f"http://127.0.0.1:{port}"
-        t0 = time.time()
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"Prometheus exited with code {p.returncode}:\n{proc.tail(workdir / 'prometheus.log')}")
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() - t0 > ready_timeout_s:
-                raise RuntimeError(f"Prometheus not ready after {ready_timeout_s:.0f} s; log {workdir / 'prometheus.log'}")
-            time.sleep(0.2)
+        failed = proc.wait_http_ok(p, url + "/-/ready", ready_timeout_s, interval=0.2)
+        if failed:
+            raise RuntimeError(f"Prometheus not ready ({failed}):\n{proc.tail(workdir / 'prometheus.log')}")
         yield Server(url, p)

@@ -173,8 +173,6 @@ def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str 
                   timeout: float = 30.0) -> Iterator[tuple[str, object]]:
     """Run the gateway (gateway venv) on a loopback port until the block exits; yields (base URL, process)."""
     import os
-    import time
-    import urllib.request
 
     from runner import env, proc
     port = port or llama_cpp.free_port()
@@ -187,18 +185,8 @@ def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str 
            "--log", logs / "gateway-requests.jsonl"]
     with proc.background(cmd, logs / "gateway.log", env=e, cwd=env.REPO) as p:
         url = f"http://127.0.0.1:{port}"
-        t0 = time.time()
-        while True:
-            if p.poll() is not None:
-                raise StageError(f"the gateway exited with code {p.returncode} before it was up\n"
-                                 f"{proc.tail(logs / 'gateway.log')}", log=logs / "gateway.log")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() - t0 > timeout:
-                raise StageError(f"the gateway did not answer /healthz within {timeout:.0f}s", log=logs / "gateway.log")
-            time.sleep(0.1)
+        failed = proc.wait_http_ok(p, url + "/healthz", timeout)
+        if failed:
+            raise StageError(f"the gateway was not up: {failed}\n{proc.tail(logs / 'gateway.log')}",
+                             log=logs / "gateway.log")
         yield url, p

@@ -93,6 +93,15 @@ def constant_rate(ctx: Context, cfg: dict, dep: deploy.Deployment, route: str | 
     return rows
 
 
+def sampled(dep: deploy.Deployment) -> tuple[dict, dict]:
+    """What the resource sampler watches in a deployment: each engine's current pid and every /metrics URL."""
+    procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None) for i, e in enumerate(dep.endpoints)}
+    urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
+    if dep.gateway_url:
+        procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+    return procs, urls
+
+
 def engines_snapshot(dep: deploy.Deployment) -> dict:
     """Each engine's pid and cumulative work counters (its own /metrics), keyed like the resource samples."""
     return {f"{e.role}-{i}": {"pid": e.engine.pid if e.engine else None, **resources.engine_counters(e.url)}
@@ -113,11 +122,7 @@ def measured_ladder(ctx: Context, cfg: dict, serving: dict, tokenizer, through: 
     with deploy.up(serving, ctx.logs / f"ladder-{through}") as dep, contextlib.ExitStack() as stack:
         prom = stack.enter_context(monitoring.watching(dep, watch[0], ctx.logs / "prometheus", watch[1])) \
             if watch else None
-        procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None)
-                 for i, e in enumerate(dep.endpoints)}
-        urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
-        if dep.gateway_url:
-            procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+        procs, urls = sampled(dep)
         engines = {"at_start": engines_snapshot(dep)}
         with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
             if through == "gateway":
@@ -147,9 +152,7 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
                                 256, 64, t["bench_repetitions"])
     levels: list[dict] = []
     with deploy.up(serving, ctx.logs / "task-ladder") as dep:
-        procs = {f"{e.role}-{i}": (lambda e=e: e.engine.pid if e.engine else None) for i, e in enumerate(dep.endpoints)}
-        urls = {f"{e.role}-{i}": e.url for i, e in enumerate(dep.endpoints)}
-        procs["gateway"], urls["gateway"] = (lambda: dep.gateway_pid), dep.gateway_url
+        procs, urls = sampled(dep)
         with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
             while (streams := task_load.next_levels(t, levels)) is not None:
                 ctx.progress(f"task route {route}: {streams} stream(s), up to {t['requests_per_level']} documents "
