@@ -37,10 +37,11 @@ def ask(url, route, doc):
     return httpx.post(url + route, headers=AUTH, json={"document": doc}, timeout=30)
 
 
-def escalations(url):
+def escalations(url, zeros=False):
     text = httpx.get(url + "/metrics").text
-    return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
-            if line.startswith("forge_escalations_total{")}
+    out = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith("forge_escalations_total{")}
+    return out if zeros else {k: v for k, v in out.items() if v}
 
 
 def test_the_cheap_tier_answers_first_and_a_contract_failure_escalates(tmp_path):
@@ -48,6 +49,8 @@ def test_the_cheap_tier_answers_first_and_a_contract_failure_escalates(tmp_path)
         cfg = cascade_config(cheap, strong)
         with deploy.start_gateway(cfg, tmp_path, api_keys=KEY) as (url, _):
             route = cfg["task"]["route"]
+            # every reason is a series from the start, at 0, so Prometheus' increase() sees the first escalation
+            assert escalations(url, zeros=True) == {"contract": 0.0, "cheap_busy": 0.0, "cheap_unavailable": 0.0}
             easy = ask(url, route, "an easy invoice")
             assert easy.status_code == 200
             assert easy.json()["tier"] == "cheap" and easy.json()["model"] == "cheap-q4_k_m"

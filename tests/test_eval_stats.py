@@ -302,3 +302,11 @@ def test_failure_causes_are_counted_paired_located_and_shown():
     ex = got["examples"]["day_month_swapped"]
     assert len(ex) == 3 and ex[0]["model"] == "tuned" and ex[0]["answer"] == "2024-13-08"
     assert [e["model"] for e in got["examples"]["missing"]] == ["base"] * 3  # filled from the other models
+
+
+def test_a_share_gets_a_wilson_interval_that_stays_inside_zero_and_one():
+    # 19 of 20 (the textbook Wilson interval is [0.764, 0.991]); all of 5 still leaves room below 1; none of 0
+    assert stats.proportion_ci(19, 20) == [0.764, 0.991]
+    low, high = stats.proportion_ci(5, 5)
+    assert high == 1.0 and 0.5 < low < 0.6
+    assert stats.proportion_ci(0, 8)[0] == 0.0 and stats.proportion_ci(0, 0) is None

@@ -91,6 +91,15 @@ class Metrics:
             lambda: gw.admission.in_flight)
         prom.Gauge("forge_queued", "Requests waiting for a slot", registry=r).set_function(
             lambda: gw.admission.queued)
+        # the known label values exist from the start at 0: a series that appears with its first increment is
+        # missed by Prometheus' rate()/increase() (nothing to take the difference from), so an alert on it would too
+        for status in ("429", "503"):
+            self.rejected.labels(status)
+        for reason in ("contract", "cheap_busy", "cheap_unavailable"):
+            self.escalations.labels(reason)
+        for u in gw.router.upstreams:
+            for kind in ("connect", "timeout", "transport"):
+                self.upstream_errors.labels(u.name, kind)
         circuit = prom.Gauge("forge_circuit_state", "0 closed, 1 half-open, 2 open", ["upstream"], registry=r)
         for u in gw.router.upstreams:
             circuit.labels(u.name).set_function(lambda u=u: STATE_CODE[u.breaker.state])

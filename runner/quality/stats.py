@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from scipy.stats import binomtest
 
 
 @dataclass
@@ -109,6 +110,14 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
     k, m = min(a_only, b_only), a_only + b_only
     p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
     return {"b_only": b_only, "a_only": a_only, "p": p}
+
+
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a share (scipy's binomtest): honest at small n and at shares near 0 or 1."""
+    if not n:
+        return None
+    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return [round(float(ci.low), 3), round(float(ci.high), 3)]
 
 
 def significant(cmp: dict) -> bool:

@@ -277,7 +277,9 @@ def _drills(drills: dict | None, restarts: list[dict]) -> list[str]:
     L = ["## Fault drills (automated, against the live deployment)", ""]
     k = drills.get("kill_primary")
     if k and "skipped" not in k:
-        L += [f"- **Kill the primary engine under load** ({'passed' if k['passed'] else '**failed**'}): "
+        rounds = k.get("rounds", 1)
+        L += [f"- **Kill the primary engine under load** ({'passed' if k['passed'] else '**failed**'}"
+              + (f", {rounds} kills, times are the slowest" if rounds > 1 else "") + "): "
               f"{k['requests']} requests from {k.get('workers', '?')} clients, {k['errors_after_kill']} errors after the kill; "
               f"{k['answered_by_fallback']} answered by the fallback model, the first "
               f"{fmt.num(k['first_fallback_answer_s'], 2)} s after the kill; the supervisor had the engine serving again "

@@ -183,17 +183,22 @@ def fallback(serving: dict | None, lt: Output | None, serve: Output | None) -> l
                  "(`forge_escalations_total` by reason; the answer says `tier` and `escalated`).")
     k = ((lt.metrics.get("drills") or {}) if lt else {}).get("kill_primary") or {}
     if "passed" in k:
+        rounds = f" ({k['rounds']} kills; the slowest below)" if k.get("rounds", 1) > 1 else ""
         L.append(f"- Measured (kill drill): {k['errors_after_kill']} client errors after killing the primary under "
-                 f"load; {k['answered_by_fallback']} requests answered by the fallback; engine back after "
+                 f"load{rounds}; "
+                 f"{k['answered_by_fallback']} requests answered by the fallback; engine back after "
                  f"{k['engine_restarted_s']} s, primary answering through the gateway again after "
                  f"{k['primary_answers_again_s']} s; drill **{'passed' if k['passed'] else 'failed'}**.")
         t = k.get("task")
         if t:
-            L.append(f"- The task route in the same outage (`{t['route']}`, {t['workers']} client(s) beside the chat "
-                     f"load): {t['valid_while_down']} of {t['while_primary_down']} task requests sent while the primary "
-                     f"was down got an answer that passed the task's contract ({fmt.num(t['valid_share_while_down'])}; "
-                     f"before the kill {fmt.num(t['valid_share_before_kill'])}); {t['answered_by_fallback']} answered "
-                     "by the fallback.")
+            ci = t.get("valid_share_while_down_ci")
+            L.append(f"- The task route in the same outage{'s' if k.get('rounds', 1) > 1 else ''} (`{t['route']}`, "
+                     f"{t['workers']} client(s) beside the chat load, {k.get('rounds', 1)} kill(s)): "
+                     f"{t['valid_while_down']} of {t['while_primary_down']} task requests sent while the primary "
+                     f"was down got an answer that passed the task's contract ({fmt.num(t['valid_share_while_down'])}"
+                     + (f", 95% Wilson interval [{fmt.num(ci[0])}, {fmt.num(ci[1])}]" if ci else "")
+                     + f"; before the kill {fmt.num(t['valid_share_before_kill'])}); {t['answered_by_fallback']} "
+                     "answered by the fallback.")
     dc = ((serve.metrics.get("decoding_check") or {}) if serve else {}).get("fallback")
     if dc and dc.get("constrainable"):
         on = (serving.get("task") or {}).get("constrained")
