@@ -8,7 +8,7 @@ with constrained retries (an answer that breaks the contract is asked again with
 `serve.fallback` (the deployed model in an engine of its own for the task route, the base quant for chat).
 
     python3 -m runner setup && python3 benchmarks/task_failover.py --run-dir runs/invoice-extraction/<run>
-        [--documents 32] [--workers 2] [--kill-after 20]
+        [--documents 32] [--workers 2] [--task-workers 1] [--rounds 1] [--kill-after 20] [--variant per-route]
 
 Prints one JSON line per variant.
 """
@@ -48,7 +48,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--documents", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2, help="chat clients (task clients: half as many, at least 1)")
+    ap.add_argument("--workers", type=int, default=2, help="chat clients")
+    ap.add_argument("--task-workers", type=int, default=1, help="task clients")
+    ap.add_argument("--rounds", type=int, default=1, help="kills per variant, each after the primary is back")
+    ap.add_argument("--variant", choices=["all", "per-route"], default="all",
+                    help="per-route: only the plan of serve.fallback")
     ap.add_argument("--kill-after", type=float, default=20.0, help="seconds of traffic before the kill")
     a = ap.parse_args()
     stages = a.run_dir / "stages"
@@ -57,12 +61,15 @@ def main() -> None:
     docs = [json.loads(x)["document"] for x in (stages / "data" / "test.jsonl").read_text().splitlines()
             if x.strip()][:a.documents]
     for name, change in variants(deploy.load(stages / "serve" / "serving.json")).items():
+        if a.variant == "per-route" and not name.startswith("deployed model"):
+            continue
         serving = {**base, **change}
         with tempfile.TemporaryDirectory() as tmp, deploy.up(serving, Path(tmp)) as dep:
             res = drills.kill_primary(dep, workers=a.workers, kill_after_s=a.kill_after, timeout_s=120,
-                                      task={"route": serving["task"]["route"], "documents": docs})
+                                      task={"route": serving["task"]["route"], "documents": docs},
+                                      task_workers=a.task_workers, rounds=a.rounds)
         keep = ("passed", "requests", "errors_after_kill", "answered_by_fallback", "engine_restarted_s",
-                "primary_answers_again_s")
+                "primary_answers_again_s", "per_round")
         print(json.dumps({"variant": name, "chat": {k: res.get(k) for k in keep}, "task": res.get("task")}),
               flush=True)
 

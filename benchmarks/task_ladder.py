@@ -9,7 +9,12 @@ measured), `POST /v1/tasks/<name>` with the test documents from the project's li
 3. the other quants at the parallel of step 2 with the most valid documents/s within the latency SLO.
 
     ~/.cache/finetune-forge/venvs/core-*/bin/python benchmarks/task_ladder.py --run-dir runs/invoice-extraction/<run>
-        [--parallel 1 2 4 8] [--quants q8_0 q4_k_m] [--requests 100] [--max-seconds 150]
+        [--parallel 1 2 4 8] [--quants q8_0 q4_k_m] [--requests 100] [--max-seconds 150] [--with-fallbacks]
+
+--with-fallbacks keeps the run's fallback engines, as the loadtest stage deploys them, and measures each level
+twice: as deployed, and with the task fallback serving a hard link of the same file under another name, which the
+gateway cannot tell from another model, so it asks it again after the primary's constrained retry failed (the
+behaviour before the gateway skipped a model file that had already failed the same way).
 
 Prints one JSON line per level (documents/s, latency quantiles and how many answers they rest on, valid share,
 x single-stream limit, generator CPU share, cost per 1,000 documents), then a summary line.
@@ -33,11 +38,11 @@ from runner.serving import deploy, task_load  # noqa: E402
 SLO = {"p99_latency_s": 15, "max_error_rate": 0.01}   # the default recipe's
 
 
-def variant(base: dict, gguf: Path, parallel: int) -> dict:
+def variant(base: dict, gguf: Path, parallel: int, fallbacks: list[dict] | None = None) -> dict:
     s = copy.deepcopy(base)
     s["primary"]["gguf"] = str(gguf)
     s["parallel"] = parallel
-    s["fallbacks"] = []
+    s["fallbacks"] = fallbacks or []
     s.pop("fallback", None)
     s["gateway"]["max_in_flight"] = s["replicas"] * parallel
     return s
@@ -72,6 +77,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=150)
     ap.add_argument("--documents", type=int, default=64)
     ap.add_argument("--price-per-hour", type=float, default=0.10)
+    ap.add_argument("--with-fallbacks", action="store_true")
     ap.add_argument("--out", default=None, help="folder for each level's per-request records (default: a temporary one)")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="task-ladder-"))
@@ -98,6 +104,18 @@ def main() -> None:
         return benches[name]
 
     rows = []
+    if a.with_fallbacks:
+        fbs = deploy.fallbacks_of(base)
+        alias = out / f"same-model-other-name-{primary.name}"   # a hard link: the same bytes, another path
+        if not alias.exists():
+            alias.hardlink_to(primary)
+        other = [dict(f, gguf=str(alias)) if Path(f["gguf"]).resolve() == primary.resolve() else f for f in fbs]
+        for p in a.parallel:
+            for label, f in (("fallbacks as deployed", fbs), ("task fallback under another file name", other)):
+                rows.append(measure(variant(base, primary, p, f), docs, p, a.requests, a.max_seconds,
+                                    a.price_per_hour, bench("deployed"), f"{label}, --parallel {p}, {p} stream(s)",
+                                    out))
+        return
     for p in a.parallel:
         streams = p
         rows.append(measure(variant(base, primary, p), docs, streams, a.requests, a.max_seconds, a.price_per_hour,

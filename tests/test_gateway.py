@@ -273,6 +273,35 @@ def test_an_answer_that_breaks_the_contract_is_asked_again_constrained(tmp_path,
             assert 'forge_upstream_errors_total{kind="task_schema",upstream="primary-0"} 1.0' in m
 
 
+class BrokenEngine(ChatEngine):
+    """Breaks the sum rule whether constrained or not (a grammar enforces the schema, not the arithmetic); it
+    records who was asked (by its port) and how."""
+    asked: list = []
+
+    def answer(self, request):
+        BrokenEngine.asked.append((self.server.server_port, bool(request.get("response_format"))))
+        return json.dumps(dict(VALID_INVOICE, total=99.0))
+
+
+@pytest.mark.parametrize("same_file", [True, False])
+def test_a_fallback_serving_the_same_file_is_not_asked_the_same_question_again(tmp_path, same_file):
+    BrokenEngine.asked = []
+    with running(BrokenEngine) as primary, running(BrokenEngine) as fallback:
+        eps = [deploy.Endpoint("primary", primary, "tuned", 0, weights="/models/tuned-f16.gguf"),
+               deploy.Endpoint("fallback", fallback, "fallback-deployed", 0, routes=("task",),
+                               weights="/models/tuned-f16.gguf" if same_file else "/models/other.gguf")]
+        with deploy.start_gateway(config(eps, constrained_retry=True), tmp_path, api_keys=KEY) as (url, _):
+            r = httpx.post(url + "/v1/tasks/invoice_extraction", headers=AUTH, timeout=60,
+                           json={"document": "Invoice INV-1 from Acme to Beta, 2024-01-02, EUR 12.00"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "task_schema_failed"
+    port = lambda url: int(url.rsplit(":", 1)[1])  # noqa: E731
+    # the primary free, then constrained; the fallback only when its file differs (the same file would answer the
+    # same, at the cost of a generation on cores the primary needs)
+    expected = [(port(primary), False), (port(primary), True)] + ([] if same_file else [(port(fallback), True)])
+    assert BrokenEngine.asked == expected
+    assert ("fallback: skipped" in r.json()["error"]["message"]) is same_file
+
+
 def test_fallback_when_the_primary_dies_and_recovery_when_it_returns(tiny_gguf, tmp_path):
     with llama_cpp.serve(tiny_gguf, tmp_path / "fallback.log", 1, ctx_size=1024, alias="base") as (f, _):
         port = llama_cpp.free_port()

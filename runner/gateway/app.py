@@ -112,7 +112,7 @@ class Gateway:
         br = cfg.get("breaker", {})
         self.router = Router([Upstream(u["name"], u["role"], u["url"], u["model"],
                                        CircuitBreaker(br.get("threshold", 3), br.get("reset_s", 10.0)),
-                                       routes=tuple(u.get("routes") or ("chat", "task")))
+                                       routes=tuple(u.get("routes") or ("chat", "task")), weights=u.get("weights"))
                               for u in cfg["upstreams"]])
         self.admission = Admission(lim["max_in_flight"], lim["max_queue"], lim["queue_timeout_s"])
         self.timeout = aiohttp.ClientTimeout(total=lim["upstream_timeout_s"], connect=2.0)
@@ -360,8 +360,16 @@ class Gateway:
                 else:
                     attempts.insert(0, ("cheap", first))
             down = set()
+            asked = set()  # (model file, constrained) whose answer already failed the contract in this request
             for role, constrained in attempts:
                 if role in down:
+                    continue
+                # the same file asked the same way again (e.g. a fallback engine of the deployed model after the
+                # primary's constrained retry) gives the same greedy answer: skip it, it would only cost a generation
+                same = [x for x in self.router.by_role(role) if "task" in x.routes]
+                if same and all(x.weights and (x.weights, constrained) in asked for x in same):
+                    failures.append(f"{role}: skipped, its model file already failed the contract "
+                                    f"{'constrained' if constrained else 'unconstrained'}")
                     continue
                 if role == "primary" and escalated is None and cascade and failures:
                     escalated = failures[-1]
@@ -390,6 +398,8 @@ class Gateway:
                         out["fields"] = answer
                     return JSONResponse(out, headers=self.headers(ctx, u, why))
                 self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
+                if u.weights:
+                    asked.add((u.weights, constrained))
                 if role == "cheap":
                     self.metrics.escalations.labels("contract").inc()
                 failures.append(f"{u.name}{' (constrained)' if constrained else ''}: output failed the task's "

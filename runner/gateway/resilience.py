@@ -52,6 +52,7 @@ class Upstream:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     outstanding: int = 0
     routes: tuple[str, ...] = ("chat", "task")  # which routes it serves (a fallback may do only one)
+    weights: str | None = None   # the model file behind it (None: unknown); same file, same greedy answer
 
     def info(self) -> dict:
         return {"name": self.name, "role": self.role, "model": self.model, "circuit": self.breaker.state,

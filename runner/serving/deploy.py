@@ -21,6 +21,7 @@ class Endpoint:
     ready_s: float
     engine: supervisor.SupervisedServer | None = None   # restarts it when it exits
     routes: tuple[str, ...] = ("chat", "task")           # the gateway routes it serves
+    weights: str | None = None   # the model file it serves: two engines of one file give the same greedy answer
 
 
 def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallbacks: list[dict], threads: int,
@@ -97,7 +98,8 @@ def start(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
                 ready_s = engine.start()
                 stack.callback(engine.stop)
                 endpoints.append(Endpoint(role, engine.server.url, model["alias"], ready_s, engine,
-                                          tuple(model.get("routes") or ("chat", "task"))))
+                                          tuple(model.get("routes") or ("chat", "task")),
+                                          str(Path(model["gguf"]).resolve())))
         yield endpoints
 
 
@@ -146,7 +148,7 @@ def start_sglang(serving: dict, logs: Path) -> Iterator[list[Endpoint]]:
             ready_s = engine.start()
             stack.callback(engine.stop)
             endpoints.append(Endpoint("fallback", engine.server.url, fb["alias"], ready_s, engine,
-                                      tuple(fb.get("routes") or ("chat", "task"))))
+                                      tuple(fb.get("routes") or ("chat", "task")), str(Path(fb["gguf"]).resolve())))
         yield endpoints
 
 
@@ -159,7 +161,7 @@ def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, serve
     return {
         "served_model": served_model,
         "upstreams": [{"name": f"{e.role}-{i}", "role": e.role, "url": e.url, "model": e.model,
-                       "routes": list(e.routes)} for i, e in enumerate(endpoints)],
+                       "routes": list(e.routes), "weights": e.weights} for i, e in enumerate(endpoints)],
         "limits": {k: gw[k] for k in ("max_in_flight", "max_queue", "queue_timeout_s", "upstream_timeout_s",
                                       "max_tokens", "max_body_bytes")},
         "breaker": gw["breaker"],
