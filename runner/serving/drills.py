@@ -88,7 +88,7 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
     with ThreadPoolExecutor(workers + n_task) as pool:
         for _ in range(workers):
             pool.submit(worker)
-        for k in range(n_task):
+        for k in range(n_task):  # each client starts at another document, so they do not send the same ones
             pool.submit(task_worker, k * 7)
         for _ in range(rounds):
             time.sleep(kill_after_s)
