@@ -316,6 +316,28 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     bad = subprocess.run([sys.executable, "-m", "runner", "iterate", str(clash)], cwd=REPO,
                          env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and "iterate.name: 'tuned-v2' is already a model" in bad.stdout + bad.stderr
+    # the iterated model goes on to quantize: the same loop on in the recipe (its stage comes from the cache), the
+    # quants paired against tuned-it's own answers from the loop; a name neither stage has is refused, naming both
+    deploy_it = tmp_path / "tiny-e2e-deploy-iterated.yaml"
+    deploy_it.write_text(f"extends: {it_recipe}\niterate: {{enabled: true}}\nquantize: {{model: tuned-it}}\n")
+    q = run_recipe(deploy_it, runs_dir, "--until", "quantize")
+    assert q.returncode == 0, q.stdout[-3000:] + q.stderr[-3000:]
+    man_q = latest_manifest(runs_dir, "tiny-e2e")
+    assert man_q["stages"]["iterate"]["status"] == "cached" and man_q["stages"]["quantize"]["status"] == "ok"
+    qm = man_q["stages"]["quantize"]["metrics"]
+    assert qm["model"] == "tuned-it" and qm["model_from"] == "iterate" and qm["hf_model"].endswith("tuned-it/merged")
+    assert qm["files"]["f16"]["path"] == str(it_dir.resolve() / "tuned-it" / "model-f16.gguf")
+    it_f16 = [json.loads(x) for x in (it_dir / "tuned-it" / "samples_invoice_extraction.jsonl").read_text().splitlines()]
+    for t in man_q["recipe"]["quantize"]["types"]:
+        assert qm["quality"][t]["vs_f16"]["field_f1"]["n"] == len(it_f16) == n
+    q_page = (sorted((runs_dir / "tiny-e2e").iterdir())[-1] / "stages" / "quantize" / "quantization.md").read_text()
+    assert "Model `tuned-it` (the iterate stage's model: [iteration.md]" in q_page
+    unknown = tmp_path / "tiny-e2e-deploy-unknown.yaml"
+    unknown.write_text(f"extends: {deploy_it}\nquantize: {{model: tuned-x}}\n")
+    bad = run_recipe(unknown, runs_dir, "--until", "quantize")
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    assert "quantize.model 'tuned-x' has no f16 GGUF from the eval stage nor the iterate stage (its model is " \
+           "'tuned-it')" in bad.stdout + bad.stderr
 
 
 KIND_RECIPES = {"extraction": "purchase-orders", "classification": "ticket-routing", "generation": "de-en-translation"}

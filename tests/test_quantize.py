@@ -98,3 +98,21 @@ Same top p: 96.618 ± 0.179 %
                                          "same_top_pct": 96.618, "same_top_pct_se": 0.179, "ppl_ratio": 1.006645,
                                          "rms_dp_pct": 1.594}
     assert llama_cpp.kld_stats("perplexity: 6.44 seconds per pass") == {}
+
+
+def test_the_model_to_quantize_comes_from_the_stage_that_served_it(tmp_path):
+    """quantize.model: a model of the eval stage, the iterate stage's model by name, or 'kept' (the loop's choice,
+    tuned when the loop is off or its model failed the gates)."""
+    from runner.stage import Output
+    ev = Output("eval", "k1", tmp_path / "eval", {}, {"tuned-f16": "tuned/model-f16.gguf"}, "ok")
+    on = {"enabled": True, "name": "tuned-v2"}
+    it_kept = Output("iterate", "k2", tmp_path / "it", {**on, "kept": "tuned-v2"}, {"tuned-v2-f16": "x.gguf"}, "ok")
+    it_not = Output("iterate", "k2", tmp_path / "it", {**on, "kept": "tuned"}, {"tuned-v2-f16": "x.gguf"}, "ok")
+    it_off = Output("iterate", "k3", tmp_path / "it", {"enabled": False}, {}, "ok")
+    assert quantize.source("tuned", ev, it_kept) == ("tuned", ev)
+    assert quantize.source("kept", ev, it_kept) == ("tuned-v2", it_kept)
+    assert quantize.source("kept", ev, it_not) == ("tuned", ev)
+    assert quantize.source("kept", ev, it_off) == ("tuned", ev)
+    assert quantize.source("tuned-v2", ev, it_not) == ("tuned-v2", it_not)  # named: quantized even if not kept
+    with pytest.raises(StageError, match=r"'tuned-v2' has no f16 GGUF from the eval stage; .*iterate.enabled: true"):
+        quantize.source("tuned-v2", ev, it_off)

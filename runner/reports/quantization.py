@@ -87,7 +87,9 @@ def write(page: fmt.Page) -> dict[str, str]:
     extra = (f"for {', '.join(g['metrics'])}, the 95% CI upper bound of the drop must be <= {g['max_drop']}"
              if g.get("metrics") else "")
     L = ["# Quantization", "",
-         f"Model `{metrics['model']}`; each quant scored on the same test items with the same prompts as f16, served "
+         f"Model `{metrics['model']}`" + (" (the iterate stage's model: [iteration.md](iteration.md))"
+                                          if metrics.get("model_from") == "iterate" else "")
+         + "; each quant scored on the same test items with the same prompts as f16, served "
          f"by llama-server. Gate: {'; and '.join(x for x in (rule, extra) if x)}.", "",
          f"**Deployment model: {metrics['chosen']}**: {metrics['chosen_why']}.", "",
          f"| type | MB | bits/weight | load s | prompt tok/s | decode tok/s | docs/s served | engine s/doc | "

@@ -71,9 +71,9 @@ def fit(ctx: Context, name: str, train_file, hp: dict, passthrough: dict) -> dic
     return training.summary(hp, f, section)
 
 
-def score(ctx: Context, name: str, hf_dir, runs: list[dict]) -> tuple[dict, dict, dict]:
+def score(ctx: Context, name: str, hf_dir, runs: list[dict], keep_gguf: bool = False) -> tuple[dict, dict, dict]:
     """Serve one model's f16 GGUF and run lm-eval on `runs`; (timing, task -> samples, task -> lm-eval's
-    aggregates)."""
+    aggregates). keep_gguf: leave the f16 GGUF in place (the iterated model's, for the quantize stage)."""
     cfg, out = ctx.section("eval"), ctx.out / name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -90,7 +90,8 @@ def score(ctx: Context, name: str, hf_dir, runs: list[dict]) -> tuple[dict, dict
                 raise StageError(f"lm-eval logged no samples for model '{name}' on {t}")
             got[t] = samples
             write_jsonl(out / f"samples_{t}.jsonl", samples)
-    (out / "model-f16.gguf").unlink()  # 270 MB per model; the train stage's merged folder is the model
+    if not keep_gguf:
+        (out / "model-f16.gguf").unlink()  # 270 MB per model; the train stage's merged folder is the model
     return {**timing, "seconds": round(time.time() - t0, 1)}, got, aggs
 
 
@@ -171,7 +172,8 @@ def run(ctx: Context) -> Result:
     # 4. score base and tuned-v2 on the same items; pair; causes; gates
     timings["base"], samples["base"], aggs["base"] = score(ctx, "base", models.base_model_dir(ctx.section("base_model")),
                                              runs([], False))
-    timings[name], samples[name], aggs[name] = score(ctx, name, ctx.out / name / "merged", runs([], True))
+    timings[name], samples[name], aggs[name] = score(ctx, name, ctx.out / name / "merged", runs([], True),
+                                                     keep_gguf=True)
     iters, seed = ecfg["bootstrap_iters"], ctx.seed
     scored = {m: {t: ea.summarize(t, tasks.scoring(t, paths), s, aggs[m][t], iters, seed) for t, s in got.items()}
               for m, got in samples.items()}
@@ -213,7 +215,10 @@ def run(ctx: Context) -> Result:
                            name: _curve(ctx.out / name / "curve.jsonl")}}
     (ctx.out / "analysis.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False, default=str))
     written = report.write(Page(ctx.out, metrics, analysis, ctx.recipe))
+    # what the quantize stage needs to take the iterated model on (quantize.model: kept, or its name): its f16 GGUF
+    # and its answers on the test items, to pair every quant's answers with
     artifacts = {"pool": "pool.jsonl", "mined": "mined.jsonl", "train_v2": train_file.name, name: f"{name}/merged",
+                 f"{name}-f16": f"{name}/model-f16.gguf", f"{name}-samples-{main}": f"{name}/samples_{main}.jsonl",
                  f"{name}-adapter": f"{name}/adapter", f"{name}-config": f"{name}/axolotl.yaml",
                  f"{name}-curve": f"{name}/curve.jsonl", "analysis": "analysis.json", **written}
     head = cmp[f"{name}-vs-tuned"].get(main, {}).get(task.headline, {})

@@ -1,7 +1,8 @@
-"""quantize: llama-quantize the tuned model's f16 GGUF (from the eval stage) to each recipe type, score every
-quant on the eval stage's test task served the same way (same prompts, same items), gate each quant on its
-paired drop against f16 (non-inferiority of its per-field decisions within a margin), measure size / bits per weight / load time / llama-bench speed / peak RSS, and pick
-the smallest passing quant as the deployment model. The base model is quantized too: the fallback model.
+"""quantize: llama-quantize the tuned model's f16 GGUF (from the eval stage; or the iterate stage's model, see
+`source`) to each recipe type, score every quant on the eval stage's test task served the same way (same prompts,
+same items), gate each quant on its paired drop against f16 (non-inferiority of its per-field decisions within a
+margin), measure size / bits per weight / load time / llama-bench speed / peak RSS, and pick the smallest passing
+quant as the deployment model. The base model is quantized too: the fallback model.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
 SECTIONS = ("task", "quantize", "threads", "seed", "eval", "data")
-INPUTS = ("data", "eval")
+INPUTS = ("data", "eval", "iterate")
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("llama", "ml")
 
@@ -72,6 +73,22 @@ def gate(ref_rows: list[dict], rows: list[dict], cmp: dict, gate_cfg: dict, iter
     return {"passed": not reasons, "reasons": reasons, "checks": checks, "non_inferiority": ni}
 
 
+def source(model: str, ev, it) -> tuple[str, object]:
+    """The model to quantize and the stage output that holds its f16 GGUF and its test answers. `model` is
+    quantize.model: a model the eval stage served ('tuned', a train variant), the iterate stage's model by its
+    name, or 'kept': the one the iterate stage kept (tuned when the loop is off or its model failed its gates)."""
+    if model == "kept":
+        model = it.metrics.get("kept", "tuned") if it.metrics.get("enabled") else "tuned"
+    for out in (ev, it):
+        if f"{model}-f16" in out.artifacts:
+            return model, out
+    iterated = it.metrics.get("name") if it.metrics.get("enabled") else None
+    raise StageError(f"quantize.model '{model}' has no f16 GGUF from the eval stage"
+                     + (f" nor the iterate stage (its model is '{iterated}')" if iterated else "")
+                     + "; add it to eval.models (with eval.backend: llama-server), or name the iterate stage's model "
+                       "(or 'kept') with iterate.enabled: true")
+
+
 def run(ctx: Context) -> Result:
     cfg, ecfg = ctx.section("quantize"), ctx.section("eval")
     task = tasks.of(ctx.recipe)
@@ -81,19 +98,16 @@ def run(ctx: Context) -> Result:
     if unknown:
         raise StageError(f"quantize.gate.metrics: {', '.join(unknown)} is not a metric of task '{task.name}' "
                          f"({task.kind}: {', '.join(scoring.metrics)})")
-    model = cfg["model"]
-    if f"{model}-f16" not in ev.artifacts:
-        raise StageError(f"quantize.model '{model}' has no f16 GGUF from the eval stage; "
-                         f"add it to eval.models (and use eval.backend: llama-server)")
+    model, src = source(cfg["model"], ev, ctx.inputs["iterate"])
     unknown = [t for t in cfg["types"] if t not in llama_cpp.QUANT_TYPES]
     if unknown:
-        raise StageError(f"quantize.types: unknown type(s) {', '.join(unknown)} for {ev.path(f'{model}-f16')}; "
+        raise StageError(f"quantize.types: unknown type(s) {', '.join(unknown)} for {src.path(f'{model}-f16')}; "
                          f"supported: {', '.join(llama_cpp.QUANT_TYPES)}")
-    f16 = ev.path(f"{model}-f16")
-    f16_samples = ea.read_samples(ev.path(f"{model}-samples-{task.name}"))
+    f16 = src.path(f"{model}-f16")
+    f16_samples = ea.read_samples(src.path(f"{model}-samples-{task.name}"))
     system = tasks.system_prompt(ctx.recipe)
     variants = {"f16": f16}
-    served = ev.metrics["models"].get(model, {})
+    served = (ev.metrics["models"] if src is ev else src.metrics["timings"]).get(model, {})
     files = {"f16": {"path": str(f16), "bytes": f16.stat().st_size, "load_s": served.get("server_ready_s"),
                      "peak_rss_mb": served.get("server_peak_rss_mb")}}
     artifacts: dict = {}
@@ -181,7 +195,9 @@ def run(ctx: Context) -> Result:
         fallback = {"path": dst.name, "type": ftype, "bytes": dst.stat().st_size}
 
     analysis = report.analysis(details, quality, ecfg["bootstrap_iters"], ctx.seed, task) if cfg["evaluate"] else {}
-    metrics = {"model": model, "task": task.describe(), "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
+    metrics = {"model": model, "model_from": src.stage, "task": task.describe(),
+               "hf_model": str(src.path(model)) if model in src.artifacts else None,  # its merged HF folder (SGLang)
+               "files": files, "quality": {t: {k: v for k, v in q.items()} for t, q in quality.items()},
                "gate": cfg["gate"], "verdicts": verdicts, "chosen": chosen, "chosen_why": why, "smallest": smallest,
                "fallback": fallback}
     artifacts.update(report.write(Page(ctx.out, metrics, analysis, ctx.recipe)))

@@ -93,7 +93,8 @@ def run(ctx: Context) -> Result:
     quant = ctx.inputs["quantize"]
     qtype, gguf = choose_model(cfg, quant)
     model_name = quant.metrics["model"]
-    hf_dir = ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None
+    hf_dir = (Path(quant.metrics["hf_model"]) if quant.metrics.get("hf_model") else  # the iterate stage's model
+              ctx.inputs["train"].path(model_name) if model_name in ctx.inputs["train"].artifacts else None)
     fallback_engines = fallbacks(cfg["fallback"], gguf,
                                  quant.path("fallback") if "fallback" in quant.artifacts else None)
     the_task = tasks.of(ctx.recipe)
