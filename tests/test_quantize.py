@@ -116,3 +116,17 @@ def test_the_model_to_quantize_comes_from_the_stage_that_served_it(tmp_path):
     assert quantize.source("tuned-v2", ev, it_not) == ("tuned-v2", it_not)  # named: quantized even if not kept
     with pytest.raises(StageError, match=r"'tuned-v2' has no f16 GGUF from the eval stage; .*iterate.enabled: true"):
         quantize.source("tuned-v2", ev, it_off)
+
+
+def test_fastest_deploys_the_gated_model_that_served_the_most_documents_per_second():
+    """serve.model: fastest: f16 or a quant that passed the gate, by the quantize stage's served documents/s; a quant
+    that failed the gate is never chosen however fast, and without served speeds the error says what to do."""
+    from runner.stages import serve
+    qm = {"quality": {"f16-rerun": {"served": {"docs_per_s": 1.389}}, "q8_0": {"served": {"docs_per_s": 0.966}},
+                      "q4_k_m": {"served": {"docs_per_s": 2.5}}},
+          "verdicts": {"q8_0": {"passed": True}, "q4_k_m": {"passed": False}}}
+    assert serve.fastest(qm) == "f16"
+    qm["quality"]["q8_0"]["served"]["docs_per_s"] = 1.5
+    assert serve.fastest(qm) == "q8_0"
+    with pytest.raises(StageError, match="quantize.evaluate is off"):
+        serve.fastest({"quality": {}, "verdicts": {}})
