@@ -9,7 +9,7 @@ measured), `POST /v1/tasks/<name>` with the test documents from the project's li
 3. the other quants at the parallel of step 2 with the most valid documents/s within the latency SLO.
 
     ~/.cache/finetune-forge/venvs/core-*/bin/python benchmarks/task_ladder.py --run-dir runs/invoice-extraction/<run>
-        [--parallel 1 2 4 8] [--quants q8_0 q4_k_m] [--requests 100] [--max-seconds 150] [--with-fallbacks]
+        [--parallel 1 2 4 8] [--quants q8_0 q4_k_m f16] [--requests 100] [--max-seconds 150] [--with-fallbacks]
 
 --with-fallbacks keeps the run's fallback engines, as the loadtest stage deploys them, and measures each level
 twice: as deployed, and with the task fallback serving a hard link of the same file under another name, which the
@@ -88,8 +88,10 @@ def main() -> None:
             if x.strip()][:a.documents]
     primary = Path(base["primary"]["gguf"])
     quant_dir = run / "stages" / "quantize"
-    arts = json.loads((quant_dir / "stage.json").read_text()).get("artifacts", {})
-    ggufs = {"deployed": primary, **{q: quant_dir / arts.get(q, f"tuned-{q}.gguf") for q in a.quants}}
+    stage = json.loads((quant_dir / "stage.json").read_text())
+    arts, f16 = stage.get("artifacts", {}), Path(stage["metrics"]["files"]["f16"]["path"])  # f16: the eval stage's
+    ggufs = {"deployed": primary, **{q: f16 if q == "f16" else quant_dir / arts.get(q, f"tuned-{q}.gguf")
+                                     for q in a.quants}}
     missing = [str(p) for p in ggufs.values() if not p.exists()]
     if missing:
         raise SystemExit(f"missing GGUF files (the quantize stage keeps only the deployed one when asked to; "
