@@ -2,6 +2,7 @@
 same LoRA hyperparameters, same batch and sequence length, with and without sample packing, in one run.
 
     python3 -m runner setup && python3 benchmarks/train_throughput.py [--recipe recipes/invoice-extraction.yaml] [--steps 12]
+    python3 benchmarks/train_throughput.py --precision fp32,bf16    # Axolotl alone, fp32 vs bf16 mixed precision
 
 It needs the data stage's output of the recipe (run `just run RECIPE --until data` first). Prints tokens/s of
 each and the ratio Axolotl / plain loop. Axolotl's time is its train process wall time minus start-up
@@ -21,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import env, models, pipeline, proc, recipe  # noqa: E402
+from runner import env, models, pipeline, proc, recipe, training  # noqa: E402
 from runner.adapters import axolotl  # noqa: E402
 from runner.stages import train  # noqa: E402
 
@@ -35,7 +36,9 @@ def axolotl_run(hp: dict, base: Path, data: Path, work: Path, threads: int, seed
     summary = next((r for r in curve if "train_runtime" in r), {})
     tokens = max((r.get("tokens/total", 0) for r in curve if "loss" in r), default=0)
     runtime = summary.get("train_runtime") or stats["seconds"]
+    losses = [r["loss"] for r in curve if "loss" in r]
     return {"tokens": tokens, "train_runtime_s": runtime, "process_s": stats["seconds"],
+            "losses": losses, "s_per_step": round(runtime / len(losses), 2) if losses and runtime else None,
             "tokens_per_s": round(tokens / runtime, 1) if runtime else None}
 
 
@@ -55,6 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "invoice-extraction.yaml"))
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--precision", help="comma-separated train.precision values: Axolotl alone at each, no packing, "
+                                        "and each one's tokens/s over the first's")
     a = ap.parse_args()
     r = recipe.load(a.recipe)
     data_out = pipeline.cached_stage(r.data, "data")
@@ -62,6 +67,21 @@ def main() -> None:
         raise SystemExit(f"no cached data stage for {a.recipe}: run `just run {a.recipe} --until data` first")
     base = models.base_model_dir(r.data["base_model"])
     rows = []
+    if a.precision:
+        first = None
+        for precision in a.precision.split(","):
+            hp = dict(train.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=False,
+                      precision=precision)
+            with tempfile.TemporaryDirectory() as tmp:
+                ax = axolotl_run(hp, base, data_out.path("train"), Path(tmp), r.data["threads"], r.data["seed"])
+            first = first or ax
+            row = {"precision": precision, "steps": a.steps, "axolotl": ax,
+                   "native_bf16_flags": training.cpu_bf16_flags(),
+                   "tokens_per_s_over_first": round(ax["tokens_per_s"] / first["tokens_per_s"], 3)
+                   if ax["tokens_per_s"] and first["tokens_per_s"] else None}
+            print(json.dumps(row), flush=True)
+        print(f"threads={r.data['threads']} cpu_count={os.cpu_count()} at {time.strftime('%Y-%m-%d %H:%M')}")
+        return
     for packing in (False, True):
         hp = dict(train.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=packing)
         with tempfile.TemporaryDirectory() as tmp:

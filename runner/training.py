@@ -15,8 +15,32 @@ from typing import Callable
 from runner.adapters import axolotl
 
 HYPER_KEYS = ("adapter", "lora", "sequence_len", "micro_batch_size", "gradient_accumulation_steps", "max_steps",
-              "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "sample_packing", "eval_steps",
-              "logging_steps", "eval_samples")
+              "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "sample_packing", "precision",
+              "eval_steps", "logging_steps", "eval_samples")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU flags (Linux /proc/cpuinfo) that make bf16 matmuls native rather than emulated."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags = set(re.findall(r"\b(?:avx512_bf16|amx_bf16)\b", cpuinfo))
+    return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def precision_note(hp: dict, device: str, flags: list[str]) -> str:
+    """How this model's matmuls were computed, in words for training.md."""
+    if device != "cpu":
+        return "Axolotl's bf16: auto on the GPU"
+    if hp["precision"] == "fp32":
+        return "fp32"
+    if flags:
+        return f"bf16 mixed precision (fp32 weights, bf16 matmuls; native on this CPU: {', '.join(flags)})"
+    return ("bf16 mixed precision, emulated: this CPU has neither avx512_bf16 nor amx_bf16, so expect it slower "
+            "than fp32 (set train.precision: fp32)")
 
 
 def variants(section: dict) -> dict[str, tuple[dict, dict]]:
@@ -140,4 +164,5 @@ def summary(hp: dict, f: Fit, section: dict) -> dict:
         "axolotl_trainable_tokens_per_s": round(statistics.median(tps), 1) if tps else None,
         "peak_rss_mb": max(run_stats["max_rss_mb"], pre["max_rss_mb"]),
         "cost_usd": round(seconds / 3600 * section["price_per_hour_usd"], 5),
+        "precision": precision_note(hp, section["device"], cpu_bf16_flags()),
     }

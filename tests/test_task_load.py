@@ -95,6 +95,12 @@ def test_the_ladder_climbs_until_the_slo_breaks():
     assert task_load.next_levels(cfg, [row(1, True), row(2, True), row(4, False)]) is None
     assert task_load.next_levels(cfg, [row(1, True), row(2, True), row(4, True), row(8, True), row(16, True)]) is None
     assert task_load.next_levels({**cfg, "climb": False}, [row(1, True), row(2, True)]) is None
+    # why it ended: the SLO broke (ceiling found), or max_streams came first (the ceiling is at least the last level)
+    assert task_load.stop_reason(cfg, [row(1, True), row(2, True), row(4, False)]) == "slo"
+    capped = [row(1, True), row(4, True), row(8, True)]
+    assert task_load.next_levels({"concurrency": [1, 4], "climb": True, "max_streams": 8}, capped) is None
+    assert task_load.stop_reason({**cfg, "max_streams": 8}, capped) == "max_streams"
+    assert task_load.stop_reason({**cfg, "climb": False}, [row(1, True), row(2, True)]) == "listed"
 
 
 def test_calibration_compares_one_stream_with_llama_bench_at_the_workloads_token_mix():

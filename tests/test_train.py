@@ -53,11 +53,11 @@ def _hp():
     return train.variants(load(REPO / "recipes" / "invoice-extraction.yaml").data["train"])["tuned"][0]
 
 
-@pytest.mark.parametrize("device, strategy, gpus", [
-    ("cpu", "none", 0), ("cuda", "none", 1), ("cuda", "deepspeed_zero2", 8), ("cuda", "deepspeed_zero3", 8),
-    ("cuda", "fsdp", 8)])
-def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strategy, gpus):
-    hp = dict(_hp(), adapter="qlora") if device == "cuda" else _hp()
+@pytest.mark.parametrize("device, strategy, gpus, precision", [
+    ("cpu", "none", 0, "fp32"), ("cpu", "none", 0, "bf16"), ("cuda", "none", 1, "fp32"),
+    ("cuda", "deepspeed_zero2", 8, "fp32"), ("cuda", "deepspeed_zero3", 8, "fp32"), ("cuda", "fsdp", 8, "fp32")])
+def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strategy, gpus, precision):
+    hp = dict(_hp(), adapter="qlora") if device == "cuda" else dict(_hp(), precision=precision)
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
     dist = {"strategy": strategy, "launcher": "accelerate", "gpus_per_node": max(1, gpus), "nodes": 1,
@@ -65,7 +65,10 @@ def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strate
     cfg = axolotl.build_config(hp, tmp_path / "base", data, None, tmp_path, 42, {}, device=device, distributed=dist)
     path = axolotl.write_config(cfg, tmp_path / "axolotl.yaml")
     if device == "cpu":
-        assert cfg["bf16"] is False and cfg["lora_mlp_kernel"] is False and cfg["attn_implementation"] == "sdpa"
+        assert cfg["lora_mlp_kernel"] is False and cfg["attn_implementation"] == "sdpa"
+        # bf16 on CPU goes through our plugin (use_cpu, fp32 master weights); Axolotl's validation imports it
+        assert cfg["bf16"] is (precision == "bf16")
+        assert cfg.get("plugins") == ([axolotl.CPU_AMP_PLUGIN] if precision == "bf16" else None)
     else:
         assert cfg["bf16"] == "auto" and cfg["load_in_4bit"] is True and cfg["attn_implementation"] == "flash_attention_2"
     if strategy.startswith("deepspeed"):

@@ -24,6 +24,9 @@ CPU_SAFE = {
     "attn_implementation": "sdpa",
     "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
 }
+# bf16 mixed precision on CPU: Axolotl's bf16 plus our plugin (use_cpu, fp32 master weights); it is imported from
+# the repository, so every Axolotl command runs with PYTHONPATH set to it (axolotl_env).
+CPU_AMP_PLUGIN = "runner.adapters.axolotl_cpu_amp.CpuBf16Amp"
 CUDA = {"bf16": "auto", "tf32": True, "attn_implementation": "flash_attention_2", "gradient_checkpointing": True}
 
 DEEPSPEED_COMMON = {
@@ -107,6 +110,8 @@ def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path |
     }
     if hp["adapter"] == "qlora":
         cfg["load_in_4bit"] = True
+    if device == "cpu" and hp["precision"] == "bf16":
+        cfg.update({"bf16": True, "plugins": [CPU_AMP_PLUGIN]})
     strategy = (distributed or {}).get("strategy", "none")
     if strategy in DEEPSPEED:
         cfg["deepspeed"] = str(out_dir / f"{strategy}.json")
@@ -129,11 +134,17 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
+def axolotl_env(threads: int, extra: dict | None = None) -> dict:
+    """The tool environment, with the repository importable: the axolotl_entry seeding wrapper and the CPU bf16
+    plugin live in it."""
+    return proc.tool_env(threads, {"PYTHONPATH": str(env.REPO), **(extra or {})})
+
+
 def validate(config: Path, log: Path, gpus: int = 0) -> None:
     """Axolotl's own schema check of a generated config (for the target machine's capabilities)."""
     ml = env.venv("ml")
     cmd = [ml.python, "-m", "runner.adapters.axolotl_validate", config] + (["--gpus", str(gpus)] if gpus else [])
-    proc.run(cmd, log, env=proc.tool_env(1, {"PYTHONPATH": str(env.REPO)}), cwd=config.parent,
+    proc.run(cmd, log, env=axolotl_env(1), cwd=config.parent,
              what=f"axolotl config validation ({config.name})")
 
 
@@ -154,7 +165,7 @@ def launch_command(config: Path, dist: dict) -> list[str]:
 def preprocess(config: Path, log: Path, threads: int) -> dict:
     """`axolotl preprocess`: Axolotl validates the config and tokenizes the datasets (train reuses them)."""
     ml = env.venv("ml")
-    return proc.run([ml.python, "-m", "axolotl.cli.preprocess", config], log, env=proc.tool_env(threads),
+    return proc.run([ml.python, "-m", "axolotl.cli.preprocess", config], log, env=axolotl_env(threads),
                     cwd=config.parent, what="axolotl preprocess")
 
 
@@ -183,7 +194,7 @@ def _num(v) -> bool:
 
 def train(config: Path, log: Path, threads: int, on_record) -> dict:
     ml = env.venv("ml")
-    e = proc.tool_env(threads, {"PATH": f"{ml.path / 'bin'}:" + proc.os.environ.get("PATH", "")})
+    e = axolotl_env(threads, {"PATH": f"{ml.path / 'bin'}:" + proc.os.environ.get("PATH", "")})
 
     def on_line(line: str):
         rec = parse_log_line(line)
@@ -191,12 +202,12 @@ def train(config: Path, log: Path, threads: int, on_record) -> dict:
             on_record(rec)
 
     return proc.run([ml.python, "-m", "runner.adapters.axolotl_entry", "axolotl.cli.train", config], log,
-                    env={**e, "PYTHONPATH": str(env.REPO)}, cwd=config.parent, on_line=on_line, what="axolotl train")
+                    env=e, cwd=config.parent, on_line=on_line, what="axolotl train")
 
 
 def merge(config: Path, adapter_dir: Path, log: Path, threads: int) -> Path:
     ml = env.venv("ml")
-    e = proc.tool_env(threads)
+    e = axolotl_env(threads)
     proc.run([ml.python, "-m", "axolotl.cli.merge_lora", config, f"--lora-model-dir={adapter_dir}"], log, env=e,
              cwd=config.parent, what="axolotl merge-lora")
     merged = adapter_dir / "merged"

@@ -237,6 +237,10 @@ def _task_ladder(tl: dict | None, price: float) -> list[str]:
               f"llama-bench's speed" + (f" (below {cal['min']:.0%}: **the measurement was contended**, something "
                                         "else held the cores)" if cal["contended"] else
                                         f" (at least {cal['min']:.0%}: the stack and the generator cost little)") + "."]
+    if tl.get("stopped_by") == "max_streams" and tl["levels"]:
+        L += ["", f"The ladder stopped at `loadtest.task_ladder.max_streams` ({tl['max_streams']}) with the latency "
+              f"SLO still held at {tl['levels'][-1]['streams']} streams: the ceiling is at least that, not found "
+              "(raise max_streams to climb further, at one more level's time)."]
     statuses = {}
     for r in tl["levels"]:
         for k, v in r["statuses"].items():

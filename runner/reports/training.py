@@ -54,5 +54,7 @@ def write(page: fmt.Page) -> dict[str, str]:
     L += ["", "## Hyperparameters", ""]
     for name, m in metrics.items():
         L += [f"- **{name}**: `" + json.dumps(m["hyperparameters"], sort_keys=True) + "`"]
+        if m.get("precision"):
+            L += [f"  - computed in {m['precision']}"]
     (out / "training.md").write_text("\n".join(L) + "\n")
     return {"report": "training.md", **({"curves_png": png} if png else {})}

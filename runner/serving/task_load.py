@@ -118,6 +118,15 @@ def next_levels(cfg: dict, done: list[dict]) -> int | None:
     return None
 
 
+def stop_reason(cfg: dict, done: list[dict]) -> str:
+    """Why the ladder ended: 'slo' (its last level broke the latency SLO, so the ceiling was found), 'max_streams'
+    (the last level kept it but doubling would pass max_streams: the ceiling is at least that level), or 'listed'
+    (no climbing: only the configured levels ran)."""
+    if done and not done[-1]["latency_ok"]:
+        return "slo"
+    return "max_streams" if cfg["climb"] else "listed"
+
+
 def calibrate(levels: list[dict], bench: dict) -> dict:
     """Each level's valid documents/s against the single-stream limit at llama-bench's speeds for the level's
     own token mix (a throughput view: answers that failed the contract cost generations and count for nothing);

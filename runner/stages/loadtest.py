@@ -170,6 +170,7 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
     one = next((r for r in levels if r["streams"] == 1), None)
     return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration,
             "ceiling_streams": max((r["streams"] for r in within), default=None),
+            "stopped_by": task_load.stop_reason(t, levels), "max_streams": t["max_streams"],
             "meets_slo_streams": [r["streams"] for r in levels if r["meets_slo"]],
             "best_at_slo": {"streams": at["streams"], "documents_per_s": at["documents_per_s"],
                             "valid_share": at["valid_share"], "usd_per_1k_documents": at["usd_per_1k_documents"],
