@@ -170,6 +170,11 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert all(r["requests"] == 6 and sum(r["statuses"].values()) == 6 and set(r["statuses"]) <= {"200", "502"}
                and 0 <= r["driver_cpu_share"] < 1 and r["resources"]["samples"] >= 1 for r in tl["levels"]), tl
     assert tl["calibration"]["bench"]["gen_tokens_per_s"] > 0
+    # the best level within the latency SLO ran once more (repeat_best: 1): its spread, a p99 over both runs
+    rep = tl["best_repeated"]
+    assert tl["stopped_by"] == "listed" and [r["streams"] for r in tl["repeats"]] == [rep["streams"]]
+    assert rep["streams"] == tl["best_at_slo"]["streams"] and rep["runs"] == 2 and rep["requests"] == 12, rep
+    assert f"The best level ({rep['streams']} streams) ran 2 times" in perf_md
     assert "## The task route: the product's workload" in perf_md
     assert (run_dir / "stages" / "loadtest" / "perf_cost.png").stat().st_size > 0
     # serve measured constrained decoding on the deployed model

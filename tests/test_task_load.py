@@ -123,3 +123,17 @@ def test_calibration_compares_one_stream_with_llama_bench_at_the_workloads_token
     level["speed_vs_bench"] = 0.62
     assert task_load.calibrate(levels, bench)["contended"] is True
     assert task_load.calibrate([{**level, "speed_vs_bench": None}], {})["contended"] is None   # no llama-bench
+
+
+def test_the_best_level_and_its_repeats_pool_their_answers_and_state_the_spread():
+    lvl = lambda n, docs, ok: {"streams": n, "documents_per_s": docs, "latency_ok": ok, "valid_share": 0.8,  # noqa: E731
+                               "requests": 4}
+    levels = [lvl(1, 0.6, True), lvl(4, 0.8, True), lvl(8, 0.9, False)]
+    best = task_load.best_level(levels)
+    assert best["streams"] == 4                       # 8 was faster but broke the latency SLO
+    assert task_load.best_level([lvl(1, 0.6, False)]) is None
+    rows = lambda lats: [{"status": 200, "latency_s": x} for x in lats] + [{"status": 502, "latency_s": 9.0}]  # noqa: E731
+    rep = task_load.repeated(best, [lvl(4, 0.7, True)], [rows([1.0, 2.0, 3.0]), rows([4.0, 5.0, 6.0])])
+    assert rep["runs"] == 2 and rep["documents_per_s"] == [0.8, 0.7] and rep["documents_per_s_spread"] == 0.1
+    assert rep["latency_samples"] == 6 and rep["latency_s"]["p50"] == 3.0 and rep["latency_s"]["p99"] == 6.0
+    assert rep["p99_all_answered_s"] == 9.0 and rep["requests"] == 8

@@ -132,3 +132,16 @@ def test_gpu_recipe_on_cpu_stops_with_validated_configs_and_a_launch_script(tmp_
     assert "has no GPU" in r.stderr and "validated by Axolotl for 4 GPU(s)" in r.stderr
     launch = next(runs_dir.glob("gpu-on-cpu/*/logs/train/launch.sh")).read_text()
     assert "accelerate launch --num_processes=4" in launch and "axolotl.cli.train" in launch
+
+
+def test_bf16_on_cpu_is_named_native_or_emulated_from_the_cpu_flags():
+    amd = "flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n"
+    xeon = "flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n"
+    old = "flags\t\t: fpu sse2 avx2 fma\n"
+    assert train.cpu_bf16_flags(amd) == ["avx512_bf16"] and train.cpu_bf16_flags(xeon) == ["amx_bf16"]
+    assert train.cpu_bf16_flags(old) == [] and train.cpu_bf16_flags("avx512_bf16x amx_bf16_") == []
+    hp = {"precision": "bf16"}
+    assert "native on this CPU: avx512_bf16" in train.precision_note(hp, "cpu", ["avx512_bf16"])
+    assert "emulated" in train.precision_note(hp, "cpu", []) and "train.precision: fp32" in train.precision_note(hp, "cpu", [])
+    assert train.precision_note({"precision": "fp32"}, "cpu", ["amx_bf16"]) == "fp32"
+    assert "GPU" in train.precision_note(hp, "cuda", [])

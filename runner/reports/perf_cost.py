@@ -237,6 +237,14 @@ def _task_ladder(tl: dict | None, price: float) -> list[str]:
               f"llama-bench's speed" + (f" (below {cal['min']:.0%}: **the measurement was contended**, something "
                                         "else held the cores)" if cal["contended"] else
                                         f" (at least {cal['min']:.0%}: the stack and the generator cost little)") + "."]
+    rep = tl.get("best_repeated")
+    if rep:
+        lat = rep["latency_s"]
+        L += ["", f"The best level ({rep['streams']} streams) ran {rep['runs']} times on the same deployment: valid "
+              f"documents/s {', '.join(fmt.num(d, 3) for d in rep['documents_per_s'])} (spread "
+              f"{fmt.num(rep['documents_per_s_spread'], 3)}: a gain smaller than that is noise); over all "
+              f"{rep['requests']} requests, valid answers' latency p50 / p95 / p99 {fmt.num(lat['p50'], 2)} / "
+              f"{fmt.num(lat['p95'], 2)} / {fmt.num(lat['p99'], 2)} s (p99 rests on {rep['latency_samples']} answers)."]
     if tl.get("stopped_by") == "max_streams" and tl["levels"]:
         L += ["", f"The ladder stopped at `loadtest.task_ladder.max_streams` ({tl['max_streams']}) with the latency "
               f"SLO still held at {tl['levels'][-1]['streams']} streams: the ceiling is at least that, not found "

@@ -118,6 +118,30 @@ def next_levels(cfg: dict, done: list[dict]) -> int | None:
     return None
 
 
+def best_level(levels: list[dict]) -> dict | None:
+    """The level with the most valid documents/s among those that kept the latency SLO."""
+    within = [r for r in levels if r["latency_ok"]]
+    return max(within, key=lambda r: r["documents_per_s"] or 0) if within else None
+
+
+def repeated(first: dict, repeats: list[dict], rows: list[list[dict]]) -> dict:
+    """The best level and its repeats (same streams, same deployment) together: each run's valid documents/s and
+    their spread (max − min: the run-to-run noise any claimed gain has to exceed), and latency quantiles over the
+    valid answers of all of them (a p99 resting on more samples than one level's)."""
+    runs = [first, *repeats]
+    docs = [r["documents_per_s"] for r in runs if r["documents_per_s"] is not None]
+    ok = [x["latency_s"] for rs in rows for x in rs if x["status"] == 200]
+    answered = [x["latency_s"] for rs in rows for x in rs if x["status"] in (200, 502)]
+    q = async_driver.quantiles(ok)
+    return {"streams": first["streams"], "runs": len(runs), "documents_per_s": docs,
+            "documents_per_s_spread": round(max(docs) - min(docs), 3) if docs else None,
+            "valid_share": [r["valid_share"] for r in runs], "requests": sum(r["requests"] for r in runs),
+            "latency_s": {k: (round(v, 3) if v is not None else None) for k, v in q.items()},
+            "latency_samples": len(ok),
+            "p99_all_answered_s": async_driver.quantiles(answered)["p99"],
+            "latency_ok": [r["latency_ok"] for r in runs]}
+
+
 def stop_reason(cfg: dict, done: list[dict]) -> str:
     """Why the ladder ended: 'slo' (its last level broke the latency SLO, so the ceiling was found), 'max_streams'
     (the last level kept it but doubling would pass max_streams: the ceiling is at least that level), or 'listed'

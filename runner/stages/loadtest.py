@@ -151,22 +151,32 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
         bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-task.log"), serving["threads"],
                                 256, 64, t["bench_repetitions"])
     levels: list[dict] = []
+    rows_at: dict[int, list[dict]] = {}
+    repeats: list[dict] = []
+
+    def run_level(streams: int, name: str | None = None) -> dict:
+        rows, timing = task_load.level(dep.gateway_url, route, docs, dep.api_key, streams, t["requests_per_level"],
+                                       t["max_seconds_per_level"], ctx.out, t["timeout_s"], name=name)
+        rows_at.setdefault(streams, []).append(rows)
+        return task_load.summarize(rows, timing, streams, cfg["slo"], cfg["price_per_hour_usd"],
+                                   psutil.cpu_count() or 1, bench)
+
     with deploy.up(serving, ctx.logs / "task-ladder") as dep:
         procs, urls = sampled(dep)
         with resources.Sampler(procs, urls, cfg["sample_interval_s"]) as sampler:
             while (streams := task_load.next_levels(t, levels)) is not None:
                 ctx.progress(f"task route {route}: {streams} stream(s), up to {t['requests_per_level']} documents "
                              f"or {t['max_seconds_per_level']:g}s")
-                rows, timing = task_load.level(dep.gateway_url, route, docs, dep.api_key, streams,
-                                               t["requests_per_level"], t["max_seconds_per_level"], ctx.out,
-                                               t["timeout_s"])
-                levels.append(task_load.summarize(rows, timing, streams, cfg["slo"], cfg["price_per_hour_usd"],
-                                                  psutil.cpu_count() or 1, bench))
+                levels.append(run_level(streams))
+            at = task_load.best_level(levels)
+            for i in range(t["repeat_best"] if at else 0):
+                ctx.progress(f"task route {route}: the best level ({at['streams']} streams) again, {i + 1} of "
+                             f"{t['repeat_best']}: its spread")
+                repeats.append(run_level(at["streams"], name=f"task-level-{at['streams']}-repeat-{i + 1}"))
         restarts = dep.restarts()
-    attach_resources(levels, sampler, serving["parallel"])
+    attach_resources(levels + repeats, sampler, serving["parallel"])
     calibration = task_load.calibrate(levels, bench)
     within = [r for r in levels if r["latency_ok"]]
-    at = max(within, key=lambda r: r["documents_per_s"] or 0) if within else None
     one = next((r for r in levels if r["streams"] == 1), None)
     return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration,
             "ceiling_streams": max((r["streams"] for r in within), default=None),
@@ -176,6 +186,8 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
                             "valid_share": at["valid_share"], "usd_per_1k_documents": at["usd_per_1k_documents"],
                             "x_one_stream": round(at["documents_per_s"] / one["documents_per_s"], 3)
                             if one and one["documents_per_s"] else None} if at else None,
+            "best_repeated": task_load.repeated(at, repeats, rows_at[at["streams"]]) if at and repeats else None,
+            "repeats": repeats,
             "engine_restarts": restarts}
 
 
