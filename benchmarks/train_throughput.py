@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from runner import env, models, pipeline, proc, recipe, training  # noqa: E402
 from runner.adapters import axolotl  # noqa: E402
-from runner.stages import train  # noqa: E402
 
 
 def axolotl_run(hp: dict, base: Path, data: Path, work: Path, threads: int, seed: int) -> dict:
@@ -70,7 +69,7 @@ def main() -> None:
     if a.precision:
         first = None
         for precision in a.precision.split(","):
-            hp = dict(train.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=False,
+            hp = dict(training.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=False,
                       precision=precision)
             with tempfile.TemporaryDirectory() as tmp:
                 ax = axolotl_run(hp, base, data_out.path("train"), Path(tmp), r.data["threads"], r.data["seed"])
@@ -83,7 +82,7 @@ def main() -> None:
         print(f"threads={r.data['threads']} cpu_count={os.cpu_count()} at {time.strftime('%Y-%m-%d %H:%M')}")
         return
     for packing in (False, True):
-        hp = dict(train.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=packing)
+        hp = dict(training.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=packing)
         with tempfile.TemporaryDirectory() as tmp:
             ax = axolotl_run(hp, base, data_out.path("train"), Path(tmp), r.data["threads"], r.data["seed"])
             pl = plain_run(hp, base, data_out.path("train"), Path(tmp), r.data["threads"], r.data["seed"])
