@@ -197,6 +197,9 @@ def test_a_stage_key_covers_the_code_it_imports_and_runs_found_from_the_source()
     assert any(f.startswith("evals/") for f in loadtest)
     assert "runner/adapters/guidellm.py" not in report and "runner/reports/pack.py" in report
     assert code_deps.closure("runner.stage") == [REPO / "runner" / "__init__.py", REPO / "runner" / "stage.py"]
+    # code another tool imports by name: the seeding wrapper and the CPU bf16 plugin Axolotl loads from its config
+    train = {str(f.relative_to(REPO)) for f in pipeline.code_files(pipeline.stage_module("train"))}
+    assert {"runner/adapters/axolotl_entry.py", "runner/adapters/axolotl_cpu_amp.py"} <= train
 
 
 def test_runner_has_no_import_cycle():

@@ -25,8 +25,10 @@ CPU_SAFE = {
     "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
 }
 # bf16 mixed precision on CPU: Axolotl's bf16 plus our plugin (use_cpu, fp32 master weights); it is imported from
-# the repository, so every Axolotl command runs with PYTHONPATH set to it (axolotl_env).
-CPU_AMP_PLUGIN = "runner.adapters.axolotl_cpu_amp.CpuBf16Amp"
+# the repository, so every Axolotl command runs with PYTHONPATH set to it (axolotl_env). The module's name stands
+# alone so that runner/code_deps.py counts the plugin's file in the train stage's code.
+CPU_AMP_MODULE = "runner.adapters.axolotl_cpu_amp"
+CPU_AMP_PLUGIN = f"{CPU_AMP_MODULE}.CpuBf16Amp"
 CUDA = {"bf16": "auto", "tf32": True, "attn_implementation": "flash_attention_2", "gradient_checkpointing": True}
 
 DEEPSPEED_COMMON = {
