@@ -27,7 +27,7 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return []
-    flags = set(re.findall(r"\b(?:avx512_bf16|amx_bf16)\b", cpuinfo))
+    flags = set(re.findall(r"\S+", cpuinfo))
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
 
 
