@@ -38,6 +38,8 @@ def test_gold_validates_and_is_grounded_in_the_document():
                 assert kind.grounded(SPEC, field, value, r["document"]), (r["id"], field, value, r["document"])
         assert kind.rule_violations(SPEC, r["gold"]) == [], r["id"]  # calendar dates, due >= issued, sums, ISO 4217
         assert kind.check_gold(SPEC, r["document"], r["gold"]) == []
+        for field in ("invoice_number", "seller", "buyer"):  # text values exactly as printed: an answer can copy them
+            assert r["gold"][field] in r["document"], (r["id"], field, r["gold"][field])
 
 
 def test_split_is_seeded_stratified_and_sized_by_fractions():

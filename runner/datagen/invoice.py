@@ -3,7 +3,8 @@
 Seeded per record (seed, index), so record i is the same whatever the corpus size. Layouts: table,
 e-mail, letter, receipt, key:value export. Locales carry their own number and date conventions.
 Line items add up to the subtotal; distractor numbers (order no., phone, previous balance) are printed
-too. Every non-null gold value is printed in the text, possibly in a local format or as a symbol.
+too. Every non-null gold value is printed in the text, possibly in a local format or as a symbol; text values
+exactly as printed (a receipt's upper-cased seller included).
 """
 from __future__ import annotations
 
@@ -117,6 +118,11 @@ def record(seed: int, index: int) -> dict:
         text = render(base, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
     else:
         text = render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total if has_tax else subtotal)
+    if (ocr["base_layout"] if ocr else layout) == "receipt":
+        # A receipt prints the seller upper-cased, so the text keeps that case. Scoring folds case, so nothing
+        # rewards a recased answer; training on the recased name taught the model to rewrite the name rather than
+        # copy it, and most of its seller errors were misspelt copies.
+        gold["seller"] = seller.upper()
     printed = [{"type": "phone", "value": distract["phone"]}] if layout in ("table", "letter", "receipt", "ocr") else []
     if layout == "email":
         printed.append({"type": "email", "value": distract["email"]})
