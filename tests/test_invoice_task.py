@@ -72,6 +72,15 @@ def test_metrics_score_a_perfect_a_partial_and_a_broken_answer():
     hits, total = partial["grounding_rate"]
     assert total - hits == 2  # the invented seller and total are not in the document
 
+    # 1e999 parses as inf (a base model with the schema as a grammar wrote one): scored, never a crash
+    answer = json.dumps(dict(rec["gold"], subtotal=None)).replace('"subtotal": null', '"subtotal": 1e999')
+    overflow = kind.process_results(doc, [answer])
+    assert overflow["consistent"] == 0 and overflow["exact_match"] == 0
+    hits, total = overflow["grounding_rate"]
+    assert total - hits == 1
+    assert kind.rule_violations(SPEC, dict(rec["gold"], subtotal=float("inf"), tax=None)) == [
+        "subtotal: inf is not a finite number"]
+
     broken = kind.process_results(doc, ["I think the total is 12"])
     assert broken["json_valid"] == broken["schema_valid"] == broken["exact_match"] == broken["consistent"] == 0
     assert common.micro_f1([broken["field_f1"]]) == 0.0

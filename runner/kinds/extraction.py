@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -176,6 +177,8 @@ def normalize(ftype: str, value):
 
 def _number_forms(x: float) -> set[str]:
     forms = set()
+    if not math.isfinite(x):  # 1e999 parses as inf: no document prints it
+        return forms
     for dec in (0, 2):
         s = f"{x:,.{dec}f}"
         if dec == 0 and abs(x - round(x)) > 1e-9:
@@ -222,8 +225,12 @@ def _number(v):
 
 
 def rule_violations(spec: dict, obj: dict) -> list[str]:
-    """The consistency rules an answer object breaks (rules naming an absent value are not judged)."""
-    out = []
+    """The consistency rules an answer object breaks (rules naming an absent value are not judged), and always:
+    a number field holds a finite number (Python's JSON parser reads 1e999 as inf and NaN as nan; JSON has
+    neither)."""
+    types = field_types(spec)
+    out = [f"{f}: {v!r} is not a finite number" for f, v in obj.items()
+           if types.get(f) == "number" and isinstance(v, float) and not math.isfinite(v)]
     for r in spec.get("rules") or []:
         check = r["check"]
         if check == "calendar_date":
