@@ -286,7 +286,8 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     # `just iterate RECIPE`: data and train come from the cache; tuned answers a pool of new generated records,
     # the items it gets wrong join the training split, tuned-it is trained and judged against tuned
     it_recipe = tmp_path / "tiny-e2e-iterate.yaml"
-    it_recipe.write_text(f"extends: {recipe}\niterate: {{name: tuned-it, pool: 12, max_added: 4, repeat: 2}}\n")
+    it_recipe.write_text(f"extends: {recipe}\niterate: {{name: tuned-it, pool: 12, max_added: 4, repeat: 2, "
+                         "targeted: [{{cause: other_field_value, where: {{subtotal: null}}, size: 3}}]}}\n")
     it = subprocess.run([sys.executable, "-m", "runner", "iterate", str(it_recipe)], cwd=REPO,
                         env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=1200)
     assert it.returncode == 0, it.stdout[-3000:] + it.stderr[-3000:]
@@ -299,19 +300,24 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     mined = [json.loads(x) for x in (it_dir / "mined.jsonl").read_text().splitlines()]
     pool_rows = [json.loads(x) for x in (it_dir / "pool.jsonl").read_text().splitlines()]
     assert im["enabled"] and im["name"] == "tuned-it" and 1 <= im["mined"]["items"] == len(mined) <= 4
-    assert len((it_dir / "train_v2.jsonl").read_text().splitlines()) == len(train_rows) + 2 * len(mined)
+    aimed = [json.loads(x) for x in (it_dir / "targeted.jsonl").read_text().splitlines()]
+    assert len(aimed) == 3 and all(json.loads(r["gold"])["subtotal"] is None for r in aimed)
+    assert im["targeted"][0]["added"] == 3 and im["targeted"][0]["cause"] == "other_field_value"
+    assert len((it_dir / "train_v2.jsonl").read_text().splitlines()) == len(train_rows) + 2 * len(mined) + 3
     assert im["pool"]["kept"] == len(pool_rows) and im["pool"]["removed"]["held_out_slice"] >= 1
     held = man_it["recipe"]["data"]["split"]["holdout"]
     assert not [r for r in pool_rows if any(r[c] in vs for c, vs in held.items())]
     judged_ids = {json.loads(x)["id"] for split in ("train", "eval", "test")
                   for x in (run_dir / "stages" / "data" / f"{split}.jsonl").read_text().splitlines()}
-    assert not judged_ids & {r["id"] for r in pool_rows}
+    assert not judged_ids & {r["id"] for r in pool_rows + aimed} and not {r["id"] for r in pool_rows} & {r["id"] for r in aimed}
     assert {r["id"] for r in mined} <= {r["id"] for r in pool_rows}
     head = im["comparisons"]["tuned-it-vs-tuned"]["invoice_extraction"]["field_f1"]
     assert head["n"] == n and im["scores"]["tuned-it"]["invoice_extraction"]["field_f1"]["n"] == n
     assert (im["kept"] == "tuned-it") == all(v["passed"] for v in im["gates"]) and im["gates"]
     it_pack = runs_dir.parent / "reports" / "iterations" / "tiny-e2e" / man_it["run_id"]
     page = (it_pack / "iteration.md").read_text()
+    assert '**Targeted** (iterate.targeted): fresh generated records whose gold has the pattern behind a cause, each ' \
+           'added once: 3 matching `{"subtotal": null}` (for other_field_value)' in page
     assert f"**Kept: {im['kept']}.**" in page and "## Gates" in page and "## Failure causes: base, tuned, tuned-it" in page
     assert "[iteration.md](iteration.md)" in (it_pack / "README.md").read_text()
     assert sorted(p.name for p in pack.parent.iterdir()) == [man2["run_id"]]  # the recipe's own pack stays

@@ -17,13 +17,40 @@ from runner.dataprep.records import GENERATORS, normalize
 from runner.stage import StageError
 
 
-def generate(data_cfg: dict, size: int) -> list[dict]:
-    """`size` records of the recipe's generator after its corpus (indices corpus .. corpus + size)."""
+def generate(data_cfg: dict, size: int, start: int = 0) -> list[dict]:
+    """`size` records of the recipe's generator after its corpus (indices corpus + start .. corpus + start + size)."""
     gen = data_cfg["generator"]
     if data_cfg["sources"]:
         raise StageError("iterate.pool: mining a pool needs data.generator (the recipe reads data.sources; a pool "
                          "of the user's own unlabelled records cannot be scored)")
-    return GENERATORS[gen["name"]](gen["seed"], gen["size"] + size)[gen["size"]:]
+    first = gen["size"] + start
+    return GENERATORS[gen["name"]](gen["seed"], first + size)[first:]
+
+
+def matches(record: dict, where: dict) -> bool:
+    """Whether the record has every value `where` names: a key of its gold answer (None: the document states no
+    such value), else a key of the record itself (a slice such as layout); a list names alternatives."""
+    gold = record["gold"] if isinstance(record.get("gold"), dict) else {}
+    for key, want in where.items():
+        have = gold[key] if key in gold else record.get(key)
+        if have not in (want if isinstance(want, list) else [want]):
+            return False
+    return True
+
+
+def targeted(data_cfg: dict, start: int, where: dict, size: int, scan: int, at: str) -> tuple[list[dict], int, int]:
+    """Generated records aimed at one failure pattern: records past the corpus from index `start` on (after the
+    pool, so none is a pool record): `scan` of them, those that match `where`; returns (the first 2 * size
+    matches, so that cleaning can drop some; records scanned; records that matched). `at`: the recipe path, for
+    errors."""
+    raw = generate(data_cfg, scan, start)
+    known = {k for r in raw for k in (*r, *(r["gold"] if isinstance(r.get("gold"), dict) else {}))}
+    unknown = sorted(set(where) - known)
+    if unknown:
+        raise StageError(f"{at}.where: '{unknown[0]}' is neither a gold field nor a record key of the generator's "
+                         f"records (expected some of: {', '.join(sorted(known))})")
+    hits = [r for r in raw if matches(r, where)]
+    return hits[:2 * size], len(raw), len(hits)
 
 
 def clean(records: list[dict], data_cfg: dict, task, *, to_chat: Callable[[dict], dict],

@@ -33,6 +33,19 @@ def chart_causes(causes: dict, models: list[str], out: Path) -> str | None:
     return "iteration_causes.png"
 
 
+def targeted_lines(entries: list[dict]) -> list[str]:
+    """Step 2's second half: generated records aimed at a named cause (iterate.targeted)."""
+    if not entries:
+        return []
+    parts = [f"{e['added']} matching `{json.dumps(e['where'], ensure_ascii=False)}`"
+             + (f" (for {e['cause']})" if e.get("cause") else "")
+             + f": {e['matched']} of {e['scanned']} generated records matched; the first {e['cleaned']} were cleaned "
+             "(removed: " + (", ".join(f"{k} {v}" for k, v in sorted(e["removed"].items())) or "none") + ")"
+             for e in entries]
+    return [f"   **Targeted** (iterate.targeted): fresh generated records whose gold has the pattern behind a cause, "
+            f"each added once: {'; '.join(parts)}."]
+
+
 def write(page: fmt.Page) -> dict[str, str]:
     m, a = page.metrics, page.analysis
     name, task = m["name"], m["task"]
@@ -52,6 +65,7 @@ def write(page: fmt.Page) -> dict[str, str]:
          f"2. **Mine.** tuned answered the pool: {mined['pool_items_wrong']} of {mined['pool_items']} items had at "
          f"least one failure cause. {mined['items']} were chosen (iterate.max_added), the causes taking turns, rarest "
          f"first (table below), each added {mined['repeat']}x to the training split.",
+         *targeted_lines(m.get("targeted") or []),
          f"3. **Train.** {name} from the same base: {m['train_records']['tuned']} → {m['train_records'][name]} training "
          f"records, {tr['steps']} steps, loss {fmt.num(tr['first_loss'], 4, 'g')} → {fmt.num(tr['final_loss'], 4, 'g')} "
          f"(eval loss {fmt.num(tr['final_eval_loss'], 4, 'g')}), {tr['status']}, {fmt.num(tr['seconds'], 4, 'g')} s. "

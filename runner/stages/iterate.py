@@ -4,7 +4,8 @@
    held-out slices and near-duplicates of eval/test/ood records dropped (runner/dataprep/pool.py).
 2. Mine: the tuned model (its f16 GGUF, served by llama-server, scored by lm-eval as in the eval stage) answers
    the pool; the items it gets wrong are chosen so that every failure cause it shows is represented
-   (runner/quality/mining.py).
+   (runner/quality/mining.py). iterate.targeted adds fresh generated records whose gold matches a declared
+   pattern (the one behind a cause the failure analysis named, e.g. a document with no subtotal).
 3. Train `iterate.name` (tuned-v2) from the same base with Axolotl on the training split plus the mined items
    (`iterate.repeat` times each), tuned's hyperparameters unless `iterate.train` overrides some.
 4. Score base, tuned and tuned-v2 side by side on the same test items (and the ood split, and the forgetting
@@ -38,21 +39,53 @@ def fingerprint(recipe: dict) -> str:
     return models.fingerprint(recipe["base_model"])
 
 
-def build_pool(ctx: Context, task: tasks.Task) -> tuple[list[dict], dict]:
-    cfg, data_cfg, data = ctx.section("iterate"), ctx.section("data"), ctx.inputs["data"]
-    ctx.progress(f"pool: generating {cfg['pool']} records")
-    raw = pool_mod.generate(data_cfg, cfg["pool"])
+def clean(ctx: Context, task: tasks.Task, raw: list[dict]) -> tuple[list[dict], dict]:
+    """Generated records through the data section's policy, away from the eval, test and ood records (pool.clean)."""
+    data = ctx.inputs["data"]
     tok = Tokenizer.from_file(str(models.base_model_dir(ctx.section("base_model")) / "tokenizer.json"))
     held = [json.loads(x) for split in ("eval", "test", "ood") if split in data.artifacts
             for x in data.path(split).read_text().splitlines() if x.strip()]
-    ctx.progress(f"pool: cleaning {len(raw)} records (the data section's policy)")
     system = tasks.system_prompt(ctx.recipe)
-    kept, removed = pool_mod.clean(
-        raw, data_cfg, task, to_chat=lambda r: records.to_chat(r, system, task),
+    return pool_mod.clean(
+        raw, ctx.section("data"), task, to_chat=lambda r: records.to_chat(r, system, task),
         count_tokens=lambda c: sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"]), held_out=held)
+
+
+def build_pool(ctx: Context, task: tasks.Task) -> tuple[list[dict], dict]:
+    cfg, data_cfg = ctx.section("iterate"), ctx.section("data")
+    ctx.progress(f"pool: generating {cfg['pool']} records")
+    raw = pool_mod.generate(data_cfg, cfg["pool"])
+    ctx.progress(f"pool: cleaning {len(raw)} records (the data section's policy)")
+    kept, removed = clean(ctx, task, raw)
     if not kept:
         raise StageError(f"iterate.pool: none of the {len(raw)} pool records survived cleaning ({removed})")
     return kept, {"generated": len(raw), "removed": removed, "kept": len(kept)}
+
+
+def build_targeted(ctx: Context, task: tasks.Task) -> tuple[list[dict], list[dict]]:
+    """iterate.targeted: per entry, fresh generated records whose gold matches its `where` (the pattern behind a
+    failure cause the analysis named), cleaned as the pool is; (the chat records, per entry what was added)."""
+    cfg, data_cfg = ctx.section("iterate"), ctx.section("data")
+    if not cfg["targeted"]:
+        return [], []
+    start, rows, counts = cfg["pool"], [], []
+    for i, t in enumerate(cfg["targeted"]):
+        at = f"iterate.targeted[{i}]"
+        if t.get("cause") and t["cause"] not in task.scorer.CAUSES:
+            raise StageError(f"{at}.cause: '{t['cause']}' is not a failure cause of the {task.kind} kind "
+                             f"(expected one of: {', '.join(task.scorer.CAUSES)})")
+        hits, scanned, matched = pool_mod.targeted(data_cfg, start, t["where"], t["size"], t["scan"], at)
+        start += scanned  # the next entry reads further records, so no record is added twice
+        kept, removed = clean(ctx, task, hits)
+        if not kept:
+            raise StageError(f"{at}: no generated record matching {json.dumps(t['where'])} survived (scanned "
+                             f"{scanned}, {matched} matched, cleaning removed {removed}); raise {at}.scan or loosen "
+                             "where")
+        rows += kept[:t["size"]]
+        counts.append({"cause": t.get("cause"), "where": t["where"], "size": t["size"], "scanned": scanned,
+                       "matched": matched, "cleaned": len(hits), "removed": removed, "added": len(kept[:t["size"]])})
+        ctx.progress(f"targeted {at}: {counts[-1]['added']} records matching {json.dumps(t['where'])}")
+    return rows, counts
 
 
 def write_jsonl(path, rows) -> None:
@@ -161,9 +194,11 @@ def run(ctx: Context) -> Result:
     chosen_ids = {r["id"] for r in chosen}
     mined = [c for c in pool if c["id"] in chosen_ids]
     write_jsonl(ctx.out / "mined.jsonl", mined)
+    aimed, aimed_counts = build_targeted(ctx, task)
+    write_jsonl(ctx.out / "targeted.jsonl", aimed)
     train_rows = [json.loads(x) for x in data.path("train").read_text().splitlines() if x.strip()]
     train_file = ctx.out / "train_v2.jsonl"
-    write_jsonl(train_file, train_rows + mined * cfg["repeat"])
+    write_jsonl(train_file, train_rows + mined * cfg["repeat"] + aimed)
 
     # 3. train tuned-v2 from the same base
     (ctx.out / name).mkdir(parents=True)
@@ -205,7 +240,8 @@ def run(ctx: Context) -> Result:
         "general_task": general, "pool": pool_counts, "mined": {"items": len(mined), "repeat": cfg["repeat"],
                                                                 "pool_items_wrong": sum(bool(r["causes"]) for r in pool_rows),
                                                                 "pool_items": len(pool_rows), "by_cause": by_cause},
-        "train_records": {"tuned": len(train_rows), name: len(train_rows) + len(mined) * cfg["repeat"]},
+        "targeted": aimed_counts,
+        "train_records": {"tuned": len(train_rows), name: len(train_rows) + len(mined) * cfg["repeat"] + len(aimed)},
         "training": trained, "scores": scored, "comparisons": cmp, "gates": verdicts,
         "gates_declared": gate_list, "timings": timings, "seconds": round(time.time() - t_start, 1),
         "dataset_version": data.metrics.get("dataset_version"),
@@ -217,7 +253,7 @@ def run(ctx: Context) -> Result:
     written = report.write(Page(ctx.out, metrics, analysis, ctx.recipe))
     # what the quantize stage needs to take the iterated model on (quantize.model: kept, or its name): its f16 GGUF
     # and its answers on the test items, to pair every quant's answers with
-    artifacts = {"pool": "pool.jsonl", "mined": "mined.jsonl", "train_v2": train_file.name, name: f"{name}/merged",
+    artifacts = {"pool": "pool.jsonl", "mined": "mined.jsonl", "targeted": "targeted.jsonl", "train_v2": train_file.name, name: f"{name}/merged",
                  f"{name}-f16": f"{name}/model-f16.gguf", f"{name}-samples-{main}": f"{name}/samples_{main}.jsonl",
                  f"{name}-adapter": f"{name}/adapter", f"{name}-config": f"{name}/axolotl.yaml",
                  f"{name}-curve": f"{name}/curve.jsonl", "analysis": "analysis.json", **written}
