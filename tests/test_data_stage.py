@@ -187,3 +187,32 @@ def test_holdout_takes_the_named_slice_values_and_names_a_bad_one():
         data.holdout(recs, {"language": ["de"]}, task)
     with pytest.raises(StageError, match=r"data\.split\.holdout\.locale: xx_XX matches no record"):
         data.holdout(recs, {"locale": ["xx_XX"]}, task)
+
+
+def test_targeted_records_join_train_only_with_their_pattern(tmp_path, runs_dir):
+    """data.generator.targeted: generated records whose gold matches `where` go to train; every judged split stays
+    as it was without them."""
+    base = (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: aimed\n"
+            "data:\n  generator: {size: 150%s}\n  datalab: {enabled: false}\n")
+    r, plain = run_data(base % "", tmp_path, runs_dir / "plain")
+    assert r.returncode == 0, r.stderr[-2000:]
+    aimed = ", targeted: [{cause: other_field_value, where: {subtotal: null}, size: 6, scan: 400}]"
+    r, out = run_data(base % aimed, tmp_path, runs_dir / "aimed")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for split in ("eval", "test", "ood"):
+        assert (out / f"{split}.jsonl").read_text() == (plain / f"{split}.jsonl").read_text()
+    before = [json.loads(x) for x in (plain / "train.jsonl").read_text().splitlines()]
+    after = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    added = after[len(before):]
+    assert after[:len(before)] == before and len(added) == 6
+    assert all(json.loads(c["gold"])["subtotal"] is None and int(c["id"].rsplit("-", 1)[1]) >= 150 + 1_000_000
+               for c in added)
+    assert all(c["locale"] != "de_CH" and c["layout"] != "letter" for c in added)  # held-out slices stay unseen
+    m = json.loads((out / "stage.json").read_text())["metrics"]
+    assert m["targeted"][0]["added"] == 6 and m["records"]["train"] == len(after)
+    assert "Targeted training records (data.generator.targeted): **6** added to train only" in \
+        (out / "data_audit.md").read_text()
+    r, _ = run_data(base % ", targeted: [{cause: made_up, where: {subtotal: null}, size: 2}]", tmp_path,
+                    runs_dir / "bad")
+    assert r.returncode == 1 and "data.generator.targeted[0].cause: 'made_up' is not a failure cause" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

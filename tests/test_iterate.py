@@ -58,7 +58,7 @@ def test_the_pool_is_new_records_past_the_corpus(recipe):
 def test_targeted_records_have_the_declared_gold_pattern_and_come_after_the_pool(recipe):
     cfg = recipe["data"]
     size, seed = cfg["generator"]["size"], cfg["generator"]["seed"]
-    hits, scanned, matched = pool.targeted(cfg, 200, {"subtotal": None}, 10, 3000, "iterate.targeted[0]")
+    hits, scanned, matched = pool.matching(cfg, 200, {"subtotal": None}, 10, 3000, "iterate.targeted[0]")
     assert scanned == 3000 and len(hits) == 20  # twice the size, so that cleaning can drop some
     assert all(r["gold"]["subtotal"] is None and r["gold"]["tax"] is None for r in hits)
     first = invoice.record(seed, size + 200)["id"]
@@ -67,12 +67,12 @@ def test_targeted_records_have_the_declared_gold_pattern_and_come_after_the_pool
     assert matched == sum(r["gold"]["subtotal"] is None for r in pool.generate(cfg, 3000, 200))
     assert 0.07 < matched / 3000 < 0.13
     # a slice and alternatives
-    hits, _, _ = pool.targeted(cfg, 200, {"layout": ["receipt", "email"], "due_date": None}, 5, 3000, "x")
+    hits, _, _ = pool.matching(cfg, 200, {"layout": ["receipt", "email"], "due_date": None}, 5, 3000, "x")
     assert len(hits) == 10 and all(r["layout"] in ("receipt", "email") and r["gold"]["due_date"] is None for r in hits)
     assert pool.matches({"gold": {"tax": 1.0}, "layout": "table"}, {"tax": [None, 1.0], "layout": "table"})
     assert not pool.matches({"gold": {"tax": 1.0}, "layout": "table"}, {"tax": None})
     with pytest.raises(StageError, match=r"iterate.targeted\[1\].where: 'subtotl' is neither a gold field"):
-        pool.targeted(cfg, 0, {"subtotl": None}, 5, 50, "iterate.targeted[1]")
+        pool.matching(cfg, 0, {"subtotl": None}, 5, 50, "iterate.targeted[1]")
 
 
 def test_the_pool_keeps_held_out_slices_and_judged_documents_away(recipe):

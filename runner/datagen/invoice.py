@@ -202,5 +202,6 @@ def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) 
     return "\n".join(f"{k}={v}" for k, v in kv) + "\n"
 
 
-def generate(seed: int, size: int) -> list[dict]:
-    return [record(seed, i) for i in range(size)]
+def generate(seed: int, size: int, start: int = 0) -> list[dict]:
+    """Records start .. start + size - 1: each is seeded by its index, so any range is the same corpus's."""
+    return [record(seed, i) for i in range(start, start + size)]

@@ -1,6 +1,7 @@
-"""A pool of candidate training records for automated iteration: more records from the recipe's generator, past
-the end of its corpus (a generator seeds each record by its index, so these are new documents), cleaned by the
-recipe's own data policy and kept away from everything the model is judged on.
+"""More records from the recipe's generator, past the end of its corpus: a pool of candidate training records for
+automated iteration, and targeted records (iterate.targeted, data.generator.targeted) whose gold matches a declared
+pattern. A generator seeds each record by its index, so these are new documents; they are cleaned by the recipe's
+own data policy and kept away from everything the model is judged on.
 
 Each candidate goes through the data section's normalization, PII policy, label checks and token limit, as
 the corpus did; a record in a held-out slice (data.split.holdout) is dropped, so the out-of-distribution split
@@ -9,6 +10,7 @@ dropped. What each step removed is counted.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Callable
 
@@ -23,8 +25,7 @@ def generate(data_cfg: dict, size: int, start: int = 0) -> list[dict]:
     if data_cfg["sources"]:
         raise StageError("iterate.pool: mining a pool needs data.generator (the recipe reads data.sources; a pool "
                          "of the user's own unlabelled records cannot be scored)")
-    first = gen["size"] + start
-    return GENERATORS[gen["name"]](gen["seed"], first + size)[first:]
+    return GENERATORS[gen["name"]](gen["seed"], size, start=gen["size"] + start)
 
 
 def matches(record: dict, where: dict) -> bool:
@@ -38,11 +39,14 @@ def matches(record: dict, where: dict) -> bool:
     return True
 
 
-def targeted(data_cfg: dict, start: int, where: dict, size: int, scan: int, at: str) -> tuple[list[dict], int, int]:
-    """Generated records aimed at one failure pattern: records past the corpus from index `start` on (after the
-    pool, so none is a pool record): `scan` of them, those that match `where`; returns (the first 2 * size
-    matches, so that cleaning can drop some; records scanned; records that matched). `at`: the recipe path, for
-    errors."""
+# data.generator.targeted reads the generator from here on (past the corpus), far past any iterate pool
+TRAIN_TARGETED_START = 1_000_000
+
+
+def matching(data_cfg: dict, start: int, where: dict, size: int, scan: int, at: str) -> tuple[list[dict], int, int]:
+    """Records past the corpus from index `start` on: `scan` of them, those that match `where`; returns (the first
+    2 * size matches, so that cleaning can drop some; records scanned; records that matched). `at`: the recipe
+    path, for errors."""
     raw = generate(data_cfg, scan, start)
     known = {k for r in raw for k in (*r, *(r["gold"] if isinstance(r.get("gold"), dict) else {}))}
     unknown = sorted(set(where) - known)
@@ -51,6 +55,33 @@ def targeted(data_cfg: dict, start: int, where: dict, size: int, scan: int, at: 
                          f"records (expected some of: {', '.join(sorted(known))})")
     hits = [r for r in raw if matches(r, where)]
     return hits[:2 * size], len(raw), len(hits)
+
+
+def targeted(data_cfg: dict, entries: list[dict], task, start: int, clean: Callable[[list[dict]], tuple],
+             at: str, progress: Callable[[str], None] = lambda s: None) -> tuple[list[dict], list[dict]]:
+    """Generated records aimed at failure patterns (iterate.targeted, data.generator.targeted): per entry, records
+    from index `start` on (each entry reads further) whose gold matches its `where`, through `clean` (raw records
+    -> (chat records kept, removed per step)), its `size` of them kept; (the chat records, per entry what was
+    added)."""
+    rows, counts = [], []
+    for i, t in enumerate(entries):
+        path = f"{at}[{i}]"
+        if t.get("cause") and t["cause"] not in task.scorer.CAUSES:
+            raise StageError(f"{path}.cause: '{t['cause']}' is not a failure cause of the {task.kind} kind "
+                             f"(expected one of: {', '.join(task.scorer.CAUSES)})")
+        first = start
+        hits, scanned, matched = matching(data_cfg, start, t["where"], t["size"], t["scan"], path)
+        start += scanned  # the next entry reads further records, so no record is added twice
+        kept, removed = clean(hits)
+        if not kept:
+            raise StageError(f"{path}: no generated record matching {json.dumps(t['where'])} survived (scanned "
+                             f"{scanned}, {matched} matched, cleaning removed {removed}); raise {path}.scan or "
+                             "loosen where")
+        rows += kept[:t["size"]]
+        counts.append({"cause": t.get("cause"), "where": t["where"], "size": t["size"], "start": first, "scanned": scanned,
+                       "matched": matched, "cleaned": len(hits), "removed": removed, "added": len(kept[:t["size"]])})
+        progress(f"targeted {path}: {counts[-1]['added']} records matching {json.dumps(t['where'])}")
+    return rows, counts
 
 
 def clean(records: list[dict], data_cfg: dict, task, *, to_chat: Callable[[dict], dict],

@@ -1,6 +1,7 @@
 """data_audit.md and its PNG charts, written from what the data stage measured (nothing typed in)."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -63,6 +64,13 @@ def write(page: fmt.Page) -> dict[str, str]:
               "injected at " + ", ".join(f"{k} {v:g}" for k, v in g["defects"].items() if v) + ".", ""]
     else:
         L += ["Source: " + ", ".join(s.get("path") or s.get("hub_id") for s in dataset["sources"]), ""]
+    for e in metrics.get("targeted") or []:
+        L += [f"Targeted training records (data.generator.targeted): **{e['added']}** added to train only, their gold "
+              f"matching `{json.dumps(e['where'], ensure_ascii=False)}`" + (f" (aimed at {e['cause']})" if e.get("cause")
+                                                                            else "")
+              + f"; {e['matched']} of {e['scanned']} generated records (from index corpus + "
+              f"{e['start']:,} on) matched, the first {e['cleaned']} were cleaned (removed: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(e["removed"].items())) or "none") + ").", ""]
 
     reasons = defaultdict(Counter)
     for r in removed:

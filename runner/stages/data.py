@@ -14,7 +14,7 @@ from pathlib import Path
 from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects
-from runner.dataprep import dedup, labels, pii, sources, truth
+from runner.dataprep import dedup, labels, pii, pool, sources, truth
 from runner.dataprep.records import GENERATORS, normalize, to_chat
 from runner.reports import data_audit
 from runner.reports.fmt import Page
@@ -281,6 +281,22 @@ def run(ctx: Context) -> Result:
             parts[name] = [c for j, c in enumerate(parts[name]) if j not in hits]
     led.step("split+leakage", [c for p in parts.values() for c in p], t0)
 
+    aimed = []
+    if not cfg["sources"] and cfg["generator"]["targeted"]:
+        t0 = time.time()
+        ctx.progress("targeted training records (data.generator.targeted)")
+        judged = [c for n in splits[1:] for c in parts[n]]
+        system = tasks.system_prompt(ctx.recipe)
+        clean = lambda raw: pool.clean(raw, cfg, task, to_chat=lambda r: to_chat(r, system, task), held_out=judged,
+                                       count_tokens=lambda c: sum(len(tok.encode(m["content"]).ids) + 4
+                                                                  for m in c["messages"]))
+        rows, aimed = pool.targeted(cfg, cfg["generator"]["targeted"], task, pool.TRAIN_TARGETED_START, clean,
+                                    "data.generator.targeted", ctx.progress)
+        for c in rows:
+            c["chars"] = len(c["document"])
+        parts["train"] += rows
+        led.step("targeted (train)", [c for p in parts.values() for c in p], t0)
+
     files, digests = {}, {}
     for name in splits:
         if not parts[name] and name in ("train", "test"):
@@ -322,7 +338,7 @@ def run(ctx: Context) -> Result:
         "near_duplicate_clusters": len(clusters), "leakage_removed": leaks,
         "datalab": {"summary": datalab_info["summary"], "seconds": datalab_info["seconds"],
                     "sampled": len(datalab_info["records"]), "outliers": len(outlier_ids)} if datalab_info else None,
-        "detectors": detectors,
+        "detectors": detectors, "targeted": aimed,
         "tokens_mean": {n: round(sum(c["tokens"] for c in p) / len(p), 1) for n, p in parts.items() if p},
         "tokens_max": {n: max(c["tokens"] for c in p) for n, p in parts.items() if p},
         "train_tokens": sum(c["tokens"] for c in parts["train"]),

@@ -63,29 +63,9 @@ def build_pool(ctx: Context, task: tasks.Task) -> tuple[list[dict], dict]:
 
 
 def build_targeted(ctx: Context, task: tasks.Task) -> tuple[list[dict], list[dict]]:
-    """iterate.targeted: per entry, fresh generated records whose gold matches its `where` (the pattern behind a
-    failure cause the analysis named), cleaned as the pool is; (the chat records, per entry what was added)."""
-    cfg, data_cfg = ctx.section("iterate"), ctx.section("data")
-    if not cfg["targeted"]:
-        return [], []
-    start, rows, counts = cfg["pool"], [], []
-    for i, t in enumerate(cfg["targeted"]):
-        at = f"iterate.targeted[{i}]"
-        if t.get("cause") and t["cause"] not in task.scorer.CAUSES:
-            raise StageError(f"{at}.cause: '{t['cause']}' is not a failure cause of the {task.kind} kind "
-                             f"(expected one of: {', '.join(task.scorer.CAUSES)})")
-        hits, scanned, matched = pool_mod.targeted(data_cfg, start, t["where"], t["size"], t["scan"], at)
-        start += scanned  # the next entry reads further records, so no record is added twice
-        kept, removed = clean(ctx, task, hits)
-        if not kept:
-            raise StageError(f"{at}: no generated record matching {json.dumps(t['where'])} survived (scanned "
-                             f"{scanned}, {matched} matched, cleaning removed {removed}); raise {at}.scan or loosen "
-                             "where")
-        rows += kept[:t["size"]]
-        counts.append({"cause": t.get("cause"), "where": t["where"], "size": t["size"], "scanned": scanned,
-                       "matched": matched, "cleaned": len(hits), "removed": removed, "added": len(kept[:t["size"]])})
-        ctx.progress(f"targeted {at}: {counts[-1]['added']} records matching {json.dumps(t['where'])}")
-    return rows, counts
+    """iterate.targeted: fresh generated records (after the pool) whose gold matches each entry's `where`."""
+    return pool_mod.targeted(ctx.section("data"), ctx.section("iterate")["targeted"], task, ctx.section("iterate")["pool"],
+                             lambda raw: clean(ctx, task, raw), "iterate.targeted", ctx.progress)
 
 
 def write_jsonl(path, rows) -> None:
