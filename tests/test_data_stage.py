@@ -193,10 +193,10 @@ def test_targeted_records_join_train_only_with_their_pattern(tmp_path, runs_dir)
     """data.generator.targeted: generated records whose gold matches `where` go to train; every judged split stays
     as it was without them."""
     base = (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: aimed\n"
-            "data:\n  generator: {size: 150%s}\n  datalab: {enabled: false}\n")
-    r, plain = run_data(base % "", tmp_path, runs_dir / "plain")
+            "data:\n  generator: {size: 150, targeted: %s}\n  datalab: {enabled: false}\n")
+    r, plain = run_data(base % "[]", tmp_path, runs_dir / "plain")  # the default recipe's own 100 left out
     assert r.returncode == 0, r.stderr[-2000:]
-    aimed = ", targeted: [{cause: other_field_value, where: {subtotal: null}, size: 6, scan: 400}]"
+    aimed = "[{cause: other_field_value, where: {subtotal: null}, size: 6, scan: 400}]"
     r, out = run_data(base % aimed, tmp_path, runs_dir / "aimed")
     assert r.returncode == 0, r.stderr[-2000:]
     for split in ("eval", "test", "ood"):
@@ -212,7 +212,7 @@ def test_targeted_records_join_train_only_with_their_pattern(tmp_path, runs_dir)
     assert m["targeted"][0]["added"] == 6 and m["records"]["train"] == len(after)
     assert "Targeted training records (data.generator.targeted): **6** added to train only" in \
         (out / "data_audit.md").read_text()
-    r, _ = run_data(base % ", targeted: [{cause: made_up, where: {subtotal: null}, size: 2}]", tmp_path,
+    r, _ = run_data(base % "[{cause: made_up, where: {subtotal: null}, size: 2}]", tmp_path,
                     runs_dir / "bad")
     assert r.returncode == 1 and "data.generator.targeted[0].cause: 'made_up' is not a failure cause" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr

@@ -287,7 +287,7 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     # the items it gets wrong join the training split, tuned-it is trained and judged against tuned
     it_recipe = tmp_path / "tiny-e2e-iterate.yaml"
     it_recipe.write_text(f"extends: {recipe}\niterate: {{name: tuned-it, pool: 12, max_added: 4, repeat: 2, "
-                         "targeted: [{{cause: other_field_value, where: {{subtotal: null}}, size: 3}}]}}\n")
+                         "targeted: [{cause: other_field_value, where: {subtotal: null}, size: 3}]}\n")
     it = subprocess.run([sys.executable, "-m", "runner", "iterate", str(it_recipe)], cwd=REPO,
                         env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True, timeout=1200)
     assert it.returncode == 0, it.stdout[-3000:] + it.stderr[-3000:]
