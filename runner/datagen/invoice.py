@@ -5,12 +5,19 @@ e-mail, letter, receipt, key:value export. Locales carry their own number and da
 Line items add up to the subtotal; distractor numbers (order no., phone, previous balance) are printed
 too. Every non-null gold value is printed in the text, possibly in a local format or as a symbol; text values
 exactly as printed (a receipt's upper-cased seller included).
+
+Variation (off unless a recipe asks, data.generator.variation): a share of documents billed in a foreign currency
+(a cross-border invoice: the ISO code printed, the seller's tax rate), and a share whose total lines carry one of
+the locale's other usual labels. It is drawn from a stream of its own, so a record it leaves alone is byte-for-byte
+the record without it; records of the slices named in `skip` (the recipe's held-out slices) are never varied, and
+neither pool holds a word or currency of a locale that has no pool (de_CH, the default held-out locale), so the
+out-of-distribution split still asks for words and a currency that training never shows.
 """
 from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from faker import Faker
 
@@ -60,6 +67,26 @@ LOCALES = {
                     dict(invoice="Rechnung", date="Datum", due="Zahlbar bis", bill_to="Kunde", sub="Zwischensumme",
                          tax="MWST", total="Total", qty="Anz.", item="Leistung", price="Betrag")),
 }
+# Other usual labels of each locale's total lines (the corpus's own label among them). de_CH has none: no pool
+# holds one of its labels (Zwischensumme, MWST, Kunde, ...) or its currency.
+LABEL_VARIANTS = {
+    "en_US": dict(sub=["Subtotal", "Net amount", "Amount before tax", "Sub-total"], tax=["Sales tax", "Tax", "State tax"],
+                  total=["Total due", "Amount due", "Balance due", "Grand total"]),
+    "en_GB": dict(sub=["Net amount", "Subtotal", "Net total", "Goods total"], tax=["VAT", "Tax", "VAT amount"],
+                  total=["Total payable", "Amount due", "Invoice total", "Total"]),
+    "de_DE": dict(sub=["Nettobetrag", "Summe netto", "Netto", "Warenwert"], tax=["MwSt.", "USt.", "Umsatzsteuer",
+                  "Mehrwertsteuer"], total=["Gesamtbetrag", "Rechnungsbetrag", "Endbetrag", "Bruttobetrag"]),
+    "fr_FR": dict(sub=["Total HT", "Montant HT", "Sous-total"], tax=["TVA", "Montant TVA", "Taxes"],
+                  total=["Total TTC", "Net à payer", "Montant TTC"]),
+    "es_ES": dict(sub=["Base imponible", "Subtotal", "Importe neto"], tax=["IVA", "Cuota IVA", "Impuestos"],
+                  total=["Total", "Total factura", "Importe total"]),
+    "it_IT": dict(sub=["Imponibile", "Subtotale", "Totale imponibile"], tax=["IVA", "Imposta", "Totale IVA"],
+                  total=["Totale", "Totale fattura", "Totale documento"]),
+    "ja_JP": dict(sub=["小計", "税抜合計", "税抜金額"], tax=["消費税", "消費税等", "消費税額"],
+                  total=["合計", "ご請求金額", "税込合計"]),
+}
+# Currencies a cross-border invoice may be billed in (two decimals each; not CHF, the held-out locale's).
+FOREIGN_CURRENCIES = ("USD", "GBP", "EUR", "CAD", "AUD", "SEK", "NOK", "DKK", "PLN", "CZK", "SGD", "HKD")
 TAX_RATES = {"USD": 0.07, "GBP": 0.20, "EUR": 0.19, "JPY": 0.10, "CHF": 0.081}
 ITEMS = ["Consulting hours", "Cloud hosting (monthly)", "Laptop stand", "Office chairs", "Printer toner",
          "Software licence", "Support plan", "Network cables", "Training workshop", "Maintenance visit",
@@ -75,13 +102,33 @@ def date_text(d: dt.date, loc: Locale) -> str:
     return d.strftime(loc.date_fmt)
 
 
-def record(seed: int, index: int) -> dict:
+def vary(loc: Locale, layout: str, rng: random.Random, variation: dict) -> tuple[Locale, dict]:
+    """The locale as this document prints it, and what was varied ({} when nothing): see the module's doc."""
+    skip = variation.get("skip") or {}
+    if loc.code in skip.get("locale", ()) or layout in skip.get("layout", ()) or loc.code not in LABEL_VARIANTS:
+        return loc, {}
+    done = {}
+    if rng.random() < variation.get("foreign_currency", 0.0):
+        code = rng.choice([c for c in FOREIGN_CURRENCIES if c != loc.currency])
+        loc = replace(loc, currency=code, symbol=code)
+        done["currency"] = code
+    if rng.random() < variation.get("label_synonyms", 0.0):
+        words = {k: rng.choice(v) for k, v in LABEL_VARIANTS[loc.code].items()}
+        loc = replace(loc, words={**loc.words, **words})
+        done["labels"] = words
+    return loc, done
+
+
+def record(seed: int, index: int, variation: dict | None = None) -> dict:
     rng = random.Random(f"{seed}-{index}")
     code = rng.choice(sorted(LOCALES))
-    loc = LOCALES[code]
+    loc = home = LOCALES[code]
     fake = Faker(code if code != "de_CH" else "de_CH")
     fake.seed_instance(rng.randrange(2**31))
     layout = rng.choice(LAYOUTS)
+    varied = {}
+    if variation:
+        loc, varied = vary(loc, layout, random.Random(f"{seed}-{index}-variation"), variation)
     decimals = 0 if loc.currency == "JPY" else 2
     n_items = rng.randint(1, 4)
     items = []
@@ -90,7 +137,7 @@ def record(seed: int, index: int) -> dict:
         unit = round(rng.uniform(5, 900), decimals) if decimals else float(rng.randint(500, 90000))
         items.append((rng.choice(ITEMS), qty, unit, round(qty * unit, decimals)))
     subtotal = round(sum(i[3] for i in items), decimals)
-    tax = round(subtotal * TAX_RATES[loc.currency], decimals)
+    tax = round(subtotal * TAX_RATES[home.currency], decimals)
     total = round(subtotal + tax, decimals)
     issued = dt.date(2023, 1, 1) + dt.timedelta(days=rng.randrange(900))
     due = issued + dt.timedelta(days=rng.choice([14, 30, 45, 60]))
@@ -130,6 +177,8 @@ def record(seed: int, index: int) -> dict:
            "pii": printed}
     if ocr:
         rec["ocr"] = ocr
+    if varied:
+        rec["variation"] = varied
     return rec
 
 
@@ -202,6 +251,6 @@ def render(layout, loc, fake, rng, gold, items, cur, decimals, distract, total) 
     return "\n".join(f"{k}={v}" for k, v in kv) + "\n"
 
 
-def generate(seed: int, size: int, start: int = 0) -> list[dict]:
+def generate(seed: int, size: int, start: int = 0, variation: dict | None = None) -> list[dict]:
     """Records start .. start + size - 1: each is seeded by its index, so any range is the same corpus's."""
-    return [record(seed, i) for i in range(start, start + size)]
+    return [record(seed, i, variation) for i in range(start, start + size)]

@@ -15,7 +15,8 @@ from collections import Counter
 from typing import Callable
 
 from runner.dataprep import dedup, labels, pii
-from runner.dataprep.records import GENERATORS, normalize
+from runner.dataprep import records
+from runner.dataprep.records import normalize
 from runner.stage import StageError
 
 
@@ -25,7 +26,7 @@ def generate(data_cfg: dict, size: int, start: int = 0) -> list[dict]:
     if data_cfg["sources"]:
         raise StageError("iterate.pool: mining a pool needs data.generator (the recipe reads data.sources; a pool "
                          "of the user's own unlabelled records cannot be scored)")
-    return GENERATORS[gen["name"]](gen["seed"], size, start=gen["size"] + start)
+    return records.generate(data_cfg, size, start=gen["size"] + start)
 
 
 def matches(record: dict, where: dict) -> bool:

@@ -15,6 +15,18 @@ from runner.datagen import invoice
 GENERATORS = {"invoice": invoice.generate}
 
 
+def generate(data_cfg: dict, size: int, start: int = 0) -> list[dict]:
+    """Records start .. start + size - 1 of the recipe's generator, with its variation (if any); the held-out
+    slices (data.split.holdout) are never varied, so the out-of-distribution split keeps the corpus's one form."""
+    gen = data_cfg["generator"]
+    variation = gen.get("variation") or {}
+    if any(variation.get(k) for k in ("foreign_currency", "label_synonyms")):
+        variation = dict(variation, skip=data_cfg["split"].get("holdout") or {})
+    else:
+        variation = None
+    return GENERATORS[gen["name"]](gen["seed"], size, start=start, variation=variation)
+
+
 def normalize(text: str, cfg: dict) -> str:
     if cfg["strip_html"]:
         text = html.unescape(re.sub(r"<[^>]+>", " ", text))

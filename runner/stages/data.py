@@ -15,7 +15,7 @@ from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects
 from runner.dataprep import dedup, labels, pii, pool, sources, truth
-from runner.dataprep.records import GENERATORS, normalize, to_chat
+from runner.dataprep.records import generate as generate_records, normalize, to_chat
 from runner.reports import data_audit
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
@@ -116,7 +116,7 @@ def ingest(cfg: dict, out, task: tasks.Task) -> tuple[list[dict], list[dict]]:
                              "to a unique field or leave it out")
         return recs, []
     gen = cfg["generator"]
-    raw = GENERATORS[gen["name"]](gen["seed"], gen["size"])
+    raw = generate_records(cfg, gen["size"])
     recs, injected = defects.inject(raw, gen["defects"], gen["seed"])
     defects.write_truth(injected, out / "defects_truth.jsonl")
     return recs, injected
