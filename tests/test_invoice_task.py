@@ -42,6 +42,58 @@ def test_gold_validates_and_is_grounded_in_the_document():
             assert r["gold"][field] in r["document"], (r["id"], field, r["gold"][field])
 
 
+VARIED = {"foreign_currency": 0.3, "label_synonyms": 0.6, "skip": {"locale": ["de_CH"], "layout": ["letter"]}}
+
+
+def test_variation_changes_only_the_records_it_names_and_never_a_held_out_one():
+    plain, varied = invoice.generate(7, 300), invoice.generate(7, 300, variation=VARIED)
+    assert invoice.generate(7, 300, variation={"foreign_currency": 0, "label_synonyms": 0}) == plain
+    touched = [v for v in varied if "variation" in v]
+    assert 100 < len(touched) < 250
+    for p, v in zip(plain, varied):
+        if "variation" not in v:
+            assert v == p, v["id"]  # its own random stream: a record left alone is the record without variation
+        else:
+            assert v["locale"] != "de_CH" and v["layout"] != "letter"
+            assert (v["id"], v["locale"], v["layout"]) == (p["id"], p["locale"], p["layout"])
+    held = [v for v in varied if v["locale"] == "de_CH" or v["layout"] == "letter"]
+    assert held and all("variation" not in v for v in held)
+
+
+def test_the_recipe_s_held_out_slices_are_never_varied():
+    from runner.dataprep import records
+    cfg = {"generator": {"name": "invoice", "seed": 7, "variation": {"foreign_currency": 0.5, "label_synonyms": 0.5}},
+           "split": {"holdout": {"locale": ["en_US"], "layout": ["receipt"]}}}
+    recs = records.generate(cfg, 200)
+    assert [r for r in recs if "variation" in r]
+    assert not [r for r in recs if "variation" in r and (r["locale"] == "en_US" or r["layout"] == "receipt")]
+    cfg["generator"]["variation"] = {}
+    assert records.generate(cfg, 50, start=10) == invoice.generate(7, 50, start=10)
+
+
+def test_variation_prints_what_its_gold_says_and_no_held_out_word():
+    v = Draft202012Validator(SCHEMA)
+    recs = [r for r in invoice.generate(5, 300, variation=VARIED) if "variation" in r]
+    foreign = [r for r in recs if "currency" in r["variation"]]
+    assert len(foreign) > 30 and len({r["gold"]["currency"] for r in foreign}) >= 6
+    de_ch = invoice.LOCALES["de_CH"]
+    swiss_words = set(de_ch.words.values()) - {w for c, loc in invoice.LOCALES.items() if c != "de_CH"
+                                                for w in loc.words.values()}
+    for r in recs:
+        assert r["gold"]["currency"] != "CHF" and "CHF" not in r["document"]
+        assert not [w for w in swiss_words if w in r["document"]], r["id"]
+        if "currency" in r["variation"]:
+            assert r["gold"]["currency"] == r["variation"]["currency"] and r["gold"]["currency"] in r["document"]
+            assert r["gold"]["currency"] != invoice.LOCALES[r["locale"]].currency
+        for key, label in r["variation"].get("labels", {}).items():
+            assert label in invoice.LABEL_VARIANTS[r["locale"]][key]
+        assert v.is_valid(r["gold"]), r["id"]
+        assert kind.rule_violations(SPEC, r["gold"]) == [] and kind.check_gold(SPEC, r["document"], r["gold"]) == []
+        for field, value in r["gold"].items():
+            if value is not None:
+                assert kind.grounded(SPEC, field, value, r["document"]), (r["id"], field, value)
+
+
 def test_split_is_seeded_stratified_and_sized_by_fractions():
     recs = [{"id": f"r{i}", "layout": invoice.LAYOUTS[i % 5], "locale": f"l{i % 7}"} for i in range(500)]
     fr = {"train": 0.8, "eval": 0.1, "test": 0.1}
