@@ -47,6 +47,21 @@ def test_metric_checks_use_the_upper_bound_of_the_paired_drop():
     assert not quantize.gate(f16, f16, {"field_f1": same["field_f1"]}, cfg, 200, 0)["passed"]  # no result: fails
 
 
+def test_a_quant_significantly_worse_on_a_guarded_metric_fails_though_its_fields_hold():
+    """q4_k_m of run 20261129-220125-7c9cb2: field decisions within the margin, exact match -0.092 [-0.184, -0.010]."""
+    cfg = dict(GATE, no_significant_drop=["exact_match"])
+    f16 = rows([9, 8, 7, 9, 6] * 13)
+    em = {"exact_match": {"diff": -0.092, "low": -0.184, "high": -0.010}}
+    v = quantize.gate(f16, f16, em, cfg, 200, 0)
+    assert not v["passed"] and v["non_inferiority"]["passed"]
+    assert v["worse"] == {"exact_match": {"diff": -0.092, "low": -0.184, "high": -0.01}}
+    assert v["reasons"] == ["exact_match: significantly worse than f16, -0.092 [-0.184, -0.010]"]
+    # the interval reaches zero: not shown worse, passes (q8_0 of the same run: -0.020 [-0.061, +0.010])
+    assert quantize.gate(f16, f16, {"exact_match": {"diff": -0.02, "low": -0.061, "high": 0.01}}, cfg, 200, 0)["passed"]
+    assert not quantize.gate(f16, f16, {}, cfg, 200, 0)["passed"]  # nothing to judge it by: fails
+    assert quantize.gate(f16, f16, em, GATE, 200, 0)["passed"]  # not listed: reported, not gated
+
+
 def test_unknown_quant_type_names_the_file_and_the_choices(tmp_path):
     with pytest.raises(StageError, match=r"unknown quant type 'q4_k_xl' for model\.gguf; supported: q8_0, q6_k"):
         llama_cpp.quantize(tmp_path / "model.gguf", tmp_path / "out.gguf", "q4_k_xl", tmp_path / "q.log", 2)

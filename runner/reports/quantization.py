@@ -86,6 +86,9 @@ def write(page: fmt.Page) -> dict[str, str]:
             "")
     extra = (f"for {', '.join(g['metrics'])}, the 95% CI upper bound of the drop must be <= {g['max_drop']}"
              if g.get("metrics") else "")
+    if g.get("no_significant_drop"):
+        extra = "; and ".join(x for x in (extra, f"{', '.join(g['no_significant_drop'])} must not be significantly worse "
+                                          "(the 95% CI of quant − f16 wholly below zero fails)") if x)
     L = ["# Quantization", "",
          f"Model `{metrics['model']}`" + (" (the iterate stage's model: [iteration.md](iteration.md))"
                                           if metrics.get("model_from") == "iterate" else "")

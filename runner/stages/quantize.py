@@ -52,7 +52,8 @@ def unit_right(rows: list[dict]) -> tuple[list[int], list[int]]:
 
 def gate(ref_rows: list[dict], rows: list[dict], cmp: dict, gate_cfg: dict, iters: int, seed: int) -> dict:
     """Non-inferiority of the quant's unit decisions against f16 (same items), plus the optional metric checks:
-    each listed metric's drop (f16 - quant) must have a 95% CI upper bound <= max_drop."""
+    each listed metric's drop (f16 - quant) must have a 95% CI upper bound <= max_drop, and no metric listed in
+    no_significant_drop may be significantly worse (the 95% CI of quant - f16 wholly below zero)."""
     ref, units = unit_right(ref_rows)
     new, _ = unit_right(rows)
     ni = stats.non_inferiority(ref, new, units, gate_cfg["margin"], gate_cfg["alpha"], gate_cfg["power"], iters, seed)
@@ -70,7 +71,17 @@ def gate(ref_rows: list[dict], rows: list[dict], cmp: dict, gate_cfg: dict, iter
         checks[m] = {"drop": round(drop, 4) + 0.0, "drop_ci_high": round(drop_high, 4) + 0.0}
         if drop_high > gate_cfg["max_drop"]:
             reasons.append(f"{m}: drop {drop:+.4f}, CI upper bound {drop_high:+.4f} > allowed {gate_cfg['max_drop']}")
-    return {"passed": not reasons, "reasons": reasons, "checks": checks, "non_inferiority": ni}
+    worse = {}
+    for m in gate_cfg.get("no_significant_drop", []):
+        c = cmp.get(m)
+        if not c or c.get("diff") is None or c.get("high") is None:
+            reasons.append(f"{m}: no paired interval to judge it by")
+            continue
+        if c["high"] < 0:
+            worse[m] = {"diff": round(c["diff"], 4) + 0.0, "low": round(c["low"], 4) + 0.0,
+                        "high": round(c["high"], 4) + 0.0}
+            reasons.append(f"{m}: significantly worse than f16, {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]")
+    return {"passed": not reasons, "reasons": reasons, "checks": checks, "worse": worse, "non_inferiority": ni}
 
 
 def source(model: str, ev, it) -> tuple[str, object]:
@@ -94,10 +105,11 @@ def run(ctx: Context) -> Result:
     task = tasks.of(ctx.recipe)
     scoring = tasks.scoring(task.name, tuple(ctx.recipe.get("task_paths") or ()))
     ev = ctx.inputs["eval"]
-    unknown = [m for m in cfg["gate"]["metrics"] if m not in scoring.metrics]
-    if unknown:
-        raise StageError(f"quantize.gate.metrics: {', '.join(unknown)} is not a metric of task '{task.name}' "
-                         f"({task.kind}: {', '.join(scoring.metrics)})")
+    for key in ("metrics", "no_significant_drop"):
+        unknown = [m for m in cfg["gate"][key] if m not in scoring.metrics]
+        if unknown:
+            raise StageError(f"quantize.gate.{key}: {', '.join(unknown)} is not a metric of task '{task.name}' "
+                             f"({task.kind}: {', '.join(scoring.metrics)})")
     model, src = source(cfg["model"], ev, ctx.inputs["iterate"])
     unknown = [t for t in cfg["types"] if t not in llama_cpp.QUANT_TYPES]
     if unknown:
