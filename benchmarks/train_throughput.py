@@ -3,6 +3,8 @@ same LoRA hyperparameters, same batch and sequence length, with and without samp
 
     python3 -m runner setup && python3 benchmarks/train_throughput.py [--recipe recipes/invoice-extraction.yaml] [--steps 12]
     python3 benchmarks/train_throughput.py --precision fp32,bf16    # Axolotl alone, fp32 vs bf16 mixed precision
+    python3 benchmarks/train_throughput.py --logits all,labelled     # Axolotl alone, the LM head everywhere or at
+                                                                     # trained positions only (train.logits)
 
 It needs the data stage's output of the recipe (run `just run RECIPE --until data` first). Prints tokens/s of
 each and the ratio Axolotl / plain loop. Axolotl's time is its train process wall time minus start-up
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--precision", help="comma-separated train.precision values: Axolotl alone at each, no packing, "
                                         "and each one's tokens/s over the first's")
+    ap.add_argument("--logits", help="comma-separated train.logits values (all, labelled): as --precision, with the "
+                                     "recipe's precision; the final losses are printed too (the same loss)")
     a = ap.parse_args()
     r = recipe.load(a.recipe)
     data_out = pipeline.cached_stage(r.data, "data")
@@ -66,15 +70,16 @@ def main() -> None:
         raise SystemExit(f"no cached data stage for {a.recipe}: run `just run {a.recipe} --until data` first")
     base = models.base_model_dir(r.data["base_model"])
     rows = []
-    if a.precision:
+    if a.precision or a.logits:
+        key, values = ("precision", a.precision) if a.precision else ("logits", a.logits)
         first = None
-        for precision in a.precision.split(","):
+        for value in values.split(","):
             hp = dict(training.variants(r.data["train"])["tuned"][0], max_steps=a.steps, sample_packing=False,
-                      precision=precision)
+                      **{key: value})
             with tempfile.TemporaryDirectory() as tmp:
                 ax = axolotl_run(hp, base, data_out.path("train"), Path(tmp), r.data["threads"], r.data["seed"])
             first = first or ax
-            row = {"precision": precision, "steps": a.steps, "axolotl": ax,
+            row = {key: value, "precision": hp["precision"], "steps": a.steps, "axolotl": ax,
                    "native_bf16_flags": training.cpu_bf16_flags(),
                    "tokens_per_s_over_first": round(ax["tokens_per_s"] / first["tokens_per_s"], 3)
                    if ax["tokens_per_s"] and first["tokens_per_s"] else None}

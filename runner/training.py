@@ -16,7 +16,7 @@ from runner.adapters import axolotl
 
 HYPER_KEYS = ("adapter", "lora", "sequence_len", "micro_batch_size", "gradient_accumulation_steps", "max_steps",
               "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay", "sample_packing", "precision",
-              "eval_steps", "logging_steps", "eval_samples")
+              "logits", "eval_steps", "logging_steps", "eval_samples")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

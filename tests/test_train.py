@@ -68,7 +68,8 @@ def test_generated_configs_pass_axolotls_own_validation(tmp_path, device, strate
         assert cfg["lora_mlp_kernel"] is False and cfg["attn_implementation"] == "sdpa"
         # bf16 on CPU goes through our plugin (use_cpu, fp32 master weights); Axolotl's validation imports it
         assert cfg["bf16"] is (precision == "bf16")
-        assert cfg.get("plugins") == ([axolotl.CPU_AMP_PLUGIN] if precision == "bf16" else None)
+        assert cfg.get("plugins") == ([axolotl.CPU_AMP_PLUGIN] if precision == "bf16" else []) + \
+            [axolotl.LABELLED_HEAD_PLUGIN]  # the default train.logits: labelled
     else:
         assert cfg["bf16"] == "auto" and cfg["load_in_4bit"] is True and cfg["attn_implementation"] == "flash_attention_2"
     if strategy.startswith("deepspeed"):
@@ -145,3 +146,81 @@ def test_bf16_on_cpu_is_named_native_or_emulated_from_the_cpu_flags():
     assert "emulated" in train.precision_note(hp, "cpu", []) and "train.precision: fp32" in train.precision_note(hp, "cpu", [])
     assert train.precision_note({"precision": "fp32"}, "cpu", ["amx_bf16"]) == "fp32"
     assert "GPU" in train.precision_note(hp, "cuda", [])
+
+
+LABELLED_HEAD_CHECK = r'''
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+from peft import LoraConfig, get_peft_model
+from runner.adapters import axolotl_labelled_head as lh
+
+def model():
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32, attn_implementation="sdpa")
+    m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    for n, p in m.named_parameters():  # LoRA's B starts at zero: give it values so that its gradient is a test
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    return m.train()
+
+torch.manual_seed(1)
+ids = torch.randint(0, 1000, (3, 40))
+labels = ids.clone()
+labels[0, :25] = -100; labels[1, :10] = -100; labels[1, 30:] = -100; labels[2, :39] = -100  # prompt, padding
+mask = torch.ones_like(ids); mask[1, 30:] = 0
+out = {}
+for name, patch in (("all", False), ("labelled", True)):
+    for items in (None, torch.tensor(17)):
+        m = model()
+        lm = lh.causal_lm(m)
+        if patch:
+            assert lh.why_not(lm) is None
+            lh.restrict_head_to_labels(lm)
+        kw = {} if items is None else {"num_items_in_batch": items}
+        r = m(input_ids=ids, attention_mask=mask, labels=labels, **kw)
+        r.loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+        out[(name, items is None)] = (r.loss.item(), grads, r.logits is None)
+m.eval()
+with torch.no_grad():
+    ev = m(input_ids=ids, attention_mask=mask, labels=labels)
+lm.config.final_logit_softcapping = 30.0
+report = {"eval_logits": list(ev.logits.shape), "softcap": lh.why_not(lm)}
+for mean in (True, False):
+    (la, ga, _), (lb, gb, no_logits) = out[("all", mean)], out[("labelled", mean)]
+    report[f"loss_{mean}"] = [la, lb]
+    report[f"grad_{mean}"] = max((ga[n] - gb[n]).abs().max().item() / (ga[n].abs().max().item() or 1) for n in ga)
+    report[f"no_logits_{mean}"] = no_logits
+print(json.dumps(report))
+'''
+
+
+def test_the_labelled_head_gives_the_models_own_loss_and_gradients(tiny_model):
+    """train.logits: labelled: the head and loss at trained positions only, the same loss (with and without the
+    Trainer's num_items_in_batch) and the same LoRA gradients as the model's own forward; evaluation untouched."""
+    from runner import env
+    ml = env.venv("ml")
+    r = subprocess.run([str(ml.python), "-c", LABELLED_HEAD_CHECK, str(tiny_model)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    for mean in ("True", "False"):
+        a, b = got[f"loss_{mean}"]
+        assert math.isfinite(a) and abs(a - b) <= 1e-5 * abs(a), got
+        assert got[f"grad_{mean}"] < 1e-4, got
+        assert got[f"no_logits_{mean}"] is True  # the vocabulary logits were never made
+    assert got["eval_logits"] == [3, 40, got["eval_logits"][2]] and got["eval_logits"][2] > 1000
+    assert "final_logit_softcapping" in got["softcap"]
+
+
+def test_cpu_configs_name_the_labelled_head_plugin_only_when_asked(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    on = axolotl.build_config(dict(_hp(), precision="bf16", logits="labelled"), tmp_path / "b", data, None, tmp_path,
+                              42, {}, device="cpu")
+    off = axolotl.build_config(dict(_hp(), precision="fp32", logits="all"), tmp_path / "b", data, None, tmp_path,
+                               42, {}, device="cpu")
+    gpu = axolotl.build_config(dict(_hp(), logits="labelled"), tmp_path / "b", data, None, tmp_path, 42, {},
+                               device="cuda")
+    assert on["plugins"] == [axolotl.CPU_AMP_PLUGIN, axolotl.LABELLED_HEAD_PLUGIN]
+    assert "plugins" not in off and "plugins" not in gpu

@@ -29,6 +29,9 @@ CPU_SAFE = {
 # alone so that runner/code_deps.py counts the plugin's file in the train stage's code.
 CPU_AMP_MODULE = "runner.adapters.axolotl_cpu_amp"
 CPU_AMP_PLUGIN = f"{CPU_AMP_MODULE}.CpuBf16Amp"
+# train.logits: labelled on CPU: the LM head and the loss only at trained positions (a third of a step in the default)
+LABELLED_HEAD_MODULE = "runner.adapters.axolotl_labelled_head"
+LABELLED_HEAD_PLUGIN = f"{LABELLED_HEAD_MODULE}.LabelledHead"
 CUDA = {"bf16": "auto", "tf32": True, "attn_implementation": "flash_attention_2", "gradient_checkpointing": True}
 
 DEEPSPEED_COMMON = {
@@ -114,6 +117,8 @@ def build_config(hp: dict, base_model: Path, train_file: Path, eval_file: Path |
         cfg["load_in_4bit"] = True
     if device == "cpu" and hp["precision"] == "bf16":
         cfg.update({"bf16": True, "plugins": [CPU_AMP_PLUGIN]})
+    if device == "cpu" and hp.get("logits", "all") == "labelled":
+        cfg["plugins"] = cfg.get("plugins", []) + [LABELLED_HEAD_PLUGIN]
     strategy = (distributed or {}).get("strategy", "none")
     if strategy in DEEPSPEED:
         cfg["deepspeed"] = str(out_dir / f"{strategy}.json")
