@@ -81,6 +81,13 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert bl["shots"] == 1 and bl["constrained"] and bl["tasks"]["invoice_extraction"]["samples"] == n
     assert ev["baseline_comparisons"]["base-fewshot-constrained"]["tuned"]["field_f1"]["n"] == n
     assert ev["strongest_baseline"]["name"] in {"base", "base-fewshot-constrained"}
+    # tiny.yaml's first look (3 items) left its per-field gate undecided: the other 3 were scored and merged
+    early = ev["baselines_stop_early"]
+    assert early["after"] == 3 and early["of"] == n and early["stopped"] is False
+    assert early["checks"] == [{"gate": 0, "decided": None, "why": "a per-field gate or one on another task"}]
+    rest = run_dir / "stages" / "eval" / "base-fewshot-constrained" / "rest" / "lm_eval" / "test"
+    assert sorted(json.loads(line)["doc_id"] for f in rest.rglob("samples_*.jsonl")
+                  for line in f.read_text().splitlines()) == list(range(3, n))
     # the recipe's holdout (locale de_CH, layout letter): an ood split no model trained on, scored for every model
     ood = st["data"]["metrics"]["records"]["ood"]
     assert ood > 0 and all(ev["models"][m]["tasks"]["invoice_extraction_ood"]["samples"] == min(6, ood) for m in ev["models"])
@@ -394,6 +401,15 @@ def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model
             assert "consistent" in task["metrics"] and dc["constrainable"]
         elif kind == "classification":
             assert set(analysis["breakdowns"]) == {"class", "language", "length"}
+            # eval.baselines_stop_early with no gate naming a baseline: decided at the first look (3 items)
+            assert ev["baselines_stop_early"]["stopped"] is True and ev["baselines_stop_early"]["checks"] == []
+            assert ev["baselines"]["base-fewshot-constrained"]["tasks"][task["name"]]["samples"] == 3
+            assert ev["baseline_comparisons"]["base-fewshot-constrained"]["tuned"][task["headline"]]["n"] == 3
+            assert "**Stopped early: the prompting baselines rest on the first 3" in quality_md
+            # loadtest.direct_comparison: false: no direct ladder, the optimization's "after" measured on its own
+            lt = st["loadtest"]["metrics"]
+            assert lt["direct_levels"] is None and lt["baseline"]["after"].startswith("the engine alone")
+            assert [c["streams"] for c in lt["baseline"]["comparison"]] == [1] and "after" in lt["ladder_engines"]
             conf = analysis["confusion"]["tuned"]
             assert conf["labels"] == ["billing", "shipping", "technical", "account"]
             assert sum(sum(row.values()) for row in conf["matrix"].values()) == ev["models"]["tuned"]["tasks"][task["name"]]["samples"]

@@ -161,6 +161,47 @@ def test_a_gate_against_the_strongest_baseline_judges_that_baselines_comparison(
     assert gates.describe(spec[0], "t") == "t/field_f1: gain >= 0.05, CI of the gain above zero (vs strongest)"
 
 
+def test_an_interim_look_decides_a_baseline_gate_only_when_its_interval_clears_the_bound():
+    """eval.baselines_stop_early: decided when the interim (99.9%) interval lies wholly above the gate's bound
+    (passes) or wholly below it (fails); any candidate left in between, or a per-field gate, keeps scoring."""
+    def cmp(low, high):
+        return {"tuned": {"t": {"field_f1": {"diff": (low + high) / 2, "low": low, "high": high, "n": 40}}}}
+    strongest = [{"metric": "field_f1", "min_gain": 0.05, "significant": True, "baseline": "strongest"},
+                 {"metric": "field_f1", "min_gain": 0.2, "baseline": "base"}]   # base is always fully scored: no say
+    far = {"base-fewshot": cmp(0.55, 0.80), "base-constrained": cmp(0.40, 0.70)}
+    done, checks = gates.settled(strongest, far, ["base-fewshot", "base-constrained"], ["tuned"], "t", 0.999)
+    assert done and [c["decided"] for c in checks] == ["passes", "passes"] and {c["gate"] for c in checks} == {0}
+    close = dict(far, **{"base-constrained": cmp(0.03, 0.30)})   # above zero, not above the 0.05 bound: undecided
+    done, checks = gates.settled(strongest, close, ["base-fewshot", "base-constrained"], ["tuned"], "t", 0.999)
+    assert not done and [c["decided"] for c in checks] == ["passes", None]
+    below = {"base-fewshot": cmp(-0.20, 0.01)}                  # wholly below the bound: the gate fails anyway
+    done, checks = gates.settled(strongest[:1], below, ["base-fewshot"], ["tuned"], "t", 0.999)
+    assert done and checks[0]["decided"] == "fails"
+    drop = [{"metric": "field_f1", "max_drop": 0.05, "baseline": "base-fewshot"}]
+    assert gates.settled(drop, {"base-fewshot": cmp(-0.04, 0.2)}, ["base-fewshot"], ["tuned"], "t", 0.999)[0]
+    assert not gates.settled(drop, {"base-fewshot": cmp(-0.06, 0.2)}, ["base-fewshot"], ["tuned"], "t", 0.999)[0]
+    per_field = [{"per_field": True, "max_drop": 0.05, "baseline": "strongest"}]
+    done, checks = gates.settled(per_field, far, list(far), ["tuned"], "t", 0.999)
+    assert not done and checks[0]["decided"] is None
+    other_task = [{"task": "ood", "metric": "field_f1", "min_gain": 0.0, "baseline": "base-fewshot"}]
+    assert not gates.settled(other_task, far, list(far), ["tuned"], "t", 0.999)[0]
+    assert gates.settled([], far, list(far), ["tuned"], "t", 0.999) == (True, [])
+    missing = {"base-fewshot": {}}                                # no comparison: never decided
+    assert not gates.settled(strongest[:1], missing, ["base-fewshot"], ["tuned"], "t", 0.999)[0]
+
+
+def test_a_comparison_against_a_baseline_stopped_early_pairs_the_models_on_its_items():
+    a = [{"doc_id": i, "x": float(i % 2)} for i in range(10)]
+    b = [{"doc_id": i, "x": 1.0} for i in range(4)]
+    assert [s["doc_id"] for s in ea.restrict(a, b)] == [0, 1, 2, 3]
+    scoring = tasks.Scoring(metrics={"x": "mean"}, binary=frozenset({"x"}), fractional=frozenset())
+    wide = ea.compare("t", scoring, b, ea.restrict(a, b), 2000, 0, level=0.999)["x"]
+    narrow = ea.compare("t", scoring, b, ea.restrict(a, b), 2000, 0)["x"]
+    assert wide["n"] == 4 and wide["diff"] == -0.5 and wide["low"] <= narrow["low"] <= narrow["high"] <= wide["high"]
+    with pytest.raises(StageError, match="different items"):
+        ea.compare("t", scoring, b, a, 200, 0)
+
+
 def test_general_task_scoring():
     utils = tasks.utils("general_instructions")
     doc = {"question": "What is 2 plus 3?", "answers": ["5", "five"]}
@@ -302,6 +343,13 @@ def test_failure_causes_are_counted_paired_located_and_shown():
     ex = got["examples"]["day_month_swapped"]
     assert len(ex) == 3 and ex[0]["model"] == "tuned" and ex[0]["answer"] == "2024-13-08"
     assert [e["model"] for e in got["examples"]["missing"]] == ["base"] * 3  # filled from the other models
+    # a prompting baseline stopped early (its first 5 items, listed out of order): the change is paired on those
+    early = [row(i, locales[i], {"invoice_date": "missing"} if i < 2 else {}) for i in (4, 3, 2, 1, 0)]
+    got = fc.analyze({"tuned": tuned, "base-fewshot": early}, texts, ["locale"], train, [("tuned", "base-fewshot")],
+                     "tuned", 300, 0)
+    assert got["models"]["base-fewshot"]["n"] == 5 and got["models"]["tuned"]["n"] == 20
+    ch = got["changes"]["tuned-vs-base-fewshot"]
+    assert ch["missing"]["n"] == 5 and ch["missing"]["diff"] == -0.4 and ch["day_month_swapped"]["diff"] == 0.6
 
 
 def test_a_share_gets_a_wilson_interval_that_stays_inside_zero_and_one():
@@ -310,3 +358,17 @@ def test_a_share_gets_a_wilson_interval_that_stays_inside_zero_and_one():
     low, high = stats.proportion_ci(5, 5)
     assert high == 1.0 and 0.5 < low < 0.6
     assert stats.proportion_ci(0, 8)[0] == 0.0 and stats.proportion_ci(0, 0) is None
+
+
+def test_quality_md_says_which_items_the_prompting_baselines_rest_on():
+    from runner.reports import quality
+    check = {"gate": 1, "model": "tuned", "baseline": "base-fewshot", "metric": "field_f1", "diff": 0.7, "low": 0.6,
+             "high": 0.8, "level": 0.999, "n": 40, "bound": 0.05, "decided": "passes"}
+    stopped = "\n".join(quality.early_stop_lines({"after": 40, "of": 98, "level": 0.999, "stopped": True,
+                                                  "checks": [check]}))
+    assert "rest on the first 40 of the 98 test items" in stopped and "99.9%" in stopped
+    assert "- gate 2, tuned − base-fewshot, field_f1: 0.700 [0.600, 0.800] at 99.9%, n=40, bound +0.05: passes" in stopped
+    went_on = "\n".join(quality.early_stop_lines({"after": 3, "of": 6, "level": 0.999, "stopped": False, "checks": [
+        {"gate": 0, "decided": None, "why": "a per-field gate or one on another task"}]}))
+    assert "scored on every item" in went_on and "- gate 1: a per-field gate or one on another task" in went_on
+    assert quality.early_stop_lines(None) == []

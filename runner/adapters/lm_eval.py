@@ -72,12 +72,12 @@ def write_task(task: str | tasks.Task, out_dir: Path, data_file: Path | None = N
 
 
 def command_server(tasks: list[str], include: Path, base_url: str, model: str, concurrency: int,
-                   system_prompt: str | None, out: Path, limit: int, seed: int) -> list:
+                   system_prompt: str | None, out: Path, limit: int, seed: int, samples: dict | None = None) -> list:
     ml = env.venv("ml")
     args = ",".join([f"model={model}", f"base_url={base_url}/v1/chat/completions", f"num_concurrent={concurrency}",
                      "tokenized_requests=False", "tokenizer_backend=None", "max_retries=3", "timeout=600"])
     cmd = [ml.bin("lm_eval"), "--model", "local-chat-completions", "--model_args", args]
-    return cmd + _common(tasks, include, system_prompt, out, limit, seed)
+    return cmd + _common(tasks, include, system_prompt, out, limit, seed, samples)
 
 
 def command_hf(tasks: list[str], include: Path, model_dir: Path, system_prompt: str | None, out: Path, limit: int,
@@ -88,12 +88,16 @@ def command_hf(tasks: list[str], include: Path, model_dir: Path, system_prompt: 
     return cmd + _common(tasks, include, system_prompt, out, limit, seed)
 
 
-def _common(tasks, include, system_prompt, out, limit, seed) -> list:
+def _common(tasks, include, system_prompt, out, limit, seed, samples=None) -> list:
+    """samples: {task: [doc indices]} (lm-eval's --samples; the logged doc_id stays the index in the split),
+    for scoring the rest of a split after a first look at its first items (limit)."""
     cmd = ["--tasks", ",".join(tasks), "--include_path", include, "--apply_chat_template",
            "--output_path", out, "--log_samples", "--seed", f"{seed},{seed},{seed},{seed}"]
     if system_prompt:
         cmd += ["--system_instruction", system_prompt]
-    if limit:
+    if samples:
+        cmd += ["--samples", json.dumps(samples)]
+    elif limit:
         cmd += ["--limit", str(limit)]
     return cmd
 

@@ -72,8 +72,15 @@ def summarize(task: str, scoring: tasks.Scoring, samples: list[dict], lm_eval_ag
     return out
 
 
-def compare(task: str, scoring: tasks.Scoring, base: list[dict], other: list[dict], iters: int, seed: int) -> dict:
-    """metric -> paired difference (other - base) with CI and p-value; binary metrics add McNemar."""
+def restrict(samples: list[dict], like: list[dict]) -> list[dict]:
+    """The samples of the items that `like` has (a model scored on every item, against one scored on fewer)."""
+    ids = {s["doc_id"] for s in like}
+    return [s for s in samples if s["doc_id"] in ids]
+
+
+def compare(task: str, scoring: tasks.Scoring, base: list[dict], other: list[dict], iters: int, seed: int,
+            level: float = 0.95) -> dict:
+    """metric -> paired difference (other - base) with CI (at `level`) and p-value; binary metrics add McNemar."""
     a, b = by_doc(base), by_doc(other)
     ids = sorted(a)
     if sorted(b) != ids:
@@ -86,7 +93,7 @@ def compare(task: str, scoring: tasks.Scoring, base: list[dict], other: list[dic
         if any(name not in s for s in sa + sb):  # a run recorded before the metric existed: nothing to pair
             continue
         ma, mb = metric_values(sa, name, agg), metric_values(sb, name, agg)
-        cmp = stats.paired(ma, mb, iters, seed)
+        cmp = stats.paired(ma, mb, iters, seed, level)
         if name in scoring.binary or (agg == "mean" and name not in scoring.fractional and
                                             set(np.unique(np.concatenate([ma.values, mb.values]))) <= {0.0, 1.0}):
             cmp["mcnemar"] = stats.mcnemar(ma.values, mb.values)

@@ -48,7 +48,7 @@ def concentration(rows: list[dict], cause: str, slices: list[str], train_rows: l
 
 def analyze(details: dict[str, list[dict]], texts: dict[str, str], slices: list[str], train_rows: list[dict],
             pairs: list[tuple[str, str]], focus: str | None, iters: int, seed: int, examples: int = 3) -> dict:
-    """details: model -> item rows (same items for every model); pairs: (model, against) paired per cause;
+    """details: model -> item rows (every item, or a first look's for a prompting baseline stopped early); pairs: (model, against) paired per cause;
     focus: the model whose cases explain each cause and give its examples (others fill in when it has too few)."""
     order = {c: i for i, c in enumerate(texts)}
     seen = sorted({c for rows in details.values() for r in rows for c in r["causes"].values()},
@@ -69,8 +69,11 @@ def analyze(details: dict[str, list[dict]], texts: dict[str, str], slices: list[
     changes = {}
     for m, b in pairs:
         if m in details and b in details:
-            changes[f"{m}-vs-{b}"] = {c: stats.paired(stats.Metric(_has(details[b], c)), stats.Metric(_has(details[m], c)),
-                                                      iters, seed) for c in seen}
+            # on the items both have (a prompting baseline stopped early has the first look's only)
+            ids = {r["doc_id"] for r in details[m]} & {r["doc_id"] for r in details[b]}
+            rm, rb = ([r for r in sorted(details[x], key=lambda r: r["doc_id"]) if r["doc_id"] in ids] for x in (m, b))
+            changes[f"{m}-vs-{b}"] = {c: stats.paired(stats.Metric(_has(rb, c)), stats.Metric(_has(rm, c)), iters, seed)
+                                      for c in seen}
     why, shown = {}, {}
     ranked = ([focus] if focus in details else []) + [m for m in details if m != focus]
     for c in seen:

@@ -54,6 +54,38 @@ def _check(i: int, g: dict, model: str, baseline: str, what: str, cmp: dict | No
     return v
 
 
+def settled(gates: list[dict], comparisons: dict, baselines: list[str], models: list[str], main_task: str,
+            level: float) -> tuple[bool, list[dict]]:
+    """An interim look at the prompting baselines (eval.baselines_stop_early). comparisons: baseline -> model ->
+    task -> metric -> paired result at `level`, on the items scored so far. A gate that names a prompting baseline
+    (or 'strongest': each of them is a candidate) is decided for a (model, baseline) when the interval lies wholly
+    above the gate's bound (it passes: also above zero when the gate asks for significance) or wholly below it (it
+    fails). Per-field gates and gates on another task are never decided early. Returns (all decided, checks)."""
+    checks, done = [], True
+    for i, g in enumerate(gates):
+        named = g.get("baseline", "base")
+        candidates = baselines if named == "strongest" else [named] if named in baselines else []
+        if not candidates:
+            continue
+        if g.get("per_field") or (g.get("task") or main_task) != main_task:
+            checks.append({"gate": i, "decided": None, "why": "a per-field gate or one on another task"})
+            done = False
+            continue
+        bound = g["min_gain"] if "min_gain" in g else -g["max_drop"] if "max_drop" in g else 0.0
+        floor = max(bound, 0.0) if g.get("significant") else bound
+        for m in g.get("models") or models:
+            for b in candidates:
+                cmp = comparisons.get(b, {}).get(m, {}).get(main_task, {}).get(g["metric"]) or {}
+                low, high = cmp.get("low"), cmp.get("high")
+                decided = "passes" if low is not None and low > floor else \
+                    "fails" if high is not None and high < bound else None
+                checks.append({"gate": i, "model": m, "baseline": b, "metric": g["metric"], "diff": cmp.get("diff"),
+                               "low": low, "high": high, "level": level, "n": cmp.get("n"), "bound": bound,
+                               "decided": decided})
+                done = done and decided is not None
+    return done, checks
+
+
 def power(g: dict, cmp: dict) -> dict | None:
     """How fine this comparison can judge: the standard error of the difference (from its 95% interval), the
     smallest true difference detected 80% of the time at a two-sided 5% level (2.80 standard errors), and the

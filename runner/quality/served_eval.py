@@ -32,7 +32,7 @@ def scrape_tokens(url: str) -> dict:
 
 def score(gguf: Path, alias: str, runs: list[dict], tasks_dir: Path, out: Path, logs: Callable[[str], Path],
           progress: Callable[[str], None], *, threads: int, concurrency: int, ctx_size: int, limit: int,
-          seed: int) -> dict:
+          seed: int, samples: dict | None = None) -> dict:
     """runs: [{"name", "tasks", "system"}]; lm-eval writes under out/lm_eval/<name>. Returns timings,
     llama-server's token counters and its peak RSS."""
     timing: dict = {}
@@ -44,7 +44,7 @@ def score(gguf: Path, alias: str, runs: list[dict], tasks_dir: Path, out: Path, 
         for r in runs:
             log = logs(f"lm-eval-{alias}-{r['name']}.log")
             cmd = lm_eval.command_server(r["tasks"], tasks_dir, server.url, alias, concurrency, r["system"],
-                                         out / "lm_eval" / r["name"], limit, seed)
+                                         out / "lm_eval" / r["name"], limit, seed, samples)
             t1 = time.time()
             try:
                 lm_eval.run(cmd, log, threads,

@@ -158,11 +158,12 @@ def render(metrics: dict, chart_name: str | None) -> str:
                      f"{fmt.num(o['throughput_ratio'], 3)} |")
         L += ["", "Each ladder runs against a deployment started for it (cold prompt caches, the same seeded prompts); "
               "both share the machine with GuideLLM, so differences of a few percent are run-to-run noise on two "
-              "cores.", ""] + _fresh_engines(metrics.get("ladder_engines") or {})
+              "cores.", ""]
+    L += _fresh_engines(metrics.get("ladder_engines") or {})
     b = metrics.get("baseline")
     if b:
         L += [f"## Optimization, measured in this run: {b['label']} → the recipe's settings", "",
-              f"Before: engine alone with {b['before_settings']}; after: the direct ladder with "
+              f"Before: engine alone with {b['before_settings']}; after: {b.get('after', 'the direct ladder')} with "
               f"{b['after_settings']}. Same model, same prompts, same load.", "",
               "| streams | output tok/s before → after | gain | latency p95 (s) before → after | "
               "TTFT p95 (ms) before → after |", "|---|---|---|---|---|"]

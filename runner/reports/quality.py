@@ -320,15 +320,16 @@ def baselines_section(metrics: dict) -> list[str]:
     L = ["## Against prompting baselines", "",
          "The base model prompted better, on the same test items: few-shot examples (the first k of the training "
          "split, as user/assistant turns) and/or decoding constrained to the task's answer contract "
-         "(llama-server's `response_format`).", "",
-         "| model | shots | constrained | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+         "(llama-server's `response_format`).", ""] + early_stop_lines(metrics.get("baselines_stop_early")) + [
+         "| model | shots | constrained | n | " + " | ".join(keys) + " |", "|---" * (4 + len(keys)) + "|"]
     for name, d in rows.items():
-        ci = d["tasks"].get(main, {}).get("ci", {})
-        L.append(f"| {name} | {d.get('shots', 0)} | {'yes' if d.get('constrained') else 'no'} | "
-                 + " | ".join(fmt.ci(ci.get(k)) for k in keys) + " |")
+        t = d["tasks"].get(main, {})
+        L.append(f"| {name} | {d.get('shots', 0)} | {'yes' if d.get('constrained') else 'no'} | {t.get('samples', '')} | "
+                 + " | ".join(fmt.ci(t.get("ci", {}).get(k)) for k in keys) + " |")
     for m in tuned:
-        ci = metrics["models"][m]["tasks"].get(main, {}).get("ci", {})
-        L.append(f"| **{m}** (fine-tuned) | 0 | no | " + " | ".join(fmt.ci(ci.get(k)) for k in keys) + " |")
+        t = metrics["models"][m]["tasks"].get(main, {})
+        L.append(f"| **{m}** (fine-tuned) | 0 | no | {t.get('samples', '')} | "
+                 + " | ".join(fmt.ci(t.get("ci", {}).get(k)) for k in keys) + " |")
     s = strongest["name"]
     L += ["", f"Strongest baseline by {strongest['metric']}: **{s}** ({fmt.num(strongest['value'])}).", ""]
     for m in tuned:
@@ -344,6 +345,28 @@ def baselines_section(metrics: dict) -> list[str]:
     return L
 
 
+def early_stop_lines(early: dict | None) -> list[str]:
+    """eval.baselines_stop_early: what the first look decided, and which items the baselines rest on."""
+    if not early:
+        return []
+    level = f"{early['level']:.1%}"
+    L = [f"**Stopped early: the prompting baselines rest on the first {early['after']} of the {early['of']} test "
+         f"items.** At that look every gate that names one was already decided by its {level} paired interval "
+         "(a Haybittle-Peto boundary: the final 95% error rate barely moves), so the rest were not scored (eval."
+         "baselines_stop_early). base and the fine-tuned models are scored on every item; the strongest baseline and "
+         "the paired differences against it are on those items." if early["stopped"] else
+         f"A first look at {early['after']} of the {early['of']} test items left a gate undecided at the {level} "
+         "level, so every prompting baseline was scored on every item (eval.baselines_stop_early).", ""]
+    for c in early["checks"]:
+        if c.get("decided") is None and "model" not in c:
+            L.append(f"- gate {c['gate'] + 1}: {c['why']}: never decided early")
+            continue
+        L.append(f"- gate {c['gate'] + 1}, {c['model']} − {c['baseline']}, {c['metric']}: {fmt.num(c['diff'])} "
+                 f"[{fmt.num(c['low'])}, {fmt.num(c['high'])}] at {level}, n={c['n']}, bound {c['bound']:+.2f}: "
+                 + (c["decided"] or "undecided"))
+    return L + [""]
+
+
 def causes_section(metrics: dict, causes: dict) -> list[str]:
     """Why units are wrong, per model with intervals, the paired change per cause, where each cause concentrates
     and examples."""
@@ -357,7 +380,10 @@ def causes_section(metrics: dict, causes: dict) -> list[str]:
     L = ["## Failure causes", "",
          f"Why each wrong {unit} is wrong (the task kind's rules, most specific first). A cell: items with at least "
          f"one {unit} wrong for that cause, and their share of the {next(iter(causes['models'].values()))['n']} test "
-         "items [95% CI]; the changes are paired on the same items (negative: fewer such items).", "",
+         "items [95% CI]; the changes are paired on the same items (negative: fewer such items)."
+         + "".join(f" {m} was scored on {causes['models'][m]['n']} of them (stopped early): its cell and its change "
+                   "rest on those." for m in shown
+                   if causes["models"][m]["n"] != next(iter(causes["models"].values()))["n"]), "",
          "| cause | meaning | " + " | ".join(shown) + " | " + " | ".join(c.replace("-vs-", " − ") for c in changes)
          + " |", "|---" * (2 + len(shown) + len(changes)) + "|"]
     for c, meaning in causes["causes"].items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 
 from runner import models, tasks
 from runner.adapters import llama_cpp, lm_eval
@@ -158,23 +159,26 @@ def fidelity(ctx: Context, name: str, hf_dir, served: list[dict], runs: list[dic
     return result
 
 
-def score_baselines(ctx: Context, names: list[str], iters: int) -> tuple[dict, dict, dict]:
+def score_baselines(ctx: Context, names: list[str], iters: int, tuned_samples: dict[str, list[dict]]
+                    ) -> tuple[dict, dict, dict, dict | None]:
     """The prompting baselines (eval.baselines): the base model's f16 GGUF served again, the test task written
     with k few-shot examples from the training split and/or the task's answer contract as llama-server's
-    response_format. Returns (metrics per baseline, samples per baseline, artifacts)."""
+    response_format. With eval.baselines_stop_early, every baseline is first scored on the first `after` test items
+    and on the rest only when a gate naming a prompting baseline is not decided there (runner.quality.gates.settled).
+    Returns (metrics per baseline, samples per baseline, artifacts, the early-stop record or None)."""
     cfg, data, task = ctx.section("eval"), ctx.inputs["data"], tasks.of(ctx.recipe)
     if not cfg["baselines"]:
-        return {}, {}, {}
+        return {}, {}, {}, None
     if cfg["backend"] != "llama-server" or "base" not in names:
         raise StageError("eval.baselines are scored by serving the base model's GGUF: they need eval.backend "
                          f"llama-server and 'base' among the models (backend {cfg['backend']}, models "
                          f"{', '.join(names)})")
     scoring = tasks.scoring(task.name, tuple(ctx.recipe.get("task_paths") or ()))
     contract = task.scorer.response_format(task.spec)
-    got, samples_of, artifacts = {}, {}, {}
+    prepared = []
     for i, b in enumerate(cfg["baselines"]):
         name = b["name"]
-        if name in names or name in got:
+        if name in names or name in [p[0]["name"] for p in prepared]:
             raise StageError(f"eval.baselines[{i}].name: '{name}' is already the name of a model or baseline")
         if b["constrained"] and contract is None:
             raise StageError(f"eval.baselines[{i}].constrained: a {task.kind} task has no answer contract to "
@@ -182,31 +186,67 @@ def score_baselines(ctx: Context, names: list[str], iters: int) -> tuple[dict, d
         tasks_dir = ctx.out / "baseline_tasks" / name  # not under tasks/: lm-eval reads include paths recursively
         lm_eval.write_task(task, tasks_dir, data.path("test"), cfg["max_gen_tokens"], shots=b["shots"],
                            shots_file=data.path("train"), response_format=contract if b["constrained"] else None)
-        out = ctx.out / name
-        out.mkdir(parents=True)
+        (ctx.out / name).mkdir(parents=True)
+        prepared.append((b, tasks_dir))
+    n_test = sum(1 for line in data.path("test").read_text().splitlines() if line.strip())
+    n_test = min(n_test, cfg["limit"]) if cfg["limit"] else n_test  # the items every model is scored on
+    stop = cfg["baselines_stop_early"]
+    first = stop["after"] if 0 < stop["after"] < n_test else 0
+    parts: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+    timings: dict[str, dict] = {}
+
+    def score(b: dict, tasks_dir: Path, out: Path, limit: int, samples: dict | None) -> None:
+        name = b["name"]
         t0 = time.time()
-        timing = served_eval.score(ctx.out / "base" / "model-f16.gguf", name,
-                                   [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe)}],
-                                   tasks_dir, out, ctx.log, ctx.progress, threads=ctx.threads,
-                                   concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"], limit=cfg["limit"],
-                                   seed=ctx.seed)
-        agg, samples = lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{name}-test.log"))
-        (out / f"samples_{task.name}.jsonl").write_text(
+        timings[name] = served_eval.score(
+            ctx.out / "base" / "model-f16.gguf", name,
+            [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe)}], tasks_dir, out,
+            ctx.log, ctx.progress, threads=ctx.threads, concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"],
+            limit=limit, seed=ctx.seed, samples=samples)
+        seconds[name] = seconds.get(name, 0.0) + time.time() - t0
+        parts.setdefault(name, []).append(
+            lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{name}-test.log")))
+
+    for b, tasks_dir in prepared:
+        score(b, tasks_dir, ctx.out / b["name"], first or cfg["limit"], None)
+    early = None
+    if first:
+        level = stop["level"]
+        interim = {b: {m: {task.name: ea.compare(task.name, scoring, got[0][1], ea.restrict(ts, got[0][1]), iters,
+                                                 ctx.seed, level)} for m, ts in tuned_samples.items()}
+                   for b, got in parts.items()}
+        done, checks = gates.settled(cfg["gates"], interim, list(parts), list(tuned_samples), task.name, level)
+        early = {"after": first, "of": n_test, "level": level, "stopped": done, "checks": checks}
+        ctx.progress(f"baselines: {'every gate decided' if done else 'a gate undecided'} after {first} of {n_test} "
+                     f"items at {level:.1%}" + ("" if done else "; scoring the rest"))
+        if not done:
+            for b, tasks_dir in prepared:
+                score(b, tasks_dir, ctx.out / b["name"] / "rest", 0, {task.name: list(range(first, n_test))})
+    got, samples_of, artifacts = {}, {}, {}
+    for b, _ in prepared:
+        name = b["name"]
+        samples = sorted((s for _, part in parts[name] for s in part), key=lambda s: s["doc_id"])
+        agg = parts[name][0][0] if len(parts[name]) == 1 else {}  # two parts: lm-eval's aggregate is of one of them
+        (ctx.out / name / f"samples_{task.name}.jsonl").write_text(
             "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         artifacts[f"{name}-samples-{task.name}"] = f"{name}/samples_{task.name}.jsonl"
         ci = ea.summarize(task.name, scoring, samples, agg, iters, ctx.seed)
-        got[name] = {"shots": b["shots"], "constrained": b["constrained"], "seconds": round(time.time() - t0, 1),
+        got[name] = {"shots": b["shots"], "constrained": b["constrained"], "seconds": round(seconds[name], 1),
                      "tasks": {task.name: {k: v["value"] for k, v in ci.items()} | {"samples": len(samples), "ci": ci}},
-                     **timing}
+                     **timings[name]}
         samples_of[name] = samples
-    return got, samples_of, artifacts
+    return got, samples_of, artifacts, early
 
 
-def strongest(metrics: dict, task: tasks.Task) -> dict:
-    """The strongest prompting baseline (base included) by the task's headline metric on the test split."""
+def strongest(metrics: dict, task: tasks.Task, base_on_their_items: float | None = None) -> dict:
+    """The strongest prompting baseline (base included) by the task's headline metric on the test split; when the
+    prompting baselines stopped early, base's value on their items (`base_on_their_items`) is the one compared."""
     scored = {"base": metrics["models"]["base"], **metrics["baselines"]}
     vals = {n: d["tasks"][task.name][task.headline] for n, d in scored.items()
             if d["tasks"].get(task.name, {}).get(task.headline) is not None}
+    if base_on_their_items is not None:
+        vals["base"] = base_on_their_items
     name = max(vals, key=vals.get) if vals else "base"
     return {"name": name, "metric": task.headline, "value": vals.get(name)}
 
@@ -268,8 +308,11 @@ def run(ctx: Context) -> Result:
         metrics["models"][name] = {"tasks": scored, **timing}
 
     # prompting baselines (few-shot, constrained decoding) on the same test items
-    metrics["baselines"], baseline_samples, more = score_baselines(ctx, names, iters)
+    metrics["baselines"], baseline_samples, more, early = score_baselines(
+        ctx, names, iters, {m: results[m][main]["samples"] for m in tuned if main in results[m]})
     artifacts.update(more)
+    if early:
+        metrics["baselines_stop_early"] = early
 
     # paired comparisons against the baseline, per task; against every prompting baseline on the recipe's task
     comparisons, vs = {}, {}
@@ -279,10 +322,16 @@ def run(ctx: Context) -> Result:
                                             results[m][t]["samples"], iters, seed)
                               for t in results[baseline] if t in results[m]}
         vs = {"base": comparisons}
-        for b, samples in baseline_samples.items():
-            vs[b] = {m: {main: ea.compare(main, tasks.scoring(main, paths), samples, results[m][main]["samples"],
-                                          iters, seed)} for m in tuned if main in results[m]}
-        metrics["strongest_baseline"] = strongest(metrics, task)
+        for b, samples in baseline_samples.items():  # on the baseline's items (all, or the first look's)
+            vs[b] = {m: {main: ea.compare(main, tasks.scoring(main, paths), samples,
+                                          ea.restrict(results[m][main]["samples"], samples), iters, seed)}
+                     for m in tuned if main in results[m]}
+        base_there = None
+        if early and early["stopped"] and main in results[baseline]:
+            there = ea.restrict(results[baseline][main]["samples"], next(iter(baseline_samples.values())))
+            base_there = ea.metric_values(there, task.headline,
+                                          tasks.scoring(main, paths).metrics[task.headline]).point()
+        metrics["strongest_baseline"] = strongest(metrics, task, base_there)
         metrics["baseline_comparisons"] = {b: {m: c[main] for m, c in per.items() if main in c}
                                            for b, per in vs.items()}
     metrics["comparisons"] = comparisons

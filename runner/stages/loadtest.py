@@ -226,10 +226,15 @@ def run(ctx: Context) -> Result:
     baseline = None
     if cfg["baseline"]["enabled"]:
         settings, before = measure_baseline(ctx, cfg, serving, tokenizer)
-        after = direct or rows
+        after, how = (direct, "the direct ladder") if direct else (rows, "the ladder") if through == "direct" else \
+            (None, "the engine alone at the baseline's levels, measured next")
+        if after is None:  # no direct ladder (loadtest.direct_comparison: false): like for like, engine against engine
+            after, _, more_restarts, ladders["after"], _ = measured_ladder(
+                ctx, {**cfg, "concurrency": cfg["baseline"]["streams"]}, serving, tokenizer, "direct")
+            restarts += more_restarts
         baseline = {"label": cfg["baseline"]["label"], "before_settings": settings,
                     "after_settings": {"parallel": serving["parallel"], "threads": serving["threads"]},
-                    "levels": before, "comparison": perf_analysis.before_after(before, after)}
+                    "after": how, "levels": before, "comparison": perf_analysis.before_after(before, after)}
 
     passing = [r for r in rows if r["meets_slo"]]
     ceiling = max((r["streams"] for r in passing), default=None)
