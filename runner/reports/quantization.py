@@ -137,7 +137,8 @@ def write(page: fmt.Page) -> dict[str, str]:
         L += [""] if checks else []
     drops = [(t, q[t]["vs_f16"]) for t in files if t in q and q[t].get("vs_f16")]
     if drops:
-        L += ["Metric drops against f16 (paired; reported, gated only when listed in quantize.gate.metrics): "]
+        L += ["Metric drops against f16 (paired; reported, and gated only where quantize.gate lists the metric: a "
+              "bound on its drop in metrics, or no significant drop in no_significant_drop): "]
         L += [f"- {t}: " + "; ".join(f"{m} {fmt.diff(c[m])}" for m in (head, second) if c.get(m)) for t, c in drops]
         L += [""]
     mixes = [(t, f) for t, f in files.items() if f.get("tensor_types")]
