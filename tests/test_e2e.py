@@ -88,6 +88,10 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     rest = run_dir / "stages" / "eval" / "base-fewshot-constrained" / "rest" / "lm_eval" / "test"
     assert sorted(json.loads(line)["doc_id"] for f in rest.rglob("samples_*.jsonl")
                   for line in f.read_text().splitlines()) == list(range(3, n))
+    logs = run_dir / "logs" / "eval"   # each part keeps its own engine and lm-eval logs
+    assert all((logs / f).stat().st_size for f in (
+        "llama-server-base-fewshot-constrained.log", "llama-server-base-fewshot-constrained-rest.log",
+        "lm-eval-base-fewshot-constrained-test.log", "lm-eval-base-fewshot-constrained-test-rest.log"))
     # the recipe's holdout (locale de_CH, layout letter): an ood split no model trained on, scored for every model
     ood = st["data"]["metrics"]["records"]["ood"]
     assert ood > 0 and all(ev["models"][m]["tasks"]["invoice_extraction_ood"]["samples"] == min(6, ood) for m in ev["models"])
@@ -177,6 +181,10 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert all(r["requests"] == 6 and sum(r["statuses"].values()) == 6 and set(r["statuses"]) <= {"200", "502"}
                and 0 <= r["driver_cpu_share"] < 1 and r["resources"]["samples"] >= 1 for r in tl["levels"]), tl
     assert tl["calibration"]["bench"]["gen_tokens_per_s"] > 0
+    # the engine alone, the ladder's batches in lockstep (llama-batched-bench at the ladder's mean token shape)
+    eng = tl["engine"]
+    assert [e["sequences"] for e in eng["rows"]] == [1, 2] and all(e["documents_per_s"] > 0 for e in eng["rows"])
+    assert [r["engine_batch"] for r in tl["levels"]] == [1, 2] and "Engine alone, same batch" in perf_md
     # the best level within the latency SLO ran once more (repeat_best: 1): its spread, a p99 over both runs
     rep = tl["best_repeated"]
     assert tl["stopped_by"] == "listed" and [r["streams"] for r in tl["repeats"]] == [rep["streams"]]

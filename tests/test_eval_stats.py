@@ -9,7 +9,7 @@ from runner import tasks
 from runner.env import REPO
 from runner.kinds import common
 from runner.quality import eval_analysis as ea
-from runner.quality import gates, stats
+from runner.quality import gates, served_eval, stats
 from runner.stage import StageError
 
 
@@ -372,3 +372,14 @@ def test_quality_md_says_which_items_the_prompting_baselines_rest_on():
         {"gate": 0, "decided": None, "why": "a per-field gate or one on another task"}]}))
     assert "scored on every item" in went_on and "- gate 1: a per-field gate or one on another task" in went_on
     assert quality.early_stop_lines(None) == []
+
+
+def test_a_model_scored_in_two_parts_adds_its_times_and_counters_and_keeps_the_higher_peak():
+    first = {"server_ready_s": 1.5, "score_test_s": 10.0, "prompt_tokens_total": 100.0, "server_peak_rss_mb": 700.0,
+             "serve_and_score_s": 12.0}
+    second = {"server_ready_s": 1.0, "score_test_s": 30.0, "prompt_tokens_total": 250.0, "server_peak_rss_mb": 650.0,
+              "serve_and_score_s": 31.5, "tokens_predicted_total": 40.0}
+    got = served_eval.combine(first, second)
+    assert got == {"server_ready_s": 2.5, "score_test_s": 40.0, "prompt_tokens_total": 350.0,
+                   "server_peak_rss_mb": 700.0, "serve_and_score_s": 43.5, "tokens_predicted_total": 40.0}
+    assert served_eval.combine({"server_peak_rss_mb": None}, {"server_peak_rss_mb": 5.0}) == {"server_peak_rss_mb": 5.0}

@@ -300,6 +300,9 @@ def test_a_fallback_serving_the_same_file_is_not_asked_the_same_question_again(t
     expected = [(port(primary), False), (port(primary), True)] + ([] if same_file else [(port(fallback), True)])
     assert BrokenEngine.asked == expected
     assert ("fallback: skipped" in r.json()["error"]["message"]) is same_file
+    # the refusal says what its failed generations cost (the engine reports 5 + 1 tokens a generation)
+    n = len(expected)
+    assert r.json()["usage"] == {"prompt_tokens": 5 * n, "completion_tokens": n, "generations": n}
 
 
 def test_fallback_when_the_primary_dies_and_recovery_when_it_returns(tiny_gguf, tmp_path):

@@ -93,7 +93,7 @@ def test_the_default_admission_limit_is_the_engines_slots():
     serve = recipes.load(REPO / "recipes" / "invoice-extraction.yaml").data["serve"]
     assert serve["gateway"]["max_in_flight"] is None
     spec = deploy.spec(serve, REPO / "p.gguf", None, [], 2)
-    assert spec["gateway"]["max_in_flight"] == serve["replicas"] * serve["parallel"] == 4   # the recipe serves 4 slots
+    assert spec["gateway"]["max_in_flight"] == serve["replicas"] * serve["parallel"] == 12  # the recipe serves 12 slots
     spec = deploy.spec({**serve, "replicas": 2, "gateway": {**serve["gateway"], "max_in_flight": 5}},
                        REPO / "p.gguf", None, [], 2)
     assert spec["gateway"]["max_in_flight"] == 5

@@ -115,6 +115,15 @@ def test_calibration_compares_one_stream_with_llama_bench_at_the_workloads_token
     level = task_load.summarize(rows, {"wall_s": 20.0, "driver_cpu_s": 0.1, "start_time": 0, "end_time": 20}, 1,
                                 {"p99_latency_s": 10, "max_error_rate": 0.01}, 0.1, 2, bench)
     assert level["speed_vs_bench"] == 0.8 and level["answers_per_s"] == 0.2 and level["p99_all_answered_s"] == 9.0
+    # the generations' shape counts the refused answer's too; a 502 that says what its two failed generations
+    # cost counts as two
+    assert level["generations"] == 4 and level["generation_tokens_mean"] == [500.0, 100.0]
+    spent = {"status": 502, "latency_s": 9.0, "usage": {"prompt_tokens": 1100, "completion_tokens": 140, "generations": 2}}
+    two = task_load.summarize(rows[:3] + [spent], {"wall_s": 20.0, "driver_cpu_s": 0.1, "start_time": 0,
+                                                    "end_time": 20}, 1, {"p99_latency_s": 10, "max_error_rate": 0.01},
+                              0.1, 2, bench)
+    assert two["generations"] == 5 and two["generation_tokens_mean"] == [520.0, 88.0]
+    assert two["prompt_tokens_mean"] == 500.0      # the valid answers' own means are unchanged
     assert level["latency_ok"] and not level["meets_slo"]               # fast enough, but a quarter refused
     levels = [level, {"streams": 2, "documents_per_s": 0.5, "prompt_tokens_mean": 500, "completion_tokens_mean": 100}]
     cal = task_load.calibrate(levels, bench)
@@ -137,3 +146,34 @@ def test_the_best_level_and_its_repeats_pool_their_answers_and_state_the_spread(
     assert rep["runs"] == 2 and rep["documents_per_s"] == [0.8, 0.7] and rep["documents_per_s_spread"] == 0.1
     assert rep["latency_samples"] == 6 and rep["latency_s"]["p50"] == 3.0 and rep["latency_s"]["p99"] == 6.0
     assert rep["p99_all_answered_s"] == 9.0 and rep["requests"] == 8
+
+
+# two lines as llama-batched-bench --output-format jsonl prints them (the tool's log lines around them are skipped)
+BATCHED_BENCH = """main: n_kv_max = 3488, n_batch = 2048
+{"n_kv_max": 3488, "n_batch": 2048, "n_ubatch": 512, "flash_attn": -1, "is_pp_shared": 0, "n_gpu_layers": -1, "n_threads": 2, "n_threads_batch": 2, "pp": 280, "tg": 124, "pl": 1, "n_kv": 404, "t_pp": 0.250000, "speed_pp": 1120.000000, "t_tg": 0.850000, "speed_tg": 145.882353, "t": 1.100000, "speed": 367.272727}
+{"n_kv_max": 3488, "n_batch": 2048, "n_ubatch": 512, "flash_attn": -1, "is_pp_shared": 0, "n_gpu_layers": -1, "n_threads": 2, "n_threads_batch": 2, "pp": 280, "tg": 124, "pl": 8, "n_kv": 3232, "t_pp": 2.150000, "speed_pp": 1041.860465, "t_tg": 3.570000, "speed_tg": 277.871148, "t": 5.720000, "speed": 565.034965}
+llama_perf_context_print:        load time =      40.12 ms
+"""
+
+
+def test_the_engines_batched_ceiling_is_read_from_llama_batched_bench_and_set_beside_each_level():
+    from runner.adapters import llama_cpp
+    rows = llama_cpp.batched_bench_rows(BATCHED_BENCH)
+    assert [r["sequences"] for r in rows] == [1, 8]
+    assert rows[0]["documents_per_s"] == pytest.approx(1 / 1.1, abs=1e-4)
+    assert rows[1]["documents_per_s"] == pytest.approx(8 / 5.72, abs=1e-4) and rows[1]["gen_tokens_per_s"] == 277.9
+    lvl = lambda n, answers, gens, p, a: {"streams": n, "answers_per_s": answers, "generations": gens,  # noqa: E731
+                                          "generation_tokens_mean": [p, a]}
+    levels = [lvl(1, 0.8, 100, 270.0, 120.0), lvl(16, 1.2, 300, 290.0, 127.0)]
+    assert task_load.mean_tokens(levels) == (285, 125)            # weighted by generations
+    assert task_load.batch_sizes(levels, 8) == [1, 8]              # 16 streams, 8 slots: the engine batches 8
+    engine = task_load.against_engine(levels, rows, 8)
+    one, sixteen = levels
+    assert one["engine_batch"] == 1 and one["engine_x_one"] == 1.0 and one["x_engine"] == pytest.approx(0.88, abs=1e-3)
+    assert sixteen["engine_batch"] == 8 and sixteen["engine_x_one"] == pytest.approx(1.538, abs=1e-3)
+    assert sixteen["x_engine"] == pytest.approx(1.2 / (8 / 5.72), abs=1e-3)
+    assert engine["max_x_one"] == pytest.approx(1.538, abs=1e-3) and engine["slots"] == 8
+    # a level whose batch the bench did not run is left without a ceiling, not given another batch's
+    lone = [lvl(4, 1.0, 10, 280.0, 124.0)]
+    task_load.against_engine(lone, rows, 8)
+    assert lone[0]["engine_documents_per_s"] is None and lone[0]["x_engine"] is None

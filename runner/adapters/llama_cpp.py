@@ -1,4 +1,5 @@
-"""llama.cpp adapter: HF -> GGUF conversion, llama-quantize, llama-perplexity (KL divergence) and llama-server processes.
+"""llama.cpp adapter: HF -> GGUF conversion, llama-quantize, llama-perplexity (KL divergence), llama-bench and
+llama-batched-bench, and llama-server processes.
 
 Quirks kept here: thread count is always explicit (-t/-tb; on 2 cores an oversubscribed server decodes
 >10x slower); servers bind to 127.0.0.1 only; readiness means /health answers 200 *and* one real
@@ -151,6 +152,41 @@ def bench(gguf: Path, log: Path, threads: int, prompt_tokens: int, gen_tokens: i
     return {"model_bytes": rows[0]["model_size"], "params": rows[0]["model_n_params"],
             "bits_per_weight": round(rows[0]["model_size"] * 8 / rows[0]["model_n_params"], 3), "threads": threads,
             **llama_build.bench_speeds(out_file.read_text())}
+
+
+def batched_bench(gguf: Path, log: Path, threads: int, prompt_tokens: int, gen_tokens: int,
+                  sequences: list[int]) -> list[dict]:
+    """llama-batched-bench (built on first use): for each B in `sequences`, B sequences prefill `prompt_tokens`
+    each and then decode `gen_tokens` each in lockstep, in one context with nothing else running. What batching
+    alone can give on this machine: B=1 is one stream, every B finishes B documents in its `t` seconds."""
+    from runner import setup
+    binary = setup.ensure_llama_target("llama-batched-bench")
+    n = sorted(set(sequences))
+    ctx = max(n) * (prompt_tokens + gen_tokens) + 256
+    proc.run([binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-c", str(ctx), "-b", "2048",
+              "-npp", str(prompt_tokens), "-ntg", str(gen_tokens), "-npl", ",".join(map(str, n)),
+              "--output-format", "jsonl"], log, what=f"llama-batched-bench {gguf.name}")
+    rows = batched_bench_rows(log.read_text(errors="replace"))
+    if sorted(r["sequences"] for r in rows) != n:
+        raise StageError(f"llama-batched-bench printed {len(rows)} result lines for {len(n)} batch sizes "
+                         f"({gguf.name})", log=log)
+    return rows
+
+
+def batched_bench_rows(text: str) -> list[dict]:
+    """llama-batched-bench's `--output-format jsonl` lines -> per batch size: seconds to prefill and to decode,
+    tokens/s, and documents/s (B documents in the whole time)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{") or '"pl"' not in line:
+            continue
+        r = json.loads(line)
+        rows.append({"sequences": r["pl"], "prompt_tokens": r["pp"], "gen_tokens": r["tg"],
+                     "prompt_s": round(r["t_pp"], 3), "gen_s": round(r["t_tg"], 3), "seconds": round(r["t"], 3),
+                     "prompt_tokens_per_s": round(r["speed_pp"], 1), "gen_tokens_per_s": round(r["speed_tg"], 1),
+                     "documents_per_s": round(r["pl"] / r["t"], 4) if r["t"] > 0 else None})
+    return rows
 
 
 @dataclass

@@ -35,12 +35,15 @@ STATE_CODE = {"closed": 0, "half_open": 1, "open": 2}
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+                 code: str | None = None, headers: dict | None = None, usage: dict | None = None):
         self.status, self.type, self.param, self.code, self.headers = status, type_, param, code, headers or {}
+        self.usage = usage   # what the request cost before it failed (a task whose every answer broke the contract)
         super().__init__(message)
 
     def response(self, request_id: str) -> JSONResponse:
         body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+        if self.usage:
+            body["usage"] = self.usage
         return JSONResponse(body, status_code=self.status, headers={"X-Request-Id": request_id, **self.headers})
 
 
@@ -348,6 +351,7 @@ class Gateway:
         attempts = [("primary", first)] + ([("primary", True)] if retry and not first else []) + \
             [("fallback", first or retry)]
         failures = []
+        spent = {"prompt_tokens": 0, "completion_tokens": 0, "generations": 0}   # answers that broke the contract
         async with self.admission.slot():
             escalated = None
             cheap = [u for u in self.router.by_role("cheap") if "task" in u.routes]
@@ -398,6 +402,10 @@ class Gateway:
                         out["fields"] = answer
                     return JSONResponse(out, headers=self.headers(ctx, u, why))
                 self.metrics.upstream_errors.labels(u.name, "task_schema").inc()
+                used = data.get("usage") or {}
+                spent["generations"] += 1
+                for k in ("prompt_tokens", "completion_tokens"):
+                    spent[k] += used.get(k) or 0
                 if u.weights:
                     asked.add((u.weights, constrained))
                 if role == "cheap":
@@ -405,7 +413,7 @@ class Gateway:
                 failures.append(f"{u.name}{' (constrained)' if constrained else ''}: output failed the task's "
                                 f"contract ({problems[0][:120]})")
         raise ApiError(502, "no model produced output that passes the task's contract (" + "; ".join(failures) + ")",
-                       "upstream_error", code="task_schema_failed")
+                       "upstream_error", code="task_schema_failed", usage=spent if spent["generations"] else None)
 
     async def models(self, request: Request, ctx: dict) -> Response:
         return JSONResponse({"object": "list", "data": [

@@ -60,3 +60,16 @@ def score(gguf: Path, alias: str, runs: list[dict], tasks_dir: Path, out: Path, 
         timing["server_peak_rss_mb"] = llama_cpp.peak_rss_mb(server)
     timing["serve_and_score_s"] = round(time.time() - t0, 1)
     return timing
+
+
+def combine(first: dict, second: dict) -> dict:
+    """One model scored in two parts (two llama-server processes): times and token counters add up, the peak
+    memory is the larger of the two peaks."""
+    out = dict(first)
+    for k, v in second.items():
+        a = out.get(k)
+        if isinstance(a, (int, float)) and isinstance(v, (int, float)):
+            out[k] = max(a, v) if k == "server_peak_rss_mb" else round(a + v, 2)
+        elif a is None:
+            out[k] = v
+    return out

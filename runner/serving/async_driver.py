@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 response = json.loads(x.body) if x.body else None
             except ValueError:
                 response = None
-            usage = response.get("usage") if x.status == 200 and isinstance(response, dict) else None
+            # a 502 from the task route says what its failed generations cost
+            usage = response.get("usage") if x.status in (200, 502) and isinstance(response, dict) else None
             row = {"index": x.index, "sent_at": round(x.sent_at, 4), "status": x.status, "first_byte_s": x.first_byte_s,
                    "latency_s": x.latency_s, "usage": usage, "error": x.error}
             if spec.get("keep_responses"):

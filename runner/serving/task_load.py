@@ -81,6 +81,10 @@ def summarize(rows: list[dict], timing: dict, streams: int, slo: dict, price_per
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     prompt = mean([r["usage"]["prompt_tokens"] for r in ok if r.get("usage")])
     completion = mean([r["usage"]["completion_tokens"] for r in ok if r.get("usage")])
+    # every generation the engine ran for the level, refused answers included (a 502 reports its generations)
+    gens = [(u.get("generations") or 1, u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+            for r in answered if isinstance(u := r.get("usage"), dict)]
+    n_gen = sum(g[0] for g in gens)
     docs_s = len(ok) / timing["wall_s"] if timing["wall_s"] else None
     error_rate = (n - len(ok)) / n if n else 1.0
     p99_all = async_driver.quantiles([r["latency_s"] for r in answered])["p99"]
@@ -97,6 +101,9 @@ def summarize(rows: list[dict], timing: dict, streams: int, slo: dict, price_per
         "speed_vs_bench": speed_vs_bench(rows, bench or {}),
         "prompt_tokens_mean": round(prompt, 1) if prompt else None,
         "completion_tokens_mean": round(completion, 1) if completion else None,
+        "generations": n_gen,
+        "generation_tokens_mean": [round(sum(g[1] for g in gens) / n_gen, 1),
+                                   round(sum(g[2] for g in gens) / n_gen, 1)] if n_gen else None,
         "output_tokens_per_s": round(docs_s * completion, 2) if docs_s and completion else None,
         "usd_per_1k_documents": round(price_per_hour / (docs_s * 3600) * 1000, 5) if docs_s else None,
         "driver_cpu_share": round(timing["driver_cpu_s"] / (timing["wall_s"] * cores), 4) if timing["wall_s"] else None,
@@ -149,6 +156,41 @@ def stop_reason(cfg: dict, done: list[dict]) -> str:
     if done and not done[-1]["latency_ok"]:
         return "slo"
     return "max_streams" if cfg["climb"] else "listed"
+
+
+def batch_sizes(levels: list[dict], slots: int) -> list[int]:
+    """The engine batch each level could form (its streams, capped by the engine's slots), and 1."""
+    return sorted({1} | {min(r["streams"], slots) for r in levels})
+
+
+def against_engine(levels: list[dict], engine_rows: list[dict], slots: int) -> dict:
+    """Each level beside what the engine alone finishes with the same batch in lockstep (llama-batched-bench at
+    the ladder's mean prompt and answer tokens): `engine_x_one` is what batching alone gains on this machine for
+    this model and shape, `x_engine` the level's answers/s over the lockstep rate (continuous batching, which
+    decodes one stream inside another's prompt batch, can exceed it; contract retries cost against it)."""
+    by_b = {r["sequences"]: r for r in engine_rows}
+    one = (by_b.get(1) or {}).get("documents_per_s")
+    for r in levels:
+        e = by_b.get(min(r["streams"], slots)) or {}
+        d = e.get("documents_per_s")
+        r["engine_batch"] = e.get("sequences")
+        r["engine_documents_per_s"] = d
+        r["engine_x_one"] = round(d / one, 3) if d and one else None
+        r["x_engine"] = round(r["answers_per_s"] / d, 3) if d and r.get("answers_per_s") else None
+    return {"rows": engine_rows, "slots": slots,
+            "max_x_one": max((round(e["documents_per_s"] / one, 3) for e in engine_rows
+                              if e.get("documents_per_s") and one), default=None)}
+
+
+def mean_tokens(levels: list[dict]) -> tuple[int, int]:
+    """The prompt and answer tokens of the ladder's generations, refused answers included, weighted by each level's
+    generations: the batched bench's shape."""
+    w = [(r["generations"], *r["generation_tokens_mean"]) for r in levels
+         if r.get("generations") and r.get("generation_tokens_mean")]
+    n = sum(x[0] for x in w)
+    if not n:
+        return 0, 0
+    return round(sum(x[0] * x[1] for x in w) / n), round(sum(x[0] * x[2] for x in w) / n)
 
 
 def calibrate(levels: list[dict], bench: dict) -> dict:

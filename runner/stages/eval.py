@@ -196,17 +196,19 @@ def score_baselines(ctx: Context, names: list[str], iters: int, tuned_samples: d
     seconds: dict[str, float] = {}
     timings: dict[str, dict] = {}
 
-    def score(b: dict, tasks_dir: Path, out: Path, limit: int, samples: dict | None) -> None:
+    def score(b: dict, tasks_dir: Path, out: Path, limit: int, samples: dict | None, part: str = "") -> None:
         name = b["name"]
+        logs = (lambda n: ctx.log(n.removesuffix(".log") + f"-{part}.log")) if part else ctx.log  # keeps part 1's
         t0 = time.time()
-        timings[name] = served_eval.score(
+        got = served_eval.score(
             ctx.out / "base" / "model-f16.gguf", name,
             [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe)}], tasks_dir, out,
-            ctx.log, ctx.progress, threads=ctx.threads, concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"],
+            logs, ctx.progress, threads=ctx.threads, concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"],
             limit=limit, seed=ctx.seed, samples=samples)
+        timings[name] = served_eval.combine(timings[name], got) if name in timings else got
         seconds[name] = seconds.get(name, 0.0) + time.time() - t0
         parts.setdefault(name, []).append(
-            lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{name}-test.log")))
+            lm_eval.read_results(out / "lm_eval" / "test", task.name, logs(f"lm-eval-{name}-test.log")))
 
     for b, tasks_dir in prepared:
         score(b, tasks_dir, ctx.out / b["name"], first or cfg["limit"], None)
@@ -222,7 +224,8 @@ def score_baselines(ctx: Context, names: list[str], iters: int, tuned_samples: d
                      f"items at {level:.1%}" + ("" if done else "; scoring the rest"))
         if not done:
             for b, tasks_dir in prepared:
-                score(b, tasks_dir, ctx.out / b["name"] / "rest", 0, {task.name: list(range(first, n_test))})
+                score(b, tasks_dir, ctx.out / b["name"] / "rest", 0, {task.name: list(range(first, n_test))},
+                      "rest")
     got, samples_of, artifacts = {}, {}, {}
     for b, _ in prepared:
         name = b["name"]

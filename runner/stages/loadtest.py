@@ -176,16 +176,26 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
         restarts = dep.restarts()
     attach_resources(levels + repeats, sampler, serving["parallel"])
     calibration = task_load.calibrate(levels, bench)
+    engine = None
+    prompt, answer = task_load.mean_tokens(levels)
+    if serving["engine"] == "llama-server" and serving["replicas"] == 1 and prompt and answer:
+        sizes = task_load.batch_sizes(levels, serving["parallel"])
+        ctx.progress(f"llama-batched-bench on the deployed model: {', '.join(map(str, sizes))} sequences of "
+                     f"{prompt} + {answer} tokens in lockstep, what batching alone gives on these cores")
+        engine = task_load.against_engine(levels + repeats, llama_cpp.batched_bench(
+            Path(serving["primary"]["gguf"]), ctx.log("llama-batched-bench-task.log"), serving["threads"], prompt,
+            answer, sizes), serving["parallel"])
     within = [r for r in levels if r["latency_ok"]]
     one = next((r for r in levels if r["streams"] == 1), None)
-    return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration,
+    return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration, "engine": engine,
             "ceiling_streams": max((r["streams"] for r in within), default=None),
             "stopped_by": task_load.stop_reason(t, levels), "max_streams": t["max_streams"],
             "meets_slo_streams": [r["streams"] for r in levels if r["meets_slo"]],
             "best_at_slo": {"streams": at["streams"], "documents_per_s": at["documents_per_s"],
                             "valid_share": at["valid_share"], "usd_per_1k_documents": at["usd_per_1k_documents"],
                             "x_one_stream": round(at["documents_per_s"] / one["documents_per_s"], 3)
-                            if one and one["documents_per_s"] else None} if at else None,
+                            if one and one["documents_per_s"] else None,
+                            "engine_x_one": at.get("engine_x_one"), "x_engine": at.get("x_engine")} if at else None,
             "best_repeated": task_load.repeated(at, repeats, rows_at[at["streams"]]) if at and repeats else None,
             "repeats": repeats,
             "engine_restarts": restarts}
