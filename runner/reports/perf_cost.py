@@ -290,9 +290,10 @@ def _engine_ceiling(engine: dict | None, best: dict | None) -> list[str]:
     if best and best.get("engine_x_one") is not None and best.get("x_one_stream") is not None:
         L += ["", f"At the best level the route gained {fmt.num(best['x_one_stream'], 2)}x over one stream in valid "
               f"documents/s; the engine alone gains {fmt.num(best['engine_x_one'], 2)}x from that batch in lockstep "
-              f"(at most {fmt.num(engine['max_x_one'], 2)}x over the batches above). Where the engine's batch gain is "
-              "small, more streams only queue: the gain over one stream is the engine's to give, and it grows with "
-              "the batch (more slots) until the latency SLO stops it."]
+              f"(at most {fmt.num(engine['max_x_one'], 2)}x over the batches above). The gain over one stream comes "
+              "from the batch: at a batch where the engine gains little, more streams only queue, so slots pay where "
+              "the rows above grow, up to the latency SLO; the server's continuous batching can add to the lockstep "
+              "gain."]
     return L
 
 
