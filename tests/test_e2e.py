@@ -181,6 +181,8 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert all(r["requests"] == 6 and sum(r["statuses"].values()) == 6 and set(r["statuses"]) <= {"200", "502"}
                and 0 <= r["driver_cpu_share"] < 1 and r["resources"]["samples"] >= 1 for r in tl["levels"]), tl
     assert tl["calibration"]["bench"]["gen_tokens_per_s"] > 0
+    # the chat ladder's own calibration point against the same llama-bench
+    assert lt["chat_calibration"]["speed_vs_bench"] > 0 and "of llama-bench's speed** through the stack" in perf_md
     # the engine alone, the ladder's batches in lockstep (llama-batched-bench at the ladder's mean token shape)
     eng = tl["engine"]
     assert [e["sequences"] for e in eng["rows"]] == [1, 2] and all(e["documents_per_s"] > 0 for e in eng["rows"])

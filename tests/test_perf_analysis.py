@@ -67,6 +67,18 @@ def test_gauges_are_read_from_prometheus_text():
                                             "gateway_queued": 1.0}
 
 
+def test_the_chat_ladder_is_calibrated_against_llama_bench_at_one_stream():
+    bench = {"prompt_tokens_per_s": 1000.0, "gen_tokens_per_s": 100.0}
+    one = {**level(1, 100), "requests_per_s": 1.0, "cached_prompt_ratio": 0.5}    # 100 answer tokens a request
+    one["latency_s"]["p50"] = 1.25
+    # 256 prompt tokens, half from the cache: 0.128 s; 100 answer tokens: 1.0 s; measured 1.25 s -> 0.902
+    cal = pa.calibrate_chat([one, level(2, 150)], bench, 256)
+    assert cal["predicted_s"] == 1.128 and cal["speed_vs_bench"] == 0.902 and cal["contended"] is False
+    one["latency_s"]["p50"] = 2.0
+    assert pa.calibrate_chat([one], bench, 256)["contended"] is True              # 0.564: something held the cores
+    assert pa.calibrate_chat([one], {}, 256) is None and pa.calibrate_chat([level(2, 150)], bench, 256) is None
+
+
 def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):
     rows = pa.judge([level(1, 50), level(2, 90, p99=3.0)], {"p99_latency_s": 2.0, "p95_ttft_s": 1, "max_error_rate": 0})
     for r in rows:
@@ -79,6 +91,8 @@ def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):
                "peak_output_tokens_per_s": 90, "peak_at_streams": 2, "usd_per_1m_output_tokens_at_ceiling": 0.556,
                "price_per_hour_usd": 0.1, "baseline": None, "engine_restarts": [], "cores": 2,
                "serving": {"engine": "llama-server", "replicas": 1, "parallel": 2, "threads": 2}, "model_type": "f16",
+               "chat_calibration": {"speed_vs_bench": 0.62, "min": 0.8, "contended": True, "prompt_tokens": 240.0,
+                                    "answer_tokens": 96.0, "predicted_s": 0.8, "measured_p50_s": 1.29},
                "drills": {"malformed": {"passed": False, "requests": [{"request": "invalid JSON", "status": 500,
                                                                          "json_error": False, "passed": False}],
                                         "healthz_after": 200, "readyz_after": "ready", "good_request_after": 200}}}
@@ -87,6 +101,7 @@ def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):
     assert arts["perf_cost_png"] == "perf_cost.png" and (tmp_path / "perf_cost.png").stat().st_size > 10_000
     assert "**1 concurrent stream**" in md and "$0.556" in md and "**misses**" in md
     assert "CPU: the cores are saturated" in md and "**failed**" in md and "invalid JSON 500" in md
+    assert "**62% of llama-bench's speed**" in md and "**the measurement was contended**" in md
 
 
 def test_vegeta_targets_and_report_parsing(tmp_path):

@@ -149,6 +149,15 @@ def render(metrics: dict, chart_name: str | None) -> str:
     if chart_name:
         L += [f"![throughput, latency, TTFT and CPU per level]({chart_name})", ""]
     L += [f"## Levels through the {metrics['through']}", ""] + _level_table(rows, price) + [""]
+    cc = metrics.get("chat_calibration")
+    if cc:
+        L += [f"Calibration: at one stream a request took {fmt.num(cc['measured_p50_s'], 2)} s (median) where "
+              f"llama-bench's speeds for the same model and threads predict {fmt.num(cc['predicted_s'], 2)} s "
+              f"({fmt.num(cc['prompt_tokens'], 0)} uncached prompt tokens, {fmt.num(cc['answer_tokens'], 0)} answer "
+              f"tokens): **{cc['speed_vs_bench']:.0%} of llama-bench's speed** through the stack and the load "
+              "generator" + (f" (below {cc['min']:.0%}: **the measurement was contended**, something else held the "
+                             "cores; these levels understate the machine)" if cc["contended"] else
+                             f" (at least {cc['min']:.0%}: the generator's share of the cores cost little)") + ".", ""]
     L += ["## Resources per level (sampled every second with psutil and both /metrics endpoints)", ""]
     L += _resources_table(rows) + [""]
     if metrics.get("direct_levels"):

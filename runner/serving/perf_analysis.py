@@ -116,3 +116,21 @@ def before_after(before: list[dict], after: list[dict]) -> list[dict]:
                               "ttft_p95_ms": a["ttft_ms"].get("p95"), "requests_per_s": a["requests_per_s"]},
                     "throughput_gain": round(at / bt, 3) if at and bt else None})
     return out
+
+
+def calibrate_chat(rows: list[dict], bench: dict, prompt_tokens: int, minimum: float = 0.8) -> dict | None:
+    """The chat ladder's calibration point: at one stream, the time llama-bench's speeds predict for a request
+    (its uncached prompt tokens at prompt speed, its mean answer at generation speed) over the median latency
+    measured through the stack. Below `minimum` the load generator or something else held the cores, and the
+    ladder's figures understate the machine."""
+    one = next((r for r in rows if r["streams"] == 1), None)
+    pp, tg = (bench or {}).get("prompt_tokens_per_s"), (bench or {}).get("gen_tokens_per_s")
+    if not one or not pp or not tg or not one.get("requests_per_s") or not (one.get("latency_s") or {}).get("p50"):
+        return None
+    answer = (one.get("output_tokens_per_s") or 0) / one["requests_per_s"]
+    prompt = prompt_tokens * (1 - (one.get("cached_prompt_ratio") or 0))
+    predicted = prompt / pp + answer / tg
+    ratio = round(predicted / one["latency_s"]["p50"], 3)
+    return {"speed_vs_bench": ratio, "min": minimum, "contended": ratio < minimum, "prompt_tokens": round(prompt, 1),
+            "answer_tokens": round(answer, 1), "predicted_s": round(predicted, 3),
+            "measured_p50_s": round(one["latency_s"]["p50"], 3)}

@@ -224,6 +224,12 @@ def run(ctx: Context) -> Result:
     tasks_measured = task_ladder(ctx, cfg, serving, route) if has_gateway and route and cfg["task_ladder"]["enabled"] \
         else None
     restarts += (tasks_measured or {}).get("engine_restarts") or []
+    bench = ((tasks_measured or {}).get("calibration") or {}).get("bench")
+    if not bench and serving["engine"] == "llama-server":  # nothing else running: the deployments are down
+        ctx.progress(f"llama-bench on the deployed model, {serving['threads']} threads: the chat ladder's calibration")
+        bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-chat.log"), serving["threads"],
+                                256, 64, cfg["task_ladder"]["bench_repetitions"])
+    chat_calibration = perf_analysis.calibrate_chat(rows, bench, cfg["prompt_tokens"])
     wants_vegeta = cfg["vegeta"]["enabled"] is True or (cfg["vegeta"]["enabled"] == "auto" and vegeta.available())
     if has_gateway and (cfg["drills"]["enabled"] or wants_vegeta):
         with deploy.up(serving, ctx.logs / "drills") as dep:
@@ -260,6 +266,7 @@ def run(ctx: Context) -> Result:
                                                             if r["streams"] == ceiling), None),
                "price_per_hour_usd": cfg["price_per_hour_usd"], "baseline": baseline, "drills": drill_results,
                "vegeta": task_attacks, "ladder_engines": ladders, "monitoring": monitor, "task_ladder": tasks_measured,
+               "chat_calibration": chat_calibration,
                "engine_restarts": restarts, "serving": {k: serving[k] for k in ("engine", "replicas", "parallel",
                                                                                 "threads", "ctx_size")},
                "model_type": serving.get("model_type"), "cores": psutil.cpu_count()}
