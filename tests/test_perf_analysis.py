@@ -72,11 +72,11 @@ def test_the_chat_ladder_is_calibrated_against_llama_bench_at_one_stream():
     one = {**level(1, 100), "requests_per_s": 1.0, "cached_prompt_ratio": 0.5}    # 100 answer tokens a request
     one["latency_s"]["p50"] = 1.25
     # 256 prompt tokens, half from the cache: 0.128 s; 100 answer tokens: 1.0 s; measured 1.25 s -> 0.902
-    cal = pa.calibrate_chat([one, level(2, 150)], bench, 256)
+    cal = pa.calibrate_chat([one, level(2, 150)], bench, 256, 0.8)
     assert cal["predicted_s"] == 1.128 and cal["speed_vs_bench"] == 0.902 and cal["contended"] is False
     one["latency_s"]["p50"] = 2.0
-    assert pa.calibrate_chat([one], bench, 256)["contended"] is True              # 0.564: something held the cores
-    assert pa.calibrate_chat([one], {}, 256) is None and pa.calibrate_chat([level(2, 150)], bench, 256) is None
+    assert pa.calibrate_chat([one], bench, 256, 0.8)["contended"] is True              # 0.564: something held the cores
+    assert pa.calibrate_chat([one], {}, 256, 0.8) is None and pa.calibrate_chat([level(2, 150)], bench, 256, 0.8) is None
 
 
 def test_perf_cost_report_states_ceiling_bottleneck_and_drills(tmp_path):

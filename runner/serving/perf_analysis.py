@@ -118,7 +118,7 @@ def before_after(before: list[dict], after: list[dict]) -> list[dict]:
     return out
 
 
-def calibrate_chat(rows: list[dict], bench: dict, prompt_tokens: int, minimum: float = 0.8) -> dict | None:
+def calibrate_chat(rows: list[dict], bench: dict, prompt_tokens: int, minimum: float) -> dict | None:
     """The chat ladder's calibration point: at one stream, the time llama-bench's speeds predict for a request
     (its uncached prompt tokens at prompt speed, its mean answer at generation speed) over the median latency
     measured through the stack. Below `minimum` the load generator or something else held the cores, and the

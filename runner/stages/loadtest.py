@@ -229,7 +229,7 @@ def run(ctx: Context) -> Result:
         ctx.progress(f"llama-bench on the deployed model, {serving['threads']} threads: the chat ladder's calibration")
         bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-chat.log"), serving["threads"],
                                 256, 64, cfg["task_ladder"]["bench_repetitions"])
-    chat_calibration = perf_analysis.calibrate_chat(rows, bench, cfg["prompt_tokens"])
+    chat_calibration = perf_analysis.calibrate_chat(rows, bench, cfg["prompt_tokens"], task_load.CALIBRATION_MIN)
     wants_vegeta = cfg["vegeta"]["enabled"] is True or (cfg["vegeta"]["enabled"] == "auto" and vegeta.available())
     if has_gateway and (cfg["drills"]["enabled"] or wants_vegeta):
         with deploy.up(serving, ctx.logs / "drills") as dep:
