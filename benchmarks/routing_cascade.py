@@ -14,7 +14,6 @@ the deployed model), documents/s, latency quantiles, cost per 1,000 documents, t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import signal
 import sys
@@ -26,24 +25,6 @@ sys.path.insert(0, str(REPO))
 
 from runner import tasks  # noqa: E402
 from runner.serving import deploy, routing_eval  # noqa: E402
-
-
-def variant(base: dict, primary: Path, cheap: Path | None, streams: int, threads: tuple[int, int] | None = None) -> dict:
-    """threads: (primary, cheap) for the cascade: both tiers share the cores."""
-    s = copy.deepcopy(base)
-    s["primary"]["gguf"] = str(primary)
-    s["fallbacks"] = []
-    s.pop("fallback", None)
-    s["gateway"]["max_in_flight"] = s["replicas"] * s["parallel"] + (s["parallel"] if cheap else 0)
-    s["task"] = {**s["task"], "constrained_retry": s["task"].get("constrained_retry", True)}
-    s["cheap"] = None
-    s["task"].pop("cascade", None)
-    if cheap:
-        s["cheap"] = {"gguf": str(cheap), "alias": "cheap", "routes": ["task"], "threads": threads and threads[1]}
-        if threads:
-            s["threads"] = threads[0]
-        s["task"]["cascade"] = {"cheap": cheap.name, "cheap_slots": s["parallel"], "escalate_when_busy": True}
-    return s
 
 
 def stop_on_sigterm(*_):
@@ -82,7 +63,8 @@ def main() -> None:
         for key, name, p, c in plan:
             if a.only and key not in a.only:
                 continue
-            serving = variant(base, p, c, a.streams, tuple(a.cascade_threads) if c else None)
+            serving = routing_eval.cascade(base, c, tuple(a.cascade_threads)) if c else \
+                routing_eval.alone(base, p, base["threads"])
             results.append(routing_eval.run_variant(name, serving, docs, task, a.streams, Path(tmp), a.price_per_hour))
             print(json.dumps({"variant": name, **results[-1]["summary"]}), file=sys.stderr, flush=True)
     keys = list(task.metrics())

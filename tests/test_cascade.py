@@ -101,3 +101,75 @@ def test_variants_are_compared_item_by_item_against_the_reference():
     assert out["deployed"]["vs_deployed"] is None
     assert routing_eval.answer_text({"answer": {"total": 1}}) == '{"total": 1}'
     assert routing_eval.answer_text({"answer": "billing"}) == "billing" and routing_eval.answer_text(None) == ""
+
+
+def cascade_serving():
+    eng = {"engine": "llama-server", "replicas": 1, "parallel": 4, "ctx_size": 2048, "threads": 1,
+           "ready_timeout_s": 60, "sglang": {}, "engine_args": [], "fallback_threads": None}
+    return {**eng, "model_type": "f16", "primary": {"gguf": "/m/tuned-f16.gguf", "hf_dir": None, "alias": "primary"},
+            "cheap": {"gguf": "/m/tuned-q8_0.gguf", "alias": "cheap-q8_0", "routes": ["task"], "type": "q8_0",
+                      "threads": 1},
+            "fallbacks": [{"gguf": "/m/base-q8_0.gguf", "alias": "fallback-base", "routes": ["chat"]}],
+            "gateway": {"enabled": True, "max_in_flight": 4},
+            "task": {"route": "/v1/tasks/t", "cascade": {"cheap": "q8_0", "cheap_slots": 4, "escalate_when_busy": True}}}
+
+
+def test_a_cascade_is_compared_with_each_of_its_models_alone_on_the_whole_machine():
+    from runner.serving import routing_eval
+    serving = cascade_serving()
+    (k1, l1, deployed), (k2, l2, cheap), (k3, l3, both) = routing_eval.plan(serving, threads=2)
+    assert (k1, k2, k3) == ("deployed", "cheap", "cascade")
+    assert (l1, l2, l3) == ("f16 alone, 2 threads", "q8_0 alone, 2 threads", "cascade q8_0 → f16, 1 + 1 threads")
+    for alone, gguf in ((deployed, "/m/tuned-f16.gguf"), (cheap, "/m/tuned-q8_0.gguf")):
+        assert alone["primary"]["gguf"] == gguf and alone["threads"] == 2   # one engine, the whole machine
+        assert alone["cheap"] is None and alone["fallbacks"] == [] and "cascade" not in alone["task"]
+        assert alone["gateway"]["max_in_flight"] == 4
+    assert both["cheap"]["gguf"] == "/m/tuned-q8_0.gguf" and both["fallbacks"] == []   # the policy alone, no fallback
+    assert (both["threads"], both["cheap"]["threads"]) == (1, 1) and both["gateway"]["max_in_flight"] == 8
+    assert serving["fallbacks"] and serving["cheap"]["threads"] == 1   # the deployment's own spec is untouched
+    single = routing_eval.alone(serving, "/m/tuned-f16.gguf", 2)
+    try:
+        routing_eval.plan(single, 2)
+        raise AssertionError("a single deployment has no cascade to compare")
+    except ValueError as e:
+        assert "not a cascade" in str(e)
+    built = routing_eval.cascade(single, "/m/tuned-q4_k_m.gguf", (1, 1))   # benchmarks/routing_cascade.py's way
+    assert built["task"]["cascade"]["cheap"] == "tuned-q4_k_m" and built["cheap"]["threads"] == 1
+
+
+def routing_metrics(cascade_docs_s, cascade_usd, diff):
+    def variant(docs_s, usd, vs=None, tiers=None):
+        return {"documents": 40, "answered_valid": 38, "documents_per_s": docs_s, "usd_per_1k_documents": usd,
+                "latency_s": {"p50": 1.0, "p95": 2.0, "p99": 2.5}, "exact_match": 0.7, "tiers": tiers,
+                "escalations": {"contract": 3} if tiers else None, "vs_deployed": vs}
+    d = {"exact_match": diff}
+    return {"documents": 40, "streams": 2, "headline": "exact_match", "route": "/v1/tasks/t", "metrics": ["exact_match"],
+            "reference": "deployed",
+            "labels": {"deployed": "f16 alone, 2 threads", "cheap": "q8_0 alone, 2 threads",
+                       "cascade": "cascade q8_0 → f16, 1 + 1 threads"},
+            "variants": {"deployed": variant(1.0, 0.03), "cheap": variant(1.2, 0.025, d),
+                         "cascade": variant(cascade_docs_s, cascade_usd, d, {"cheap": 35, "primary": 3})}}
+
+
+def with_spread(m, spread):
+    return {**m, "relative_spread": spread}
+
+
+def test_the_routing_section_says_whether_the_cascade_pays_from_its_own_numbers():
+    from runner.reports import perf_cost
+    noise = {"diff": -0.025, "low": -0.1, "high": 0.05, "p": 0.5, "n": 40}
+    loss = {"diff": -0.2, "low": -0.3, "high": -0.1, "p": 0.002, "n": 40}
+    # one pass per variant: a cost difference inside the task ladder's measured spread (or with none measured) is no claim
+    assert "less than the 30% run-to-run spread" in perf_cost.routing_verdict(with_spread(routing_metrics(0.8, 0.0375, noise), 0.3))
+    assert "no spread measured" in perf_cost.routing_verdict(routing_metrics(0.8, 0.0375, noise))
+    dear = perf_cost.routing_verdict(with_spread(routing_metrics(0.8, 0.0375, noise), 0.05))
+    assert dear.startswith("cascade q8_0 → f16, 1 + 1 threads answered 0.80x the valid documents/s of f16 alone")
+    assert "at 1.25x its cost" in dear and "not distinguishable from" in dear and "does not pay" in dear
+    cheap_but_worse = perf_cost.routing_verdict(with_spread(routing_metrics(1.25, 0.024, loss), 0.05))
+    assert "**significantly lower** than" in cheap_but_worse and "cheaper per valid document but loses exact_match" in cheap_but_worse
+    good = perf_cost.routing_verdict(with_spread(routing_metrics(1.25, 0.024, noise), 0.05))
+    assert "at no significant loss of exact_match" in good
+    md = "\n".join(perf_cost.routing_section(routing_metrics(0.8, 0.0375, noise)))
+    assert "| cascade q8_0 → f16, 1 + 1 threads | 38 / 40 | 0.700 | 0.800 | 1.00 / 2.00 / 2.50 | 0.0375 | cheap 35, " \
+           "primary 3 (escalated: contract 3) |" in md
+    assert "- q8_0 alone, 2 threads − f16 alone, 2 threads: exact_match -0.025 [-0.100, +0.050], p 0.50." in md

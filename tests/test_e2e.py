@@ -430,6 +430,21 @@ def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model
             assert "## Labels per split" in (run_dir / "stages" / "data" / "data_audit.md").read_text()
             # decoding constrained to the labels: every answer is a label, even from a random-weight model
             assert dc["constrained"]["label_valid"] == 1.0 and gw["status"] == 200 and gw["answer"] in conf["labels"]
+            # serve.routing cascade: q8_0 first, on a thread of its own; measured against each model alone
+            serving = json.loads((run_dir / "stages" / "serve" / "serving.json").read_text())
+            assert serving["task"]["cascade"]["cheap"] == "q8_0" and (serving["threads"], serving["cheap"]["threads"]) == (1, 1)
+            ro = lt["routing"]
+            n_test = ev["models"]["tuned"]["tasks"][task["name"]]["samples"]
+            assert list(ro["labels"]) == ["deployed", "cheap", "cascade"] and ro["documents"] == n_test
+            assert all(v["documents"] == n_test for v in ro["variants"].values())
+            assert ro["variants"]["deployed"]["vs_deployed"] is None
+            assert set(ro["variants"]["cascade"]["vs_deployed"]) == set(task["metrics"])
+            tiers = ro["variants"]["cascade"]["tiers"]   # constrained to the labels: the cheap tier's answers pass
+            assert tiers and sum(tiers.values()) == ro["variants"]["cascade"]["answered_valid"] and tiers.get("cheap")
+            assert ro["variants"]["deployed"]["tiers"] is None
+            perf_md = (run_dir / "stages" / "loadtest" / "perf_cost.md").read_text()
+            assert "## Routing: the cascade against each of its models alone" in perf_md
+            assert "cascade q8_0 → f16, 1 + 1 threads" in perf_md and "- **Routing**" in perf_md
         else:
             assert set(analysis["breakdowns"]) == {"domain", "length"}
             assert {"chrf", "bleu", "rouge_l", "similarity"} <= set(task["metrics"]) and not dc["constrainable"]

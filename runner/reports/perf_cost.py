@@ -145,6 +145,10 @@ def render(metrics: dict, chart_name: str | None) -> str:
                + (" (**contended**: below 80%, so these figures understate the machine)" if cal["contended"] else "")
                if cal.get("speed_vs_bench") is not None else "no calibration point")
             + " ([below](#the-task-route-the-products-workload)).")
+    if metrics.get("routing"):
+        L.append(f"- **Routing** (the cascade against each of its models alone, the same {metrics['routing']['documents']} "
+                 f"test documents): {routing_verdict(metrics['routing'])} ([below](#routing-the-cascade-against-each-of-"
+                 "its-models-alone)).")
     L.append("")
     if chart_name:
         L += [f"![throughput, latency, TTFT and CPU per level]({chart_name})", ""]
@@ -200,6 +204,7 @@ def render(metrics: dict, chart_name: str | None) -> str:
                      + ", ".join(f"{c}: {n}" for c, n in sorted(v["status_codes"].items())) + " |")
         L.append("")
     L += _task_ladder(metrics.get("task_ladder"), price)
+    L += routing_section(metrics.get("routing"))
     L += _drills(metrics.get("drills"), metrics.get("engine_restarts") or [])
     L += _prometheus((metrics.get("monitoring") or {}).get("cross_check"))
     L += ["## How cost is controlled", "",
@@ -223,7 +228,8 @@ def _task_ladder(tl: dict | None, price: float) -> list[str]:
          "one level per concurrency, climbing while the latency SLO holds (p99 of every answer, refusals included). "
          "A document counts as valid when the gateway returned an answer that passed the task's contract (HTTP 200; "
          "502: no model's answer passed it); valid documents/s counts those. The limit is "
-         f"one stream at llama-bench's speeds for the deployed model on {b.get('threads', '?')} threads (prompt "
+         f"one stream at llama-bench's speeds for " + (f"`{b['model']}`" if b.get("model") else "the deployed model")
+         + f" on {b.get('threads', '?')} threads (prompt "
          f"{fmt.num(b.get('prompt_tokens_per_s'), 0)} tok/s, generation {fmt.num(b.get('gen_tokens_per_s'), 1)} tok/s), "
          "weighted by each level's own prompt/answer token mix; batching several streams can exceed it.", "",
          "| streams | requests | valid | valid documents/s | answers/s | latency p50 / p95 / p99 (s), valid answers | "
@@ -276,6 +282,87 @@ def _task_ladder(tl: dict | None, price: float) -> list[str]:
     return L
 
 
+def _signed(d: dict | None, nd: int = 3) -> str:
+    """A paired difference as +0.012 [-0.010, +0.031], p 0.28."""
+    if not d or d.get("diff") is None:
+        return "–"
+    ci = f" [{d['low']:+.{nd}f}, {d['high']:+.{nd}f}]" if d.get("low") is not None else ""
+    return f"{d['diff']:+.{nd}f}{ci}" + (f", p {d['p']:.2f}" if d.get("p") is not None else "")
+
+
+def _significant(d: dict | None) -> int:
+    """-1 / +1 when the paired interval lies wholly below / above zero, else 0."""
+    if not d or d.get("low") is None:
+        return 0
+    return -1 if d["high"] < 0 else 1 if d["low"] > 0 else 0
+
+
+def routing_verdict(r: dict) -> str:
+    """The cascade against the deployed model alone, in one sentence, from the paired comparison."""
+    v, ref = r["variants"], r["variants"][r["reference"]]
+    c = v.get("cascade")
+    if not c:
+        return "the cascade was not measured"
+    speed = (c["documents_per_s"] / ref["documents_per_s"]) if c["documents_per_s"] and ref["documents_per_s"] else None
+    cost = (c["usd_per_1k_documents"] / ref["usd_per_1k_documents"]) \
+        if c["usd_per_1k_documents"] and ref["usd_per_1k_documents"] else None
+    head = (c.get("vs_" + r["reference"]) or {}).get(r["headline"])
+    sig = _significant(head)
+    side = {-1: "**significantly lower** than", 0: "not distinguishable from", 1: "**significantly higher** than"}
+    spread = r.get("relative_spread")
+    if cost is None:
+        pays = ""
+    elif spread is None or abs(cost - 1) <= spread:
+        pays = ("; one pass each, " + (f"and the cost differs by less than the {spread:.0%} run-to-run spread the "
+                                       "task ladder measured: no saving or loss is shown" if spread is not None else
+                                       "no spread measured: the cost difference is not a claimed saving or loss"))
+    elif cost >= 1:
+        pays = "; it costs more per valid document than the deployed model alone, so on these cores it does not pay"
+    else:
+        pays = ("; it is cheaper per valid document" + (f" but loses {r['headline']}" if sig < 0 else
+                                                          f" at no significant loss of {r['headline']}"))
+    return (f"{r['labels']['cascade']} answered {fmt.num(speed, 2)}x the valid documents/s of "
+            f"{r['labels'][r['reference']]} at {fmt.num(cost, 2)}x its cost per 1,000 valid documents "
+            f"(p95 {fmt.num(c['latency_s']['p95'], 2)} s against {fmt.num(ref['latency_s']['p95'], 2)} s); its "
+            f"{r['headline']} is {side[sig]} the deployed model's alone ({_signed(head)}, paired on "
+            f"{r['documents']} documents){pays}")
+
+
+def routing_section(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    names = r["metrics"]
+    L = ["## Routing: the cascade against each of its models alone", "",
+         f"Every one of {r['documents']} test documents once through `POST {r['route']}` of three deployments in "
+         f"turn ({r['streams']} streams, closed loop, the project's driver, no fallback engines): each model alone "
+         "on the whole machine, then the cascade as deployed (the cheap tier first; the gateway escalates to the "
+         "deployed model when the cheap answer fails the task's contract or every cheap slot is busy). Every answer "
+         "is scored against its gold, no answer as wrong; differences are paired on the same documents against "
+         f"{r['labels'][r['reference']]} (95% bootstrap interval, p).", "",
+         "| variant | valid answers | " + " | ".join(names) + " | valid documents/s | latency p50 / p95 / p99 (s) | "
+         "$ per 1k valid documents | who answered |",
+         "|---|---|" + "---|" * len(names) + "---|---|---|---|"]
+    for key, label in r["labels"].items():
+        v = r["variants"][key]
+        lat = v["latency_s"]
+        who = ", ".join(f"{t} {n}" for t, n in (v.get("tiers") or {}).items())
+        if v.get("escalations"):
+            who += " (escalated: " + ", ".join(f"{k} {n}" for k, n in v["escalations"].items()) + ")"
+        L.append(f"| {label} | {v['answered_valid']} / {v['documents']} | "
+                 + " | ".join(fmt.num(v.get(m), 3) for m in names) + f" | {fmt.num(v['documents_per_s'], 3)} | "
+                 f"{fmt.num(lat['p50'], 2)} / {fmt.num(lat['p95'], 2)} / {fmt.num(lat['p99'], 2)} | "
+                 f"{fmt.num(v['usd_per_1k_documents'], 4)} | {who or '–'} |")
+    L.append("")
+    for key, label in r["labels"].items():
+        diffs = r["variants"][key].get("vs_" + r["reference"])
+        if diffs:
+            L.append(f"- {label} − {r['labels'][r['reference']]}: "
+                     + "; ".join(f"{m} {_signed(diffs.get(m))}" for m in names) + ".")
+    verdict = routing_verdict(r)
+    L += ["", verdict[0].upper() + verdict[1:] + ".", ""]
+    return L
+
+
 def _engine_ceiling(engine: dict | None, best: dict | None) -> list[str]:
     """What batching alone gives the deployed model on these cores, and where the task route's gain over one
     stream went."""
@@ -283,7 +370,9 @@ def _engine_ceiling(engine: dict | None, best: dict | None) -> list[str]:
         return []
     rows = sorted(engine["rows"], key=lambda e: e["sequences"])
     p, g = rows[0]["prompt_tokens"], rows[0]["gen_tokens"]
-    L = ["", f"Engine alone, same batch: `llama-batched-bench` on the deployed model after the ladder (nothing else "
+    L = ["", "Engine alone, same batch: `llama-batched-bench` on " + (f"`{engine['model']}`" if engine.get("model")
+                                                                      else "the deployed model")
+         + " after the ladder (nothing else "
          f"running), B sequences of {p} prompt + {g} answer tokens (the ladder's means) prefilled together, then "
          f"decoded together, B capped at the engine's {engine['slots']} slots; it finishes B documents in its time. "
          "It measures what batching alone gains on these cores for this model and shape. It is not a ceiling for "

@@ -5,7 +5,8 @@
    (runner/serving/resources.py), and a Prometheus server watches it when monitoring.prometheus is on (the
    recipe's alerting rules are generated and checked by promtool in every run: runner/serving/monitoring.py);
    then the task ladder: the task endpoint with test documents until the SLO breaks, against llama-bench's
-   single-stream limit (runner/serving/task_load.py);
+   single-stream limit (runner/serving/task_load.py); for a cascade, every test document once through the
+   deployed model alone, the cheap tier alone and the cascade, scored against its gold (runner/serving/routing_eval.py);
 2. the fault drills (runner/serving/drills.py) against the live deployment;
 3. with the deployment down, the baseline engine settings at the same load (an optimization's before/after);
 4. the SLO verdict per level, the concurrency ceiling, the bottleneck, cost per 1M output tokens, and
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import psutil
 
-from runner import models
+from runner import models, tasks
 from runner.adapters import guidellm, llama_cpp, vegeta
 from runner.reports import perf_cost
-from runner.serving import deploy, drills, monitoring, perf_analysis, resources, task_load
+from runner.serving import deploy, drills, monitoring, perf_analysis, resources, routing_eval, task_load
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
 
-SECTIONS = ("loadtest", "monitoring", "seed", "threads", "base_model")
+SECTIONS = ("loadtest", "monitoring", "seed", "threads", "base_model", "task")
 INPUTS = ("serve", "data")
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("loadtest", "llama", "gateway", "prometheus")
@@ -146,10 +147,14 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
     docs = [json.loads(x)["document"] for x in ctx.inputs["data"].path("test").read_text().splitlines()
             if x.strip()][:t["documents"]]
     bench = {}
+    # the model that answers first: a cascade's cheap tier (on its own threads), else the deployed model
+    first = serving.get("cheap") or serving["primary"]
+    first_threads = (serving.get("cheap") or {}).get("threads") or serving["threads"]
     if serving["engine"] == "llama-server":
-        ctx.progress(f"llama-bench on the deployed model, {serving['threads']} threads: the single-stream limit")
-        bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-task.log"), serving["threads"],
+        ctx.progress(f"llama-bench on {Path(first['gguf']).name}, {first_threads} threads: the single-stream limit")
+        bench = llama_cpp.bench(Path(first["gguf"]), ctx.log("llama-bench-task.log"), first_threads,
                                 256, 64, t["bench_repetitions"])
+        bench["model"] = Path(first["gguf"]).name
     levels: list[dict] = []
     rows_at: dict[int, list[dict]] = {}
     repeats: list[dict] = []
@@ -180,11 +185,12 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
     prompt, answer = task_load.mean_tokens(levels)
     if serving["engine"] == "llama-server" and serving["replicas"] == 1 and prompt and answer:
         sizes = task_load.batch_sizes(levels, serving["parallel"])
-        ctx.progress(f"llama-batched-bench on the deployed model: {', '.join(map(str, sizes))} sequences of "
+        ctx.progress(f"llama-batched-bench on {Path(first['gguf']).name}: {', '.join(map(str, sizes))} sequences of "
                      f"{prompt} + {answer} tokens in lockstep, what batching alone gives on these cores")
         engine = task_load.against_engine(levels + repeats, llama_cpp.batched_bench(
-            Path(serving["primary"]["gguf"]), ctx.log("llama-batched-bench-task.log"), serving["threads"], prompt,
+            Path(first["gguf"]), ctx.log("llama-batched-bench-task.log"), first_threads, prompt,
             answer, sizes), serving["parallel"])
+        engine["model"] = Path(first["gguf"]).name
     within = [r for r in levels if r["latency_ok"]]
     one = next((r for r in levels if r["streams"] == 1), None)
     return {"route": route, "documents": len(docs), "levels": levels, "calibration": calibration, "engine": engine,
@@ -199,6 +205,24 @@ def task_ladder(ctx: Context, cfg: dict, serving: dict, route: str) -> dict:
             "best_repeated": task_load.repeated(at, repeats, rows_at[at["streams"]]) if at and repeats else None,
             "repeats": repeats,
             "engine_restarts": restarts}
+
+
+def routing_comparison(ctx: Context, cfg: dict, serving: dict) -> dict | None:
+    """A cascade against each of its models alone, on the same test documents (each deployment in turn)."""
+    rc = cfg["routing_comparison"]
+    if not (rc["enabled"] and serving.get("cheap") and serving.get("gateway")):
+        return None
+    task = tasks.of(ctx.recipe)
+    docs = [json.loads(x) for x in ctx.inputs["data"].path("test").read_text().splitlines() if x.strip()]
+    docs = docs[:rc["documents"]] if rc["documents"] else docs
+    variants, labels = [], {}
+    for key, label, spec in routing_eval.plan(serving, ctx.threads):
+        ctx.progress(f"routing: {label}, {len(docs)} test documents once, {rc['streams']} streams")
+        labels[key] = label
+        variants.append(routing_eval.run_variant(key, spec, docs, task, rc["streams"], ctx.out / "routing",
+                                                 cfg["price_per_hour_usd"], rc["timeout_s"], logs=ctx.logs))
+    return {"documents": len(docs), "streams": rc["streams"], "headline": task.headline, "labels": labels,
+            "route": serving["task"]["route"], "metrics": list(task.metrics()), "reference": "deployed", "variants": routing_eval.compare(variants, "deployed", list(task.metrics()))}
 
 
 def run(ctx: Context) -> Result:
@@ -224,7 +248,13 @@ def run(ctx: Context) -> Result:
     tasks_measured = task_ladder(ctx, cfg, serving, route) if has_gateway and route and cfg["task_ladder"]["enabled"] \
         else None
     restarts += (tasks_measured or {}).get("engine_restarts") or []
-    bench = ((tasks_measured or {}).get("calibration") or {}).get("bench")
+    routing = routing_comparison(ctx, cfg, serving)
+    rep = (tasks_measured or {}).get("best_repeated")
+    if routing and rep and rep.get("documents_per_s_spread") is not None and rep["documents_per_s"]:
+        # the task ladder's best level run twice: the noise a one-pass difference between variants has to exceed
+        routing["relative_spread"] = round(rep["documents_per_s_spread"] / min(rep["documents_per_s"]), 4)
+    # the chat route goes to the deployed model: the task ladder's figures serve unless a cascade's cheap tier had them
+    bench = None if serving.get("cheap") else ((tasks_measured or {}).get("calibration") or {}).get("bench")
     if not bench and serving["engine"] == "llama-server":  # nothing else running: the deployments are down
         ctx.progress(f"llama-bench on the deployed model, {serving['threads']} threads: the chat ladder's calibration")
         bench = llama_cpp.bench(Path(serving["primary"]["gguf"]), ctx.log("llama-bench-chat.log"), serving["threads"],
@@ -266,12 +296,13 @@ def run(ctx: Context) -> Result:
                                                             if r["streams"] == ceiling), None),
                "price_per_hour_usd": cfg["price_per_hour_usd"], "baseline": baseline, "drills": drill_results,
                "vegeta": task_attacks, "ladder_engines": ladders, "monitoring": monitor, "task_ladder": tasks_measured,
-               "chat_calibration": chat_calibration,
+               "chat_calibration": chat_calibration, "routing": routing,
                "engine_restarts": restarts, "serving": {k: serving[k] for k in ("engine", "replicas", "parallel",
                                                                                 "threads", "ctx_size")},
                "model_type": serving.get("model_type"), "cores": psutil.cpu_count()}
     (ctx.out / "levels.json").write_text(json.dumps({"through": through, "levels": rows, "direct": direct,
-                                                     "baseline": baseline, "task_ladder": tasks_measured},
+                                                     "baseline": baseline, "task_ladder": tasks_measured,
+                                                     "routing": routing},
                                                     indent=2) + "\n")
     arts = {"levels": "levels.json", "resource_samples": "resource_samples.json",
             "prometheus_rules": monitor["rules_file"], "prometheus_rules_test": monitor["tests_file"]}

@@ -123,7 +123,8 @@ def run(ctx: Context) -> Result:
     if cheap:
         task["cascade"] = {"cheap": cheap["type"], "cheap_slots": cfg["parallel"],
                            "escalate_when_busy": cfg["routing"]["escalate_when_busy"]}
-    serving = deploy.spec(cfg, gguf, hf_dir, fallback_engines, ctx.threads, task, cheap)
+    threads = (cfg["routing"]["deployed_threads"] or ctx.threads) if cheap else ctx.threads
+    serving = deploy.spec(cfg, gguf, hf_dir, fallback_engines, threads, task, cheap)
     serving["model_type"] = qtype
     serving["served_model"] = ctx.recipe["name"]
     serving["system_prompt"] = task["system_prompt"]
