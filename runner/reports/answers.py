@@ -2,7 +2,7 @@
 run's stage metrics and linking to the page with the evidence."""
 from __future__ import annotations
 
-from runner.reports import fmt
+from runner.reports import fmt, perf_cost
 from runner.serving.perf_analysis import VERDICTS
 from runner.stage import Output
 
@@ -107,6 +107,15 @@ def performance(inputs: dict[str, Output]) -> list[str]:
         for c in m["baseline"]["comparison"]:
             L.append(f"- Optimization measured in this run ({m['baseline']['label']} → the recipe's settings, "
                      f"{c['streams']} streams): {c['throughput_gain']}x output tokens/s.")
+    best = (m.get("task_ladder") or {}).get("best_at_slo")
+    if best:
+        L.append(f"- The task route ({m['task_ladder']['route']}, test documents): {best['documents_per_s']} valid "
+                 f"documents/s within the latency SLO at {best['streams']} streams ({best['x_one_stream']}x one stream), "
+                 f"${best['usd_per_1k_documents']} per 1,000 valid documents "
+                 "([perf_cost.md](perf_cost.md#the-task-route-the-products-workload)).")
+    if m.get("routing"):
+        L.append(f"- Routing: {perf_cost.routing_verdict(m['routing'])} "
+                 "([perf_cost.md](perf_cost.md#routing-the-cascade-against-each-of-its-models-alone)).")
     if m.get("usd_per_1m_output_tokens_at_ceiling") is not None:
         price = f" (at ${m['price_per_hour_usd']}/hour)" if m.get("price_per_hour_usd") is not None else ""
         L.append(f"- Cost: ${m['usd_per_1m_output_tokens_at_ceiling']:.3f} per 1M output tokens at the ceiling{price}; "
