@@ -84,3 +84,38 @@ def test_classification_and_generation_name_their_causes():
         {"reference": "low_overlap"}
     assert g.scorer.causes(g.spec, ref, "", {"acceptable": 0}) == {"reference": "empty"}
     assert g.scorer.causes(g.spec, ref, "The train leaves at 8 am.", {"acceptable": 1}) == {}
+
+
+FAST_PATH_CHECK = r'''
+import json, sys
+from jsonschema import Draft202012Validator
+from runner.kinds import extraction
+schema = json.load(open("evals/invoice_extraction/schema.json"))
+assert extraction._compiled(schema)[1] is not None, "jsonschema-rs is not in the gateway venv"
+good = {"invoice_number": "INV-1", "invoice_date": "2024-01-02", "due_date": None, "seller": "Acme",
+        "buyer": "Beta", "currency": "EUR", "subtotal": 10.0, "tax": 2.0, "total": 12.0}
+cases = [good, {**good, "invoice_date": "\u0662\u0660\u0662\u0664-\u0660\u0661-\u0660\u0662"},  # Arabic-Indic digits
+         {**good, "invoice_date": "2024-01-02\n"}, {**good, "currency": "eur"}, {**good, "total": "twelve"},
+         {k: v for k, v in good.items() if k != "total"}, {**good, "extra": 1}, [good], "text", None]
+out = []
+for c in cases:
+    ref = [e.message for e in Draft202012Validator(schema).iter_errors(c)]
+    out.append([ref, [e.message for e in extraction.schema_errors(schema, c)]])
+print(json.dumps(out))
+'''
+
+
+def test_the_gateway_s_fast_schema_check_gives_jsonschema_s_verdict_and_messages():
+    """The gateway venv validates task answers with jsonschema-rs first (0.3 µs against 37): what it accepts is
+    taken as valid, anything else is judged by jsonschema. Python's regexes match more (\\d takes any Unicode
+    digit, $ a trailing newline), so the verdict must stay jsonschema's on exactly those cases."""
+    import subprocess
+
+    from runner import env
+    r = subprocess.run([env.venv("gateway").python, "-c", FAST_PATH_CHECK], cwd=env.REPO, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(env.REPO)}, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pairs = json.loads(r.stdout)
+    assert all(ref == fast for ref, fast in pairs), pairs
+    assert pairs[0][0] == [] and pairs[1][0] == [] and pairs[2][0] == []   # jsonschema accepts both digit quirks
+    assert all(ref for ref, _ in pairs[3:]), pairs                          # and rejects the rest
