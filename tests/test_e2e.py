@@ -122,6 +122,10 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
         ni = qm["verdicts"][t]["non_inferiority"]  # per field decision: n items x 9 fields
         assert ni["decisions"] == 9 * n and ni["n"] == n and ni["margin"] == 0.02
     assert qm["quality"]["f16-rerun"]["noise"]["decisions"] == 9 * n  # f16 served again: the noise floor
+    # quantize.scoring_slots (1): f16 and the quants scored the same way, on one slot; f16's second scoring is the
+    # gate's reference
+    assert {qm["quality"][t]["served"]["concurrency"] for t in ("f16-rerun", "q8_0", "q4_k_m")} == {1}
+    assert qm["quality"]["f16"]["ci"] == qm["quality"]["f16-rerun"]["ci"]
     assert qm["quality"]["q8_0"]["served"]["docs_per_s"] > 0 and qm["quality"]["q8_0"]["served"]["engine_s_per_doc"] > 0
     passing = [t for t in ("q8_0", "q4_k_m") if qm["verdicts"][t]["passed"]]
     assert qm["chosen"] == (min(passing, key=lambda t: files[t]["bytes"]) if passing else "f16")
@@ -264,10 +268,12 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert rep.returncode == 0, rep.stderr
     assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
 
-    # training and eval are reproducible: re-running train and eval (--from train --until eval) on the same data
-    # gives the same loss curves (seeds are set everywhere), hence the same models, and identical per-sample
-    # answers and metrics (bit-exact scoring at eval.concurrency 1)
+    # training, eval and the quantize gate are reproducible: re-running train to quantize (--from train --until
+    # quantize) on the same data gives the same loss curves (seeds are set everywhere), hence the same models,
+    # identical per-sample answers and metrics (bit-exact scoring at eval.concurrency 1), and the same quant answers
+    # and verdicts (quantize.scoring_slots 1)
     train_dir, eval_dir = (run_dir / "stages" / "train").resolve(), (run_dir / "stages" / "eval").resolve()
+    quant_dir = (run_dir / "stages" / "quantize").resolve()
 
     def curves():
         return {p.parent.name: [(c["step"], c.get("loss"), c.get("eval_loss"), c.get("grad_norm"))
@@ -282,14 +288,26 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
         m = json.loads((eval_dir / "stage.json").read_text())["metrics"]["models"]
         return {k: {t: {n: v for n, v in d.items() if n != "ci"} for t, d in m[k]["tasks"].items()} for k in m}
 
+    def quant_answers():
+        return {(p.parent.name, r["doc_id"]): r["filtered_resps"]
+                for p in quant_dir.glob("*/samples_*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
+
+    def verdicts():
+        v = json.loads((quant_dir / "stage.json").read_text())["metrics"]["verdicts"]
+        return {t: (x["passed"], x["non_inferiority"]["discordant_items"], x["non_inferiority"]["drop"])
+                for t, x in v.items()}
+
     before_curves, before, before_scores = curves(), answers(), scores()
-    again = run_recipe(recipe, runs_dir, "--from", "train", "--until", "eval")
+    before_quant, before_verdicts = quant_answers(), verdicts()
+    again = run_recipe(recipe, runs_dir, "--from", "train", "--until", "quantize")
     assert again.returncode == 0, again.stdout[-3000:]
     rerun = latest_manifest(runs_dir, "tiny-e2e")["stages"]
-    assert rerun["train"]["status"] == rerun["eval"]["status"] == "ok" and rerun["data"]["status"] == "cached"
+    assert rerun["train"]["status"] == rerun["eval"]["status"] == rerun["quantize"]["status"] == "ok"
+    assert rerun["data"]["status"] == "cached"
     assert set(before_curves) == {"tuned", "tuned-v2"} and all(before_curves.values())
     assert curves() == before_curves
     assert len(before) >= 2 * (6 + 6) + 4 and answers() == before and scores() == before_scores
+    assert len(before_quant) == 3 * n and quant_answers() == before_quant and verdicts() == before_verdicts
 
     # a server that rejects every request (prompts longer than its context) fails the eval with the model's
     # name and the logs, and scores nothing

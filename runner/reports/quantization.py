@@ -89,11 +89,16 @@ def write(page: fmt.Page) -> dict[str, str]:
     if g.get("no_significant_drop"):
         extra = "; and ".join(x for x in (extra, f"{', '.join(g['no_significant_drop'])} must not be significantly worse "
                                           "(the 95% CI of quant − f16 wholly below zero fails)") if x)
+    rerun = q.get(RERUN) or {}
+    slots = (rerun.get("served") or {}).get("concurrency")
+    scored = (f" on {slots} slot{'s' if slots != 1 else ''}, f16 scored again the same way as the gate's reference"
+              + (" (one slot: every scoring of a file gives the same answers, so the verdict repeats)" if slots == 1
+                 else "") if rerun.get("vs_eval") else "")
     L = ["# Quantization", "",
          f"Model `{metrics['model']}`" + (" (the iterate stage's model: [iteration.md](iteration.md))"
                                           if metrics.get("model_from") == "iterate" else "")
          + "; each quant scored on the same test items with the same prompts as f16, served "
-         f"by llama-server. Gate: {'; and '.join(x for x in (rule, extra) if x)}.", "",
+         f"by llama-server{scored}. Gate: {'; and '.join(x for x in (rule, extra) if x)}.", "",
          f"**Deployment model: {metrics['chosen']}**: {metrics['chosen_why']}.", "",
          f"| type | MB | bits/weight | load s | prompt tok/s | decode tok/s | docs/s served | engine s/doc | "
          f"server peak RSS MB | {head} | {second} |",
@@ -128,8 +133,12 @@ def write(page: fmt.Page) -> dict[str, str]:
                      f"{_n(ni.get('power'), 2)} | {ni.get('n_required') or '–'} | {verdict} |")
         L += ["", f"Drop: f16's share of right {unit} decisions minus the quant's, on the same items; bootstrapped over "
               f"items (an item's decisions stay together). Power: for a true drop of zero, from the bootstrap's "
-              f"standard error (none when no item differs). {RERUN}: f16 served again and scored against the eval "
-              "stage's f16 answers: what batching alone changes, the floor any quant's drop sits on.", ""]
+              f"standard error (none when no item differs). {RERUN}: f16 served again "
+              + (f"on {slots} slot(s) and scored against the eval stage's f16 answers ({rerun['eval_slots']} "
+                 "slots): what batching alone changes; the quants are gated against this second f16 scoring, made "
+                 "the same way as theirs." if rerun.get("vs_eval") else
+                 "and scored against the eval stage's f16 answers: what batching alone changes, the floor any "
+                 "quant's drop sits on."), ""]
         checks = [(t, v["checks"]) for t, v in rows if v.get("checks")]
         for t, ch in checks:
             L.append(f"- {t}: " + "; ".join(f"{m} drop {c['drop']:+.3f} (95% CI upper bound {c['drop_ci_high']:+.3f}, "

@@ -158,35 +158,43 @@ def run(ctx: Context) -> Result:
     if cfg["evaluate"]:
         tasks_dir = ev.path("tasks")
         f16_ids = sorted(s["doc_id"] for s in f16_samples)
-        # f16 is served again first: its speed side by side with the quants (the eval stage's f16 run also scored
-        # a training sample), and its answers against the eval stage's: the run-to-run noise the gate sits on
+        slots = cfg["scoring_slots"]
+        # f16 is served again first, the same way as the quants (quantize.scoring_slots): the gate's reference, its
+        # speed side by side with theirs, and against the eval stage's answers (eval.concurrency slots) what
+        # batching alone changes. On one slot every scoring of a file gives the same answers: the verdict repeats.
         for qtype in [RERUN] + cfg["types"]:
             out = ctx.out / qtype
             out.mkdir()
             timing = served_eval.score(f16 if qtype == RERUN else variants[qtype], qtype,
                                        [{"name": "test", "tasks": [task.name], "system": system}],
                                        tasks_dir, out, ctx.log, ctx.progress, threads=ctx.threads,
-                                       concurrency=ecfg["concurrency"], ctx_size=ecfg["ctx_size"],
-                                       limit=ecfg["limit"], seed=ctx.seed)
+                                       concurrency=slots, ctx_size=ecfg["ctx_size"], limit=ecfg["limit"],
+                                       seed=ctx.seed)
             agg, samples = lm_eval.read_results(out / "lm_eval" / "test", task.name, ctx.log(f"lm-eval-{qtype}-test.log"))
             if sorted(s["doc_id"] for s in samples) != f16_ids:
                 raise StageError(f"{qtype} was scored on different items than f16 (eval.limit changed?)")
             (out / f"samples_{task.name}.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
             artifacts[f"{qtype}-samples"] = f"{qtype}/samples_{task.name}.jsonl"
+            ref = f16_samples if qtype == RERUN else quality[RERUN]["samples"]
             quality[qtype] = {"ci": ea.summarize(task.name, scoring, samples, agg, ecfg["bootstrap_iters"], ctx.seed),
-                              "vs_f16": ea.compare(task.name, scoring, f16_samples, samples, ecfg["bootstrap_iters"],
-                                                   ctx.seed),
-                              "served": served_speed(timing, len(samples), ecfg["concurrency"]), **timing}
-            details[qtype] = ea.item_details(samples, task, ecfg["length_buckets_chars"])
-            v = gate(details["f16"], details[qtype], quality[qtype]["vs_f16"], cfg["gate"], ecfg["bootstrap_iters"],
-                     ctx.seed)
+                              "vs_f16": ea.compare(task.name, scoring, ref, samples, ecfg["bootstrap_iters"], ctx.seed),
+                              "served": served_speed(timing, len(samples), slots), **timing}
+            d = ea.item_details(samples, task, ecfg["length_buckets_chars"])
             if qtype == RERUN:
-                quality[qtype]["noise"] = v["non_inferiority"]
+                v = gate(details["f16"], d, quality[qtype]["vs_f16"], cfg["gate"], ecfg["bootstrap_iters"], ctx.seed)
+                quality[RERUN].update(noise=v["non_inferiority"], vs_eval=quality[RERUN].pop("vs_f16"),
+                                      eval_slots=ecfg["concurrency"], samples=samples)
+                # the reference from here on: f16 scored as the quants are
+                quality["f16"] = {"ci": quality[RERUN]["ci"], "scored": f"quantize stage, {slots} slot(s)"}
+                details["f16"] = d
                 continue
+            details[qtype] = d
+            v = gate(details["f16"], d, quality[qtype]["vs_f16"], cfg["gate"], ecfg["bootstrap_iters"], ctx.seed)
             files[qtype]["load_s"] = timing["server_ready_s"]
             files[qtype]["peak_rss_mb"] = timing["server_peak_rss_mb"]
             verdicts[qtype] = v
             ctx.progress(f"{qtype}: {'passes' if v['passed'] else 'fails'} the regression gate")
+        quality[RERUN].pop("samples", None)
 
     # choose the deployment model: the smallest quant that passes (f16 when none does)
     passing = [t for t in cfg["types"] if verdicts.get(t, {"passed": not cfg["evaluate"]})["passed"]]
