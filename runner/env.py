@@ -173,13 +173,16 @@ def base_models() -> dict[str, BaseModel]:
 
 @dataclass(frozen=True)
 class DebPackage:
-    """A Debian package pinned in [tool.forge.debian], unpacked (not installed) into the cache."""
+    """A Debian package pinned in [tool.forge.debian] (or by a recipe's data source, with its sha256), unpacked
+    (not installed) into the cache."""
     name: str
     version: str
+    sha256: str | None = None
 
     @property
     def key(self) -> str:
-        return short_hash({"name": self.name, "version": self.version, "arch": platform.machine()})
+        return short_hash({"name": self.name, "version": self.version, "arch": platform.machine(),
+                           **({"sha256": self.sha256} if self.sha256 else {})})
 
     @property
     def path(self) -> Path:

@@ -303,7 +303,8 @@ def _problems(data: dict, origin: dict, main_file: Path) -> list[str]:
 # ---------------------------------------------------------------- entry points
 
 # Recipe values that are file paths: resolved against the directory of the recipe file that set them.
-PATH_KEYS = (("base_model", "path"), ("data", "sources", "*", "path"), ("task_paths", "*"))
+PATH_KEYS = (("base_model", "path"), ("data", "sources", "*", "path"), ("data", "sources", "*", "debian", "folder"),
+             ("task_paths", "*"))
 
 
 def _resolve_paths(data: dict, origin: dict, main_file: Path) -> None:

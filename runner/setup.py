@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
+import hashlib
 import json
 import os
 import platform
@@ -217,18 +218,22 @@ def ensure_npm_package(name: str) -> Path:
     return path / "node_modules" / name
 
 
-def ensure_debian_package(name: str) -> env.DebPackage:
-    """A Debian package pinned in [tool.forge.debian], downloaded by `apt-get download` (no root) or taken from
-    $FORGE_DEBS, and unpacked with `dpkg-deb -x` into the cache: its binaries run from there."""
-    pkg = env.debian(name)
+def ensure_debian_package(name: str, version: str | None = None, sha256: str | None = None,
+                          folder: str | None = None) -> env.DebPackage:
+    """A Debian package, downloaded by `apt-get download` (no root) or taken from a folder of .deb files (`folder`,
+    else $FORGE_DEBS), checked against its sha256 when one is pinned, and unpacked with `dpkg-deb -x` into the
+    cache: its binaries run (its files are read) from there. The version is the one pinned in [tool.forge.debian]
+    unless given (a recipe's data source pins its own, with the sha256)."""
+    pkg = env.debian(name) if version is None else env.DebPackage(name, version, sha256)
 
     def build(logfile: Path) -> None:
         arch = platform.machine().replace("x86_64", "amd64").replace("aarch64", "arm64")
-        pattern = f"{name}_{pkg.version.replace(':', '%3a')}_{arch}.deb"
-        folder = os.environ.get(DEBS_ENV)
-        found = sorted(Path(folder).glob(pattern)) if folder else []
-        how = (f"put {pattern} in ${DEBS_ENV} (a folder of .deb files), or make apt-get reach a Debian mirror "
-               f"that has {name}={pkg.version}")
+        stem = f"{name}_{pkg.version.replace(':', '%3a')}_"
+        where = folder or os.environ.get(DEBS_ENV)
+        found = [Path(where) / f"{stem}{a}.deb" for a in (arch, "all") if where and (Path(where) / f"{stem}{a}.deb").exists()]
+        pattern = f"{stem}{{{arch},all}}.deb"
+        how = (f"put {pattern} in {folder or '$' + DEBS_ENV} (a folder of .deb files), or make apt-get reach a "
+               f"Debian mirror that has {name}={pkg.version}")
         if not found:
             if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
                 raise SystemExit(f"[setup] {name} {pkg.version}: apt-get and dpkg-deb are needed to download it; {how}")
@@ -241,7 +246,17 @@ def ensure_debian_package(name: str) -> env.DebPackage:
             found = sorted(dl.glob("*.deb"))
         if not found:
             raise SystemExit(f"[setup] no {pattern} after download; {how}")
+        if pkg.sha256:
+            got = hashlib.sha256(found[0].read_bytes()).hexdigest()
+            if got != pkg.sha256:
+                raise SystemExit(f"[setup] {found[0]}: sha256 {got}, but {name}={pkg.version} is pinned to "
+                                 f"{pkg.sha256}; a different build of the package (update the pin only after "
+                                 "checking what changed)")
         run_logged(["dpkg-deb", "-x", found[0], pkg.path / "root"], logfile)
+        (pkg.path / "source.json").write_text(json.dumps({"name": name, "version": pkg.version, "file": found[0].name,
+                                                          "sha256": hashlib.sha256(found[0].read_bytes()).hexdigest(),
+                                                          "from": "folder" if where and found[0].parent == Path(where)
+                                                          else "apt-get download"}, indent=1))
         shutil.rmtree(pkg.path / "download", ignore_errors=True)
 
     build_once(pkg.path, f"deb-{name}-{pkg.key}", f"unpacking Debian package {name} {pkg.version}", build)

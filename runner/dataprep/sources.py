@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+from runner.dataprep import faq
 from runner.stage import StageError
 
 COLUMNS = ("input", "output", "id")  # the mapping keys that are not slice columns
@@ -49,6 +50,8 @@ def load(source: dict, parse_gold=lambda v: v) -> list[dict]:
     m = source["mapping"]
     if "hub_id" in source:
         return _load_hub(source, parse_gold)
+    if "debian" in source:
+        return _mapped(_where(debian_rows(source["debian"]), source.get("where") or {}), m, parse_gold)
     path = Path(source["path"])
     if not path.exists():
         raise StageError(f"data.sources: {path}: no such file")
@@ -57,17 +60,51 @@ def load(source: dict, parse_gold=lambda v: v) -> list[dict]:
     except OSError as e:
         raise StageError(f"data.sources: {path}: cannot read ({e.strerror})") from None
     fmt = _format(path, source["format"])
+    rows = ((f"{path}:{n}", f"{path.stem}-{n}", row) for n, row in _rows(path, fmt))
+    return _mapped(_where(rows, source.get("where") or {}), m, parse_gold)
+
+
+def _where(rows, keep: dict[str, list[str]]):
+    """Only the rows whose field holds one of the listed values (`data.sources[].where`)."""
+    for where, default_id, row in rows:
+        if all(str(row.get(field)) in values for field, values in keep.items()):
+            yield where, default_id, row
+
+
+def _mapped(rows, m: dict, parse_gold) -> list[dict]:
+    """(where, default id, row) triples through the mapping into records."""
     out = []
-    for n, row in _rows(path, fmt):
-        where = f"{path}:{n}"
+    for where, default_id, row in rows:
         for key in ("input", "output"):
             if m[key] not in row:
                 raise StageError(f"{where}: mapping.{key} names field '{m[key]}', which this record lacks "
                                  f"(it has: {', '.join(sorted(row)) or 'no fields'})")
-        out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else f"{path.stem}-{n}",
+        if row[m["output"]] is None:   # e.g. a question with no English text to render it into
+            continue
+        out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else default_id,
                     "document": str(row[m["input"]] or ""), "gold": parse_gold(row[m["output"]]),
                     **_slices(row, m), "pii": [], "source": where})
     return out
+
+
+def debian_rows(deb: dict):
+    """(where, default id, row) for every question in the pinned packages (`data.sources[].debian`): each package
+    fetched or taken from the folder and unpacked into the user cache (runner/setup.py), parsed by its parser."""
+    from runner import setup   # the cache's Debian machinery (apt-get download, sha256, dpkg-deb -x)
+    rows = []
+    for p in deb["packages"]:
+        try:
+            pkg = setup.ensure_debian_package(p["name"], p["version"], p["sha256"], deb.get("folder"))
+        except SystemExit as e:
+            raise StageError(f"data.sources[].debian.packages: {p['name']}={p['version']}: "
+                             f"{str(e).removeprefix('[setup] ')}") from None
+        for r in faq.PARSERS[p["parser"]](pkg.path / "root", p["name"], p["version"]):
+            rows.append({**r, "license": p["license"], "sha256": p["sha256"]})
+        if not any(r["package"] == p["name"] for r in rows):
+            raise StageError(f"data.sources[].debian.packages: {p['name']}={p['version']}: the {p['parser']} parser "
+                             f"found no questions in it (is it the right package for that parser?)")
+    for r in faq.with_english(rows):
+        yield f"{r['package']}:{r['file']}#{r['question_id'].split('#')[-1]}", r["id"], r
 
 
 def _slices(row: dict, mapping: dict) -> dict:
