@@ -216,3 +216,25 @@ def test_targeted_records_join_train_only_with_their_pattern(tmp_path, runs_dir)
                     runs_dir / "bad")
     assert r.returncode == 1 and "data.generator.targeted[0].cause: 'made_up' is not a failure cause" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_split_by_group_keeps_every_translation_of_a_question_in_one_split():
+    """data.sources[].mapping.group: 60 questions in 10 languages, 6 chapters; each question's translations go to
+    one split (no test question has a translation in training), the splits hold their fractions of the records,
+    every chapter reaches the test split, and the split is the same for the same seed."""
+    from runner.stages import data
+    langs = ["en", "de", "fr", "it", "ja", "ko", "nl", "pt", "ru", "zh-cn"]
+    recs = [{"id": f"{lang}-{q:02d}", "group": f"q{q:02d}", "language": lang, "gold": f"chapter-{q % 6}"}
+            for q in range(60) for lang in langs]
+    fractions = {"train": 0.7, "eval": 0.1, "test": 0.2}
+    parts = data.split(recs, fractions, seed=7, slices=("language", "gold"))
+    assert data.groups_across(parts) == []
+    assert {n: len(p) for n, p in parts.items()} == {"train": 420, "eval": 60, "test": 120}
+    assert all(len({r["language"] for r in p if r["group"] == g}) == 10
+               for p in parts.values() for g in {r["group"] for r in p})        # whole groups, all ten languages
+    assert {r["gold"] for r in parts["test"]} == {f"chapter-{c}" for c in range(6)}   # stratified by chapter
+    assert data.split(recs, fractions, seed=7, slices=("language", "gold")) == parts
+    assert data.split(recs, fractions, seed=8, slices=("language", "gold")) != parts
+    # and the check itself: a group in two splits is named
+    leaked = {"train": parts["train"] + parts["test"][:1], "eval": parts["eval"], "test": parts["test"]}
+    assert data.groups_across(leaked) == [parts["test"][0]["group"]]

@@ -171,8 +171,10 @@ def test_debian_source_pins_unpacks_parses_and_filters(tmp_path, monkeypatch):
          "What is an Essential, Required package?", "de")]
     assert recs[0]["source"] == "debian-faq-de:usr/share/doc/debian/FAQ/de/pkg-basics.de.html#package"
     # classification: every language, the chapter as the label
-    both = sources.load({**source, "mapping": {"input": "question", "output": "chapter"}, "where": {}})
+    both = sources.load({**source, "mapping": {"input": "question", "output": "chapter", "group": "question_id"},
+                         "where": {}})
     assert len(both) == 4 and {r["gold"] for r in both} == {"debian/pkg-basics"}
+    assert sorted(r["group"] for r in both) == ["debian-faq/pkg-basics#package"] * 2 + ["debian-faq/pkg-basics#priority"] * 2
     # a different build than the pin: refused, nothing unpacked
     bad = {**source, "debian": {**source["debian"], "packages": [{**packages[0], "version": "11.1",
                                                                   "sha256": "0" * 64, "name": "debian-faq"}]}}

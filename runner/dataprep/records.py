@@ -44,7 +44,8 @@ def to_chat(rec: dict, system_prompt: str, task: tasks.Task) -> dict:
     is text (extraction: JSON text; the datasets JSON loader would otherwise turn ISO dates into timestamps)."""
     answer, slices = task.scorer.answer_text(rec["gold"]), task.slices
     return {
-        "id": rec["id"], **{c: rec.get(c, "?") for c in slices}, "document": rec["document"],
+        "id": rec["id"], **({"group": rec["group"]} if "group" in rec else {}),
+        **{c: rec.get(c, "?") for c in slices}, "document": rec["document"],
         "gold": answer,
         "messages": [{"role": "system", "content": system_prompt},
                      {"role": "user", "content": rec["document"]},

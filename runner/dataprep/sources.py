@@ -10,7 +10,7 @@ from pathlib import Path
 from runner.dataprep import faq
 from runner.stage import StageError
 
-COLUMNS = ("input", "output", "id")  # the mapping keys that are not slice columns
+COLUMNS = ("input", "output", "id", "group")  # the mapping keys that are not slice columns
 
 
 def _format(path: Path, declared: str) -> str:
@@ -83,6 +83,7 @@ def _mapped(rows, m: dict, parse_gold) -> list[dict]:
             continue
         out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else default_id,
                     "document": str(row[m["input"]] or ""), "gold": parse_gold(row[m["output"]]),
+                    **({"group": str(row.get(m["group"]))} if "group" in m else {}),
                     **_slices(row, m), "pii": [], "source": where})
     return out
 

@@ -110,6 +110,13 @@ def write(page: fmt.Page) -> dict[str, str]:
         labels = sorted({lab for per in metrics["labels"].values() for lab in per})
         L += ["", "## Labels per split", "", "| split | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
         L += [f"| {n} | " + " | ".join(str(per.get(lab, 0)) for lab in labels) + " |" for n, per in metrics["labels"].items()]
+    if metrics.get("groups"):  # split by group: no group (e.g. a question and its translations) crosses splits
+        g = metrics["groups"]
+        across = g["across_splits"]
+        L += ["", "## Groups per split", "", "Records that share a group (`data.sources[].mapping.group`) are split "
+              "together, so no test item has a relative in training: " + ", ".join(
+                  f"{n} {k}" for n, k in g["per_split"].items()) + " groups; **" + str(len(across)) + "** groups "
+              "have records in more than one split" + (f" ({', '.join(across[:5])})" if across else "") + "."]
 
     L += ["", f"## Near-duplicate clusters ({len(clusters)})", ""]
     for c in clusters[:5]:

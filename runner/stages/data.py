@@ -58,7 +58,10 @@ def holdout(records: list[dict], held: dict[str, list], task) -> tuple[list[dict
 def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[str, list[dict]]:
     """Seeded, stratified by the task's slice columns. Each stratum is shuffled and cut by the fractions; the
     fractional remainders carry over from stratum to stratum, so small strata still feed every split and the
-    overall sizes match the fractions."""
+    overall sizes match the fractions. Records with a `group` (data.sources[].mapping.group, e.g. a question id
+    shared by its translations) are split as whole groups: `split_groups`."""
+    if any("group" in r for r in records):
+        return split_groups(records, fractions, seed, slices)
     strata = defaultdict(list)
     for r in records:
         strata[tuple(str(r.get(c, "?")) for c in slices)].append(r)
@@ -80,6 +83,44 @@ def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[st
     for recs in out.values():
         recs.sort(key=lambda r: r["id"])
     return out
+
+
+def split_groups(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[str, list[dict]]:
+    """Every record of a group in one split: groups are the units, stratified by the slice values their records
+    share (a slice that varies inside a group, such as the language of a question's translations, does not
+    stratify), shuffled, and dealt to test, then eval, then train until each split holds its fraction of the
+    records (carried over from stratum to stratum as in `split`). A record without a group is a group of its own."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[str(r.get("group", "\x00" + r["id"]))].append(r)
+    strata: dict[tuple, list[str]] = defaultdict(list)
+    for g, members in groups.items():
+        strata[tuple(vals.pop() if len(vals := {str(m.get(c, "?")) for m in members}) == 1 else "*"
+                     for c in slices)].append(g)
+    out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
+    rng = random.Random(seed)
+    want = {"test": 0.0, "eval": 0.0}
+    for key in sorted(strata):
+        units = sorted(strata[key])
+        rng.shuffle(units)
+        for name in ("test", "eval"):
+            want[name] += sum(len(groups[g]) for g in units) * fractions[name]
+        for g in units:
+            name = next((n for n in ("test", "eval") if len(out[n]) + len(groups[g]) / 2 <= want[n]), "train")
+            out[name] += groups[g]
+    for recs in out.values():
+        recs.sort(key=lambda r: r["id"])
+    return out
+
+
+def groups_across(parts: dict[str, list[dict]]) -> list[str]:
+    """Groups with records in more than one split (what a group split must never leave)."""
+    seen: dict[str, set] = defaultdict(set)
+    for name, recs in parts.items():
+        for r in recs:
+            if "group" in r:
+                seen[r["group"]].add(name)
+    return sorted(g for g, names in seen.items() if len(names) > 1)
 
 
 class Ledger:
@@ -345,6 +386,9 @@ def run(ctx: Context) -> Result:
         "slices": {s: dict(Counter(c[s] for p in parts.values() for c in p)) for s in task.slices},
         **({"labels": {n: dict(Counter(c["gold"] for c in p)) for n, p in parts.items()}}
            if task.scorer.STRATIFY_BY_ANSWER else {}),
+        **({"groups": {"per_split": {n: len({c["group"] for c in p if "group" in c}) for n, p in parts.items()},
+                       "across_splits": groups_across(parts)}}
+           if any("group" in c for p in parts.values() for c in p) else {}),
     }
     if cfg["dvc"]["enabled"]:
         from runner.adapters import dvc
