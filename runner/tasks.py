@@ -2,7 +2,7 @@
 needs to know about it; the roots are the repository's evals/ plus the recipe's `task_paths` (like lm-eval's
 --include_path, searched first). A task of a known kind is configuration only:
 
-    task: support_routing
+    task: ticket_routing
     metadata:
       forge:
         kind: classification        # extraction | classification | generation (runner/kinds/)
