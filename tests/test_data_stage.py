@@ -238,3 +238,16 @@ def test_split_by_group_keeps_every_translation_of_a_question_in_one_split():
     # and the check itself: a group in two splits is named
     leaked = {"train": parts["train"] + parts["test"][:1], "eval": parts["eval"], "test": parts["test"]}
     assert data.groups_across(leaked) == [parts["test"][0]["group"]]
+
+
+def test_duplicates_across_slices_counts_copies_of_another_language():
+    """A translation that left a question in English is a duplicate of the English record: the audit counts it
+    as a duplicate across languages, from the removed record's language to the kept one's."""
+    from runner.stages.data import duplicates_across
+    records = [{"id": "en-1", "language": "en"}, {"id": "fr-1", "language": "fr"}, {"id": "ja-1", "language": "ja"},
+               {"id": "fr-2", "language": "fr"}, {"id": "fr-3", "language": "fr"}]
+    removed = [{"id": "fr-1", "step": "exact_dedup", "of": "en-1"}, {"id": "ja-1", "step": "near_dedup", "of": "en-1"},
+               {"id": "fr-3", "step": "exact_dedup", "of": "fr-2"}, {"id": "x", "step": "length"}]
+    assert duplicates_across(removed, records, ("language",)) == {
+        "language": {"duplicates": 3, "across": 2, "pairs": {"fr → en": 1, "ja → en": 1}}}
+    assert duplicates_across([], records, ("language",)) == {}

@@ -442,6 +442,18 @@ def test_a_task_of_each_kind_runs_every_stage_from_configuration_only(tiny_model
             assert conf["labels"] == ["billing", "shipping", "technical", "account"]
             assert sum(sum(row.values()) for row in conf["matrix"].values()) == ev["models"]["tuned"]["tasks"][task["name"]]["samples"]
             assert "### Confusion matrix of tuned" in quality_md
+            # eval.classical_baseline: TF-IDF + logistic regression fitted on train, paired with every model
+            cb, n_items = ev["classical_baseline"], ev["models"]["tuned"]["tasks"][task["name"]]["samples"]
+            assert cb["name"] == "tfidf-logreg" and cb["C"] in (1, 10) and set(cb["dev_accuracy"]) <= {"1", "10"}
+            assert cb["tasks"][task["name"]]["samples"] == n_items
+            assert cb["train_items"] == sum(st["data"]["metrics"]["labels"]["train"].values())
+            assert ev["classical_comparisons"]["tuned"][task["headline"]]["n"] == n_items
+            per_language = analysis["classical"]["breakdowns"]["language"]
+            assert per_language and all({"tfidf-logreg", "tuned", "tuned-vs-tfidf-logreg"} <= set(r)
+                                        for r in per_language.values())
+            assert "## Against a classical baseline" in quality_md and "by language: every model against" in quality_md
+            assert "Against the classical baseline (`tfidf-logreg`" in \
+                (run_dir / "stages" / "report" / "README.md").read_text()
             # the split stratified by label (and language): 4 test items over (label, language) strata
             labels = st["data"]["metrics"]["labels"]
             assert set(labels["train"]) == set(conf["labels"]) and len(labels["test"]) >= 3

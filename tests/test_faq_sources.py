@@ -125,6 +125,19 @@ def test_python_faq_records(tmp_path):
     assert recs[0]["chapter_title"] == "General Python FAQ"
 
 
+def test_python_faq_questions_that_slug_alike_get_distinct_ids(tmp_path):
+    doc = tmp_path / "usr" / "share" / "doc" / "python3.11" / "html" / "_sources" / "faq"
+    doc.mkdir(parents=True)
+    (doc / "extending.rst.txt").write_text(
+        "=====\nFAQ\n=====\n\nWriting C\n=========\n\nCan I create my own functions in C?\n"
+        "-----------------------------------\n\nYes.\n\nCan I create my own functions in C++?\n"
+        "-------------------------------------\n\nYes.\n")
+    recs = faq.python_faq(tmp_path, "python3.11-doc", "3.11.2-6+deb12u8")
+    assert [r["question_id"] for r in recs] == ["python-faq/extending#can-i-create-my-own-functions-in-c",
+                                                 "python-faq/extending#can-i-create-my-own-functions-in-c-2"]
+    assert len({r["id"] for r in recs}) == 2
+
+
 def build_deb(tmp: Path, name: str, version: str, pages: dict[str, str]) -> Path:
     """A real .deb (dpkg-deb -b) holding the given files, as the Debian archive ships them."""
     import subprocess
@@ -164,7 +177,12 @@ def test_debian_source_pins_unpacks_parses_and_filters(tmp_path, monkeypatch):
     source = {"debian": {"packages": packages, "folder": str(tmp_path / "debs")},
               "mapping": {"input": "question", "output": "question_en", "id": "id", "language": "language"},
               "where": {"language": ["de"]}}
-    recs = sources.load(source)
+    tally: dict = {}
+    recs = sources.load(source, tally=tally)
+    assert {k: tally[k] for k in ("rows", "filtered_out", "no_output", "records")} == {
+        "rows": 4, "filtered_out": 2, "no_output": 0, "records": 2}
+    assert [(p["name"], p["sha256"], p["from"], p["questions"], p["languages"]) for p in tally["packages"]] == [
+        ("debian-faq", pin["debian-faq"], "folder", 2, ["en"]), ("debian-faq-de", pin["debian-faq-de"], "folder", 2, ["de"])]
     assert [(r["id"], r["document"], r["gold"], r["language"]) for r in recs] == [
         ("debian-faq-de:de:pkg-basics#package", "Was ist ein Debian-Paket?", "What is a Debian package?", "de"),
         ("debian-faq-de:de:pkg-basics#priority", "Was ist ein Essential, Required Paket?",
@@ -186,3 +204,13 @@ def test_debian_source_pins_unpacks_parses_and_filters(tmp_path, monkeypatch):
     gone = {**source, "debian": {**source["debian"], "packages": [{**packages[0], "name": "forge-no-such-faq"}]}}
     with pytest.raises(StageError, match=r"forge-no-such-faq=11.1: .*put forge-no-such-faq_11.1_\{\w+,all\}.deb in "):
         sources.load(gone)
+
+
+def test_rows_with_a_null_output_are_skipped_and_counted(tmp_path):
+    from runner.dataprep import sources
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"q": "Wie geht das?", "en": "How does it work?"}\n{"q": "Was ist das?", "en": null}\n')
+    tally: dict = {}
+    recs = sources.load({"path": str(f), "format": "auto", "mapping": {"input": "q", "output": "en"}}, tally=tally)
+    assert [r["gold"] for r in recs] == ["How does it work?"]
+    assert tally == {"rows": 2, "filtered_out": 0, "no_output": 1, "records": 1}

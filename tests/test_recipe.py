@@ -18,7 +18,7 @@ BROKEN = REPO / "tests" / "recipes" / "broken"
     ("missing_required.yaml", 1, "name", "required key is missing"),
     ("bad_enum.yaml", 4, "quantize.types[1]", "found 'q4_k_xl' (string)"),
     ("bad_extends.yaml", 1, "extends", "expected an existing recipe file"),
-    ("unknown_task.yaml", 3, "task", "unknown task 'support_tickets' (expected one of: invoice_extraction, support_routing;"),
+    ("unknown_task.yaml", 3, "task", "unknown task 'support_tickets' (expected one of: invoice_extraction, support_normalize, support_routing;"),
 ])
 def test_broken_recipes_name_file_line_and_path(name, line, path, expected):
     with pytest.raises(recipe.RecipeError) as e:

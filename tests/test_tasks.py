@@ -37,7 +37,7 @@ def test_the_invoice_task_resolves_from_its_folder():
     assert t.schema == json.loads((REPO / "evals" / "invoice_extraction" / "schema.json").read_text())
     assert [r["check"] for r in t.spec["rules"]] == ["calendar_date", "not_before", "sum", "currency_code"]
     assert t.scorer is kinds.module("extraction") and not (t.folder / "utils.py").exists()  # configuration only
-    assert tasks.available() == ["invoice_extraction", "support_routing"]  # general_instructions: an extra lm-eval task
+    assert tasks.available() == ["invoice_extraction", "support_normalize", "support_routing"]  # general_instructions: an extra lm-eval task
     assert tasks.scored_as("invoice_extraction_train") == "invoice_extraction"
     assert tasks.scored_as("general_instructions") == "general_instructions"
     # the lm-eval task is the kind's base config overridden by the task's YAML

@@ -125,9 +125,13 @@ def python_faq(root: Path, package: str, version: str) -> list[dict]:
         if topic == "index":
             continue
         title, questions = python_faq_file(page.read_text(encoding="utf-8", errors="replace"))
+        seen: dict[str, int] = {}
         for section, q in questions:
-            qid = f"python-faq/{topic}#{_slug(q)}"
-            out.append({"id": f"{package}:en:{topic}#{_slug(q)}", "question_id": qid, "question": q,
+            slug = _slug(q)   # "...in C?" and "...in C++?" slug alike: the second becomes <slug>-2, and so on
+            seen[slug] = seen.get(slug, 0) + 1
+            slug = slug if seen[slug] == 1 else f"{slug}-{seen[slug]}"
+            qid = f"python-faq/{topic}#{slug}"
+            out.append({"id": f"{package}:en:{topic}#{slug}", "question_id": qid, "question": q,
                         "language": "en", "chapter": f"python/{topic}", "chapter_title": title,
                         "section": section, "faq": "python-faq", "package": package, "version": version,
                         "file": str(page.relative_to(root))})

@@ -44,14 +44,22 @@ def _rows(path: Path, fmt: str):
             yield n, row
 
 
-def load(source: dict, parse_gold=lambda v: v) -> list[dict]:
+def load(source: dict, parse_gold=lambda v: v, tally: dict | None = None) -> list[dict]:
     """`source["path"]` is absolute: recipe loading resolves it against the recipe file that set it.
-    `parse_gold` turns an output cell into the task kind's gold (extraction: JSON text -> object)."""
+    `parse_gold` turns an output cell into the task kind's gold (extraction: JSON text -> object). `tally`, when
+    given, receives what was read: `rows`, `filtered_out` (by `where`), `no_output` (rows whose output field is
+    null: skipped, so counted), `records`, and for Debian sources each package's provenance and question count."""
+    t = tally if tally is not None else {}
+    t.update(rows=0, filtered_out=0, no_output=0, records=0)
     m = source["mapping"]
     if "hub_id" in source:
-        return _load_hub(source, parse_gold)
+        recs = _load_hub(source, parse_gold)
+        t.update(rows=len(recs), records=len(recs))
+        return recs
     if "debian" in source:
-        return _mapped(_where(debian_rows(source["debian"]), source.get("where") or {}), m, parse_gold)
+        t["packages"] = []
+        return _mapped(_where(debian_rows(source["debian"], t["packages"]), source.get("where") or {}, t), m,
+                       parse_gold, t)
     path = Path(source["path"])
     if not path.exists():
         raise StageError(f"data.sources: {path}: no such file")
@@ -61,17 +69,20 @@ def load(source: dict, parse_gold=lambda v: v) -> list[dict]:
         raise StageError(f"data.sources: {path}: cannot read ({e.strerror})") from None
     fmt = _format(path, source["format"])
     rows = ((f"{path}:{n}", f"{path.stem}-{n}", row) for n, row in _rows(path, fmt))
-    return _mapped(_where(rows, source.get("where") or {}), m, parse_gold)
+    return _mapped(_where(rows, source.get("where") or {}, t), m, parse_gold, t)
 
 
-def _where(rows, keep: dict[str, list[str]]):
+def _where(rows, keep: dict[str, list[str]], tally: dict):
     """Only the rows whose field holds one of the listed values (`data.sources[].where`)."""
     for where, default_id, row in rows:
+        tally["rows"] += 1
         if all(str(row.get(field)) in values for field, values in keep.items()):
             yield where, default_id, row
+        else:
+            tally["filtered_out"] += 1
 
 
-def _mapped(rows, m: dict, parse_gold) -> list[dict]:
+def _mapped(rows, m: dict, parse_gold, tally: dict) -> list[dict]:
     """(where, default id, row) triples through the mapping into records."""
     out = []
     for where, default_id, row in rows:
@@ -80,17 +91,21 @@ def _mapped(rows, m: dict, parse_gold) -> list[dict]:
                 raise StageError(f"{where}: mapping.{key} names field '{m[key]}', which this record lacks "
                                  f"(it has: {', '.join(sorted(row)) or 'no fields'})")
         if row[m["output"]] is None:   # e.g. a question with no English text to render it into
+            tally["no_output"] += 1
             continue
         out.append({"id": str(row[m["id"]]) if "id" in m and m["id"] in row else default_id,
                     "document": str(row[m["input"]] or ""), "gold": parse_gold(row[m["output"]]),
                     **({"group": str(row.get(m["group"]))} if "group" in m else {}),
                     **_slices(row, m), "pii": [], "source": where})
+    tally["records"] = len(out)
     return out
 
 
-def debian_rows(deb: dict):
+def debian_rows(deb: dict, packages: list | None = None):
     """(where, default id, row) for every question in the pinned packages (`data.sources[].debian`): each package
-    fetched or taken from the folder and unpacked into the user cache (runner/setup.py), parsed by its parser."""
+    fetched or taken from the folder and unpacked into the user cache (runner/setup.py), parsed by its parser.
+    `packages`, when given, receives each package's provenance (name, version, sha256, licence, where the .deb came
+    from) and how many questions its parser found."""
     from runner import setup   # the cache's Debian machinery (apt-get download, sha256, dpkg-deb -x)
     rows = []
     for p in deb["packages"]:
@@ -99,11 +114,18 @@ def debian_rows(deb: dict):
         except SystemExit as e:
             raise StageError(f"data.sources[].debian.packages: {p['name']}={p['version']}: "
                              f"{str(e).removeprefix('[setup] ')}") from None
-        for r in faq.PARSERS[p["parser"]](pkg.path / "root", p["name"], p["version"]):
-            rows.append({**r, "license": p["license"], "sha256": p["sha256"]})
-        if not any(r["package"] == p["name"] for r in rows):
+        found = [{**r, "license": p["license"], "sha256": p["sha256"]}
+                 for r in faq.PARSERS[p["parser"]](pkg.path / "root", p["name"], p["version"])]
+        if not found:
             raise StageError(f"data.sources[].debian.packages: {p['name']}={p['version']}: the {p['parser']} parser "
                              f"found no questions in it (is it the right package for that parser?)")
+        rows += found
+        if packages is not None:
+            origin = pkg.path / "source.json"
+            got = json.loads(origin.read_text()) if origin.exists() else {}
+            packages.append({"name": p["name"], "version": p["version"], "sha256": got.get("sha256", p["sha256"]),
+                             "parser": p["parser"], "license": p["license"], "from": got.get("from", "?"),
+                             "questions": len(found), "languages": sorted({r["language"] for r in found})})
     for r in faq.with_english(rows):
         yield f"{r['package']}:{r['file']}#{r['question_id'].split('#')[-1]}", r["id"], r
 

@@ -56,6 +56,13 @@ def quality(inputs: dict[str, Output]) -> list[str]:
             L.append(f"  - Against the strongest prompting baseline (`{sb['name']}`, of "
                      f"{1 + len(em['baselines'])}: few-shot and/or constrained decoding): {head} {_ci(vs[head])}"
                      + (f", {second} {_ci(vs[second])}" if vs.get(second) else "") + ".")
+        cb, cc = em.get("classical_baseline"), (em.get("classical_comparisons") or {}).get(m, {}).get(head)
+        if cb and cc and cc.get("diff") is not None:
+            word = ("beats it" if cc.get("improved") else "**does not beat it**" if cc.get("worse")
+                    else "is not told apart from it")
+            L.append(f"  - Against the classical baseline (`{cb['name']}`, {cb['tool']}: {head} "
+                     f"{fmt.num(cb['tasks'].get(fmt.recorded_task(em)['name'], {}).get(head))}): `{m}` {word}, "
+                     f"{_ci(cc)}; per slice in [quality.md](quality.md#against-a-classical-baseline).")
         ood = d.get(fmt.recorded_task(em).get("ood_task") or "", {}).get(head)
         if ood and ood.get("diff") is not None:
             t = em["models"][m]["tasks"]

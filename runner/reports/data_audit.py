@@ -44,6 +44,29 @@ def _charts(out: Path, metrics: dict, parts: dict) -> list[str]:
     return made
 
 
+def _sources(dataset: dict) -> list[str]:
+    """Where the records came from: per source, what was read, filtered and skipped; per Debian package, its pin,
+    where the .deb came from, its licence and how many questions its parser found."""
+    L = ["## Sources", ""]
+    read = dataset.get("read") or [{} for _ in dataset["sources"]]
+    for i, (s, t) in enumerate(zip(dataset["sources"], read)):
+        what = (f"`{s['path']}`" if s.get("path") else f"hub dataset `{s['hub_id']}`" if s.get("hub_id")
+                else f"{len(s['debian']['packages'])} pinned Debian packages")
+        where = (f", {t['filtered_out']} left out by `where` ({json.dumps(s['where'], ensure_ascii=False)})"
+                 if s.get("where") else "")
+        counts = (f": {t['rows']} rows read{where}, {t['no_output']} skipped for a null output "
+                  f"field (`{s['mapping']['output']}`), **{t['records']} records**") if t else ""
+        L += [f"{i + 1}. {what}{counts}."]
+        if t.get("packages"):
+            L += ["", "| package | version | sha256 | from | parser | questions | languages | licence |",
+                  "|---|---|---|---|---|---|---|---|"]
+            L += [f"| {p['name']} | {p['version']} | `{p['sha256'][:12]}` | {p['from']} | {p['parser']} | "
+                  f"{p['questions']} | {', '.join(p['languages'])} | {p['license']} |" for p in t["packages"]]
+            L += ["", "Every package is checked against its pinned sha256 before it is unpacked (`dpkg-deb -x`); the "
+                  "full hashes are in the recipe and in `dataset.json`."]
+    return L + [""]
+
+
 def write(page: fmt.Page) -> dict[str, str]:
     """page.analysis: parts (split -> records), removed, clusters, findings, flags, dataset (the source)."""
     out, metrics, a = page.out, page.metrics, page.analysis
@@ -63,7 +86,7 @@ def write(page: fmt.Page) -> dict[str, str]:
         L += [f"Source: synthetic generator `{g['name']}`, seed {g['seed']}, {g['size']} raw records, defects "
               "injected at " + ", ".join(f"{k} {v:g}" for k, v in g["defects"].items() if v) + ".", ""]
     else:
-        L += ["Source: " + ", ".join(s.get("path") or s.get("hub_id") for s in dataset["sources"]), ""]
+        L += _sources(dataset)
     for e in metrics.get("targeted") or []:
         L += [f"Targeted training records (data.generator.targeted): **{e['added']}** added to train only, their gold "
               f"matching `{json.dumps(e['where'], ensure_ascii=False)}`" + (f" (aimed at {e['cause']})" if e.get("cause")
@@ -86,6 +109,10 @@ def write(page: fmt.Page) -> dict[str, str]:
     L += ["", f"![records per step]({charts[1]})", "", "Removal reasons:", ""]
     for step, c in reasons.items():
         L.append(f"- **{step}**: " + "; ".join(f"{reason} ({n})" for reason, n in c.most_common(4)))
+    for col, d in (metrics.get("duplicates_across") or {}).items():
+        L.append(f"- duplicates across {col}: **{d['across']} of the {d['duplicates']}** removed duplicates copy a "
+                 f"record of another {col}" + (" (" + ", ".join(f"{k} {n}" for k, n in list(d["pairs"].items())[:8])
+                                               + ")" if d["pairs"] else "") + ".")
 
     if metrics.get("detectors"):
         L += ["", "## Detectors against the injected ground truth", "",

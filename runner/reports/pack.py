@@ -142,6 +142,13 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
             base_rows = {n: d["tasks"].get(main, {}) for n, d in ev.metrics["baselines"].items()}
             lines += ["", "Prompting baselines (" + task["headline"] + "): " + ", ".join(
                 f"{n} {fmt.num(t.get(task['headline']))}" for n, t in base_rows.items()) + "."]
+        cb = ev.metrics.get("classical_baseline")
+        if cb:
+            h = task["headline"]
+            lines += ["", f"Classical baseline `{cb['name']}` ({cb['tool']}, fitted on the training split): {h} "
+                      f"{fmt.ci(cb['tasks'].get(main, {}).get('ci', {}).get(h))}; " + "; ".join(
+                          f"{m} − {cb['name']} {fmt.diff(c.get(h))}"
+                          for m, c in (ev.metrics.get("classical_comparisons") or {}).items()) + "."]
         failed = [g for g in ev.metrics.get("gates", []) if not g["passed"]]
         if ev.metrics.get("gates"):
             lines += ["", f"Gates: {len(ev.metrics['gates']) - len(failed)} of {len(ev.metrics['gates'])} passed"

@@ -148,6 +148,7 @@ def write(page: fmt.Page) -> dict[str, str]:
             L += [f"![metrics]({charts['quality_metrics_png']})", ""]
     L += ood_section(metrics, page.recipe)
     L += baselines_section(metrics)
+    L += classical_section(metrics, analysis.get("classical"))
     # where
     bd = analysis.get("breakdowns", {})
     if bd and base:
@@ -211,12 +212,13 @@ def write(page: fmt.Page) -> dict[str, str]:
     # general capability
     gen = cfg.get("general_task")
     if gen and any(gen in metrics["models"][m]["tasks"] for m in models):
-        L += [f"## General capability ({gen}: forgetting check)", "", "| model | accuracy | answered as JSON |",
-              "|---|---|---|"]
+        L += [f"## General capability ({gen}: forgetting check)", "",
+              "| model | accuracy | answered as JSON | empty answers |", "|---|---|---|---|"]
         for m in models:
             t = metrics["models"][m]["tasks"].get(gen)
             if t:
-                L.append(f"| {m} | {fmt.ci(t['ci'].get('accuracy'))} | {fmt.ci(t['ci'].get('answered_as_json'))} |")
+                L.append(f"| {m} | {fmt.ci(t['ci'].get('accuracy'))} | {fmt.ci(t['ci'].get('answered_as_json'))} | "
+                         f"{t.get('empty_answers', '–')} of {t['samples']} |")
         for m in tuned:
             c = metrics["comparisons"].get(m, {}).get(gen, {}).get("accuracy")
             if c:
@@ -319,16 +321,18 @@ def baselines_section(metrics: dict) -> list[str]:
     tuned = [m for m in metrics["models"] if m != "base"]
     L = ["## Against prompting baselines", "",
          "The base model prompted better, on the same test items: few-shot examples (the first k of the training "
-         "split, as user/assistant turns) and/or decoding constrained to the task's answer contract "
-         "(llama-server's `response_format`).", ""] + early_stop_lines(metrics.get("baselines_stop_early")) + [
-         "| model | shots | constrained | n | " + " | ".join(keys) + " |", "|---" * (4 + len(keys)) + "|"]
+         "split, as user/assistant turns), decoding constrained to the task's answer contract (llama-server's "
+         "`response_format`) and/or an instruction of its own (`eval.baselines[].system_prompt`, e.g. what each "
+         "label means) instead of the task's.", ""] + early_stop_lines(metrics.get("baselines_stop_early")) + [
+         "| model | shots | constrained | instruction | n | " + " | ".join(keys) + " |", "|---" * (5 + len(keys)) + "|"]
     for name, d in rows.items():
         t = d["tasks"].get(main, {})
-        L.append(f"| {name} | {d.get('shots', 0)} | {'yes' if d.get('constrained') else 'no'} | {t.get('samples', '')} | "
+        L.append(f"| {name} | {d.get('shots', 0)} | {'yes' if d.get('constrained') else 'no'} | "
+                 f"{'its own' if d.get('own_prompt') else 'the task’s'} | {t.get('samples', '')} | "
                  + " | ".join(fmt.ci(t.get("ci", {}).get(k)) for k in keys) + " |")
     for m in tuned:
         t = metrics["models"][m]["tasks"].get(main, {})
-        L.append(f"| **{m}** (fine-tuned) | 0 | no | {t.get('samples', '')} | "
+        L.append(f"| **{m}** (fine-tuned) | 0 | no | the task’s | {t.get('samples', '')} | "
                  + " | ".join(fmt.ci(t.get("ci", {}).get(k)) for k in keys) + " |")
     s = strongest["name"]
     L += ["", f"Strongest baseline by {strongest['metric']}: **{s}** ({fmt.num(strongest['value'])}).", ""]
@@ -342,6 +346,67 @@ def baselines_section(metrics: dict) -> list[str]:
                      + ("; ".join(f"{k} {c[k]['diff']:+.3f}" for k in keys if c.get(k, {}).get("diff") is not None))
                      + (f" — significant on {', '.join(sig)}." if sig else " — not significant on any."))
             L.append("")
+    return L
+
+
+def classical_verdict(name: str, model: str, c: dict) -> str:
+    """One sentence from a paired difference (model − classical): who wins, by how much, and whether it is more
+    than the sampling noise."""
+    if not c or c.get("diff") is None:
+        return f"{model} and {name}: not compared."
+    d = f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+    if c.get("improved"):
+        return f"{model} beats {name}: {d}."
+    if c.get("worse"):
+        return f"**{model} does not beat {name}: {name} is better by {-c['diff']:.3f}** ({model} − {name} {d})."
+    return f"{model} and {name} are not told apart on these items: {d} (the interval includes zero)."
+
+
+def classical_section(metrics: dict, analysis: dict | None) -> list[str]:
+    """eval.classical_baseline: the classical classifier against every model, overall and per slice value."""
+    cb = metrics.get("classical_baseline")
+    if not cb:
+        return []
+    task, name = metrics["task"], cb["name"]
+    main, keys, head = task["name"], list(task["key_metrics"]), task["headline"]
+    tuned = [m for m in metrics["models"] if m != "base"]
+    settings = cb["settings"]
+    L = ["## Against a classical baseline", "",
+         f"`{name}`: {cb['tool']} (analyzer {settings['analyzer']}, n-grams {settings['ngram_range'][0]}-"
+         f"{settings['ngram_range'][1]}, {cb['features']:,} features), fitted on the {cb['train_items']} training "
+         f"items, C = {cb['C']:g} chosen on the eval split (accuracy per C: "
+         + ", ".join(f"{c} {v:.3f}" for c, v in cb["dev_accuracy"].items()) + f"); {cb['seconds']:.1f} s on the "
+         "CPU, fit and predict. The same test items as every model; it is reported, never gated: where it wins, "
+         "routing those questions to it is the decision to make.", "",
+         "| model | n | " + " | ".join(keys) + " |", "|---" * (2 + len(keys)) + "|"]
+    rows = {name: cb, **metrics["models"]}
+    for m, d in rows.items():
+        t = d["tasks"].get(main, {})
+        L.append(f"| {'**' + m + '**' if m == name else m} | {t.get('samples', '')} | "
+                 + " | ".join(fmt.ci(t.get("ci", {}).get(k)) for k in keys) + " |")
+    L += [""]
+    for m in tuned:
+        c = (metrics.get("classical_comparisons") or {}).get(m) or {}
+        L += [f"| {m} − {name} | " + " | ".join(keys) + " |", "|---" * (1 + len(keys)) + "|",
+              "| paired difference | " + " | ".join(fmt.diff(c.get(k)) for k in keys) + " |", "",
+              classical_verdict(name, m, c.get(head) or {}), ""]
+    bd = (analysis or {}).get("breakdowns") or {}
+    for dim in task.get("slices", []):
+        per = bd.get(dim) or {}
+        if not per:
+            continue
+        L += [f"### {head} by {dim}: every model against `{name}`", "",
+              f"| {dim} | n | {name} | " + " | ".join(metrics["models"]) + " | "
+              + " | ".join(f"{m} − {name}" for m in tuned) + " | verdict |", "|---" * (4 + len(metrics["models"]) + len(tuned)) + "|"]
+        for k, r in per.items():
+            diffs = {m: r.get(f"{m}-vs-{name}") or {} for m in tuned}
+            verdict = "; ".join(("wins" if c.get("improved") else "loses" if c.get("worse") else "tie")
+                                + (f" ({m})" if len(tuned) > 1 else "") for m, c in diffs.items())
+            L.append(f"| {k} | {r[name]['n']} | {fmt.ci(r.get(name), 2)} | "
+                     + " | ".join(fmt.ci(r.get(m), 2) for m in metrics["models"]) + " | "
+                     + " | ".join(fmt.diff(c) for c in diffs.values()) + f" | {verdict} |")
+        L += ["", f"verdict: the fine-tuned model against `{name}` in that {dim} (paired 95% interval excludes zero: "
+              "wins / loses; otherwise tie).", ""]
     return L
 
 

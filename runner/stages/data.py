@@ -145,11 +145,15 @@ class Ledger:
         self.flags.append({"id": rec["id"], "step": step, "reason": reason})
 
 
-def ingest(cfg: dict, out, task: tasks.Task) -> tuple[list[dict], list[dict]]:
+def ingest(cfg: dict, out, task: tasks.Task, read: list | None = None) -> tuple[list[dict], list[dict]]:
+    """(records, injected defects); `read` receives, per source, what was read from it (sources.load's tally)."""
     if cfg["sources"]:
         recs = []
         for s in cfg["sources"]:
-            recs += sources.load(s, task.scorer.parse_gold)
+            tally: dict = {}
+            recs += sources.load(s, task.scorer.parse_gold, tally)
+            if read is not None:
+                read.append(tally)
         ids = Counter(r["id"] for r in recs)
         clash = [i for i, n in ids.items() if n > 1]
         if clash:
@@ -163,6 +167,21 @@ def ingest(cfg: dict, out, task: tasks.Task) -> tuple[list[dict], list[dict]]:
     return recs, injected
 
 
+def duplicates_across(removed: list[dict], records: list[dict], slices) -> dict:
+    """Per slice column: how many removed duplicates (exact, near, train/test leakage) were copies of a record with
+    another value of it (a question left untranslated in a translation: fr -> en), as "from -> to" counts."""
+    by_id = {r["id"]: r for r in records}
+    out = {}
+    for c in slices:
+        pairs = Counter(f"{by_id[r['id']].get(c, '?')} → {by_id[r['of']].get(c, '?')}" for r in removed
+                        if r.get("of") in by_id and r["id"] in by_id
+                        and by_id[r["id"]].get(c) != by_id[r["of"]].get(c))
+        total = sum(1 for r in removed if r.get("of") in by_id and r["id"] in by_id)
+        if total:
+            out[c] = {"duplicates": total, "across": sum(pairs.values()), "pairs": dict(pairs.most_common())}
+    return out
+
+
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
     task = tasks.of(ctx.recipe)
@@ -172,7 +191,9 @@ def run(ctx: Context) -> Result:
     led = Ledger()
     t0 = time.time()
     ctx.progress("ingesting")
-    recs, injected = ingest(cfg, ctx.out, task)
+    read: list[dict] = []
+    recs, injected = ingest(cfg, ctx.out, task, read)
+    ingested = list(recs)   # every record as read: what a removed duplicate copied is looked up here
     pii_truth = {r["id"]: list(r.get("pii", [])) for r in recs}
     led.step("raw", recs, t0)
 
@@ -364,7 +385,7 @@ def run(ctx: Context) -> Result:
         "files": {n: {"path": files[n], "sha256": digests[n], "records": len(parts[n])} for n in splits},
         "source": "generator" if not cfg["sources"] else "sources",
         "generator": cfg["generator"] if not cfg["sources"] else None,
-        "sources": cfg["sources"], "cleaning": {k: cfg[k] for k in ("normalize", "dedup", "pii", "labels",
+        "sources": cfg["sources"], "read": read, "cleaning": {k: cfg[k] for k in ("normalize", "dedup", "pii", "labels",
                                                                       "datalab", "max_tokens", "split")},
         "seed": ctx.seed,
     }
@@ -374,6 +395,7 @@ def run(ctx: Context) -> Result:
         "dataset_version": version, "counts": dict(led.counts), "step_seconds": led.seconds,
         "records": {n: len(parts[n]) for n in splits},
         "removed_by_step": dict(Counter(r["step"] for r in removed)),
+        "duplicates_across": duplicates_across(removed, ingested, task.slices),
         "flagged_by_step": dict(Counter(f["step"] for f in led.flags)),
         "pii_findings": {f"{t}:{a}": n for (t, a), n in sorted(finding_counts.items())},
         "near_duplicate_clusters": len(clusters), "leakage_removed": leaks,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from runner import models, tasks
-from runner.adapters import llama_cpp, lm_eval
+from runner.adapters import llama_cpp, lm_eval, sklearn_text
 from runner.dataprep.records import sample_split
 from runner.quality import eval_analysis as ea
 from runner.quality import failure_causes, gates, served_eval
@@ -111,13 +111,17 @@ def score_hf(ctx: Context, name: str, hf_dir, out, runs: list[dict], limit: int,
 
 
 def collect(ctx: Context, name: str, out, runs: list[dict]) -> dict[str, dict]:
-    """task -> {"agg": lm-eval's aggregates, "samples": per-sample records}; empty answers fail loudly."""
+    """task -> {"agg": lm-eval's aggregates, "samples": per-sample records}; empty answers fail loudly, except a
+    fine-tuned model's on the general task: that is what total forgetting looks like, measured and reported (the
+    base model answering nothing there still fails: then the serving is broken)."""
     got = {}
+    general = ctx.section("eval")["general_task"]
     for r in tasks_for(name, runs):
         for task in r["tasks"]:
             log = ctx.log(f"lm-eval-{name}-{r['name']}.log")
             agg, samples = lm_eval.read_results(out / "lm_eval" / r["name"], task, log)
-            if samples and not any(ea.response(s).strip() for s in samples):
+            forgot = name != "base" and task == general
+            if samples and not forgot and not any(ea.response(s).strip() for s in samples):
                 raise StageError(f"model '{name}' answered every {task} item with empty text; "
                                  f"see {ctx.log(f'llama-server-{name}.log')}", log=log)
             if not samples:
@@ -202,7 +206,8 @@ def score_baselines(ctx: Context, names: list[str], iters: int, tuned_samples: d
         t0 = time.time()
         got = served_eval.score(
             ctx.out / "base" / "model-f16.gguf", name,
-            [{"name": "test", "tasks": [task.name], "system": tasks.system_prompt(ctx.recipe)}], tasks_dir, out,
+            [{"name": "test", "tasks": [task.name], "system": b.get("system_prompt") or tasks.system_prompt(ctx.recipe)}],
+            tasks_dir, out,
             logs, ctx.progress, threads=ctx.threads, concurrency=cfg["concurrency"], ctx_size=cfg["ctx_size"],
             limit=limit, seed=ctx.seed, samples=samples)
         timings[name] = served_eval.combine(timings[name], got) if name in timings else got
@@ -235,11 +240,50 @@ def score_baselines(ctx: Context, names: list[str], iters: int, tuned_samples: d
             "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         artifacts[f"{name}-samples-{task.name}"] = f"{name}/samples_{task.name}.jsonl"
         ci = ea.summarize(task.name, scoring, samples, agg, iters, ctx.seed)
-        got[name] = {"shots": b["shots"], "constrained": b["constrained"], "seconds": round(seconds[name], 1),
+        got[name] = {"shots": b["shots"], "constrained": b["constrained"], "own_prompt": bool(b.get("system_prompt")),
+                     "seconds": round(seconds[name], 1),
                      "tasks": {task.name: {k: v["value"] for k, v in ci.items()} | {"samples": len(samples), "ci": ci}},
                      **timings[name]}
         samples_of[name] = samples
     return got, samples_of, artifacts, early
+
+
+def score_classical(ctx: Context, names: list[str]) -> tuple[dict, list[dict]]:
+    """eval.classical_baseline: scikit-learn's TF-IDF + logistic regression (runner/adapters/sklearn_text.py)
+    fitted on the training split (C chosen on the eval split), its test answers written as lm-eval-like samples
+    (doc_id = the item's position in the test split, the kind's per-item metrics) so that the same statistics
+    pair it with every model. Returns (its metrics, its samples)."""
+    cfg, data, task = ctx.section("eval")["classical_baseline"], ctx.inputs["data"], tasks.of(ctx.recipe)
+    if task.kind != "classification":
+        raise StageError(f"eval.classical_baseline: a text classifier needs a classification task; "
+                         f"{task.name} is {task.kind}")
+    if cfg["name"] in names or cfg["name"] in [b["name"] for b in ctx.section("eval")["baselines"]]:
+        raise StageError(f"eval.classical_baseline.name: '{cfg['name']}' is already the name of a model or baseline")
+
+    def rows(split: str) -> list[dict]:
+        return [json.loads(x) for x in data.path(split).read_text().splitlines() if x.strip()] \
+            if split in data.artifacts else []
+
+    train, dev, test = rows("train"), rows("eval"), rows("test")
+    labels = lambda rs: [task.scorer.parse_label(task.spec, task.scorer.gold_of(r)) for r in rs]  # noqa: E731
+    ctx.progress(f"{cfg['name']}: fitting on {len(train)} training items, C from {cfg['C']} on {len(dev)} eval items")
+    got = sklearn_text.run(([r["document"] for r in train], labels(train)),
+                           ([r["document"] for r in dev], labels(dev)), [r["document"] for r in test],
+                           cfg, ctx.seed, ctx.out / cfg["name"], ctx.log(f"{cfg['name']}.log"), ctx.threads)
+    samples = [{"doc_id": i, "doc": r, "target": task.scorer.gold_of(r), "filtered_resps": [p],
+                **task.scorer.score(task.spec, r, p)} for i, (r, p) in enumerate(zip(test, got["predictions"]))]
+    limit = ctx.section("eval")["limit"]
+    samples = samples[:limit] if limit else samples   # the items lm-eval scored the models on
+    (ctx.out / cfg["name"] / "samples.jsonl").write_text(
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    ci = ea.summarize(task.name, tasks.scoring(task.name, tuple(ctx.recipe.get("task_paths") or ())), samples, {},
+                      ctx.section("eval")["bootstrap_iters"], ctx.seed)
+    settings = {k: cfg[k] for k in ("analyzer", "ngram_range", "max_features", "sublinear_tf", "class_weight")}
+    return ({"name": cfg["name"], "tool": "scikit-learn TfidfVectorizer + LogisticRegression", "settings": settings,
+             "C": got["C"], "C_grid": cfg["C"], "dev_accuracy": got["dev_accuracy"], "features": got["features"],
+             "train_items": len(train), "seconds": got["seconds"],
+             "tasks": {task.name: {k: v["value"] for k, v in ci.items()} | {"samples": len(samples), "ci": ci}}},
+            samples)
 
 
 def strongest(metrics: dict, task: tasks.Task, base_on_their_items: float | None = None) -> dict:
@@ -307,7 +351,9 @@ def run(ctx: Context) -> Result:
                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in got["samples"]))
             artifacts[f"{name}-samples-{t}"] = f"{name}/samples_{t}.jsonl"
             ci = ea.summarize(t, tasks.scoring(t, paths), got["samples"], got["agg"], iters, seed)
-            scored[t] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci}
+            scored[t] = {k: v["value"] for k, v in ci.items()} | {"samples": len(got["samples"]), "ci": ci,
+                                                                  "empty_answers": sum(not ea.response(x).strip()
+                                                                                       for x in got["samples"])}
         metrics["models"][name] = {"tasks": scored, **timing}
 
     # prompting baselines (few-shot, constrained decoding) on the same test items
@@ -316,6 +362,14 @@ def run(ctx: Context) -> Result:
     artifacts.update(more)
     if early:
         metrics["baselines_stop_early"] = early
+
+    classical = None
+    if cfg["classical_baseline"]["enabled"]:   # never a gate, never "strongest": reported beside them
+        metrics["classical_baseline"], classical = score_classical(ctx, names)
+        artifacts["classical-samples"] = f"{cfg['classical_baseline']['name']}/samples.jsonl"
+        metrics["classical_comparisons"] = {
+            m: ea.compare(main, tasks.scoring(main, paths), ea.restrict(classical, results[m][main]["samples"]),
+                          results[m][main]["samples"], iters, seed) for m in tuned if main in results[m]}
 
     # paired comparisons against the baseline, per task; against every prompting baseline on the recipe's task
     comparisons, vs = {}, {}
@@ -352,8 +406,15 @@ def run(ctx: Context) -> Result:
         analysis["causes"] = failure_causes.analyze({**details, **baseline_details}, task.scorer.CAUSES, task.slices,
                                                     train_rows, pairs, tuned[0] if tuned else None, iters, seed,
                                                     cfg["cause_examples"])
+    if classical is not None:   # per slice (language, ...) and per class: every model against the classical one
+        cname = cfg["classical_baseline"]["name"]
+        crows = ea.item_details(classical, task, edges)
+        analysis["classical"] = {"name": cname, "breakdowns": ea.breakdowns(
+            {cname: crows, **{m: details[m] for m in names if m in details}}, cname, iters, seed, task)}
     if task.kind == "classification":
         analysis["confusion"] = {m: ea.confusion(rows, task.spec["labels"], task) for m, rows in details.items()}
+        if classical is not None:
+            analysis["confusion"][cfg["classical_baseline"]["name"]] = ea.confusion(crows, task.spec["labels"], task)
     for m in tuned:
         if m in details:
             counts, cases = ea.failure_cases(details[m], details.get(baseline), task, cfg["failure_cases"])
