@@ -21,7 +21,7 @@ def git_state() -> dict:
         r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else None
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
+    status = git("status", "--porcelain", "--", ".", ":(exclude)reports")   # a published pack is output, not code
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

@@ -206,3 +206,25 @@ def test_runner_has_no_import_cycle():
     from runner import code_deps
     assert code_deps.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}) == [["a", "b", "c"], ["e"]]
     assert code_deps.cycles(code_deps.import_graph("runner")) == []
+
+
+def test_git_state_counts_code_changes_not_published_packs(tmp_path, monkeypatch):
+    """A published evidence pack (reports/) is output: an untracked one does not make the next run 'dirty'; an
+    untracked or changed file anywhere else does."""
+    import subprocess
+
+    from runner import manifest
+
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "c")
+    monkeypatch.setattr(manifest, "REPO", tmp_path)
+    assert manifest.git_state()["dirty"] is False
+    (tmp_path / "reports" / "task" / "run-1").mkdir(parents=True)
+    (tmp_path / "reports" / "task" / "run-1" / "README.md").write_text("pack\n")
+    assert manifest.git_state()["dirty"] is False
+    (tmp_path / "new_module.py").write_text("y = 2\n")
+    assert manifest.git_state()["dirty"] is True
