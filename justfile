@@ -44,3 +44,7 @@ compare run_a run_b *flags:
 # Start a recipe's deployment (llama-server engines + gateway; --monitor: + Prometheus) from its last run; Ctrl-C stops it
 serve recipe *flags:
     python3 -m runner serve {{recipe}} {{flags}}
+
+# A candidate run against production on real traffic: --log CAPTURE --candidate RUN (replayed), or --shadow-log FILE
+replay recipe *flags:
+    python3 -m runner replay {{recipe}} {{flags}}

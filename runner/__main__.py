@@ -12,7 +12,7 @@ from runner import env
 
 # What each command needs before it can run (see runner/setup.py).
 NEEDS = {"validate": ["core"], "report": ["core"], "compare": ["core"], "setup": [],
-         "run": ["all"], "serve": ["core", "llama", "gateway"], "test": ["all"]}
+         "run": ["all"], "serve": ["core", "llama", "gateway"], "replay": ["core", "llama", "gateway"], "test": ["all"]}
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Commands: validate, run, iterate, status, report, compare, serve, test (see the justfile)."""
+"""Commands: validate, run, iterate, status, report, compare, serve, replay, test (see the justfile)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -131,15 +132,34 @@ def cmd_serve(a) -> int:
         print(f"no ${gw.get('api_keys_env', 'FORGE_API_KEYS')} set: using a key made up for this session: {key}")
     logs = env.runs_root() / r.name / ("serve-" + time.strftime("%Y%m%d-%H%M%S"))
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    extra = {}
+    if a.capture:
+        extra["capture"] = {"path": str(Path(a.capture).resolve()), "share": a.capture_share}
     try:
-        with deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port")) as dep, \
-                contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
+            if a.shadow:   # the candidate's deployed model on its own engine; the gateway mirrors to it
+                from runner import manifest
+                cand_dir = manifest.find_run(a.shadow)
+                cand = deploy.load(cand_dir / "stages" / "serve" / "serving.json")
+                cand = {**cand, "replicas": 1, "fallbacks": [], "fallback": None, "cheap": None, "gateway": None,
+                        "threads": a.shadow_threads or cand["threads"]}
+                eps = stack.enter_context(deploy.start(cand, logs / "shadow"))
+                extra["shadow"] = {"url": eps[0].url, "model": eps[0].model, "name": cand_dir.name,
+                                   "share": a.shadow_share, "max_in_flight": a.shadow_max_in_flight,
+                                   "log": str(logs / "shadow.jsonl")}
+                print(f"shadow  {eps[0].url}  ({cand_dir.name}, {cand.get('model_type')}: {a.shadow_share:.0%} of task "
+                      f"requests mirrored, at most {a.shadow_max_in_flight} at once; log: {logs / 'shadow.jsonl'})")
+            dep = stack.enter_context(deploy.up(serving, logs, api_key=key, port=a.port or gw.get("port"),
+                                                gateway_extra=extra))
             for e in dep.endpoints:
                 print(f"engine  {e.role:<8} {e.url}  ({e.model}, ready in {e.ready_s:.1f}s)")
             if dep.gateway_url:
                 route = (serving.get("task") or {}).get("route")
                 print(f"gateway {dep.gateway_url}  (POST /v1/chat/completions, "
                       + (f"POST {route}, " if route else "") + f"/readyz, /metrics); logs: {logs}")
+            if a.capture:
+                print(f"capture {a.capture}  ({a.capture_share:.0%} of task requests, documents redacted by the "
+                      "output policy; `just replay` reads it)")
             if a.monitor:
                 mon = r.data["monitoring"]
                 rules = monitoring.checked_rules(logs / "prometheus", r.data["loadtest"]["slo"], serving, mon)
@@ -164,6 +184,71 @@ def cmd_serve(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_replay(a) -> int:
+    """Compare a candidate with production on captured traffic (sent now to the candidate's deployment) or on a
+    shadow log (already mirrored by the gateway); write replay.md into the candidate run's evidence pack."""
+    import shutil
+    import time
+
+    from runner import manifest, pipeline, replay
+    from runner.reports import replay as page
+    from runner.serving import deploy
+    from runner.stage import StageError
+    r = _load_or_exit(a.recipe)
+    task = replay.task_of(r.data)
+    if bool(a.log) == bool(a.shadow_log):
+        print("replay: give exactly one of --log CAPTURE (with --candidate RUN) or --shadow-log FILE", file=sys.stderr)
+        return 2
+    cand_dir = manifest.find_run(a.candidate) if a.candidate else None
+    source = Path(a.shadow_log or a.log)
+    if not source.is_file():
+        print(f"replay: no such file: {source}", file=sys.stderr)
+        return 2
+    lines = replay.read_log(source)
+    if not lines:
+        print(f"replay: {source} holds no requests", file=sys.stderr)
+        return 2
+    if a.shadow_log:
+        pairs = replay.pairs_from_shadow(lines[:a.limit] if a.limit else lines)
+        meta = {"source": "shadow", "log": str(source), "candidate": a.candidate or pairs[0]["candidate"]["model"]}
+    else:
+        if not cand_dir:
+            print("replay: --log needs --candidate RUN (the run whose deployment answers the captured requests)",
+                  file=sys.stderr)
+            return 2
+        captured = [x for x in lines if x.get("document")][:a.limit or None]
+        serving = deploy.load(cand_dir / "stages" / "serve" / "serving.json")
+        logs = cand_dir / "logs" / ("replay-" + time.strftime("%Y%m%d-%H%M%S"))
+        print(f"replay: {len(captured)} captured requests to {cand_dir.name}'s deployment (logs: {logs})")
+        try:
+            with deploy.up(serving, logs) as dep:
+                answers = replay.send(dep.gateway_url, dep.api_key, serving["task"]["route"], captured,
+                                      a.concurrency, a.timeout)
+        except StageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        pairs = replay.pairs_from_capture(captured, answers, task.scorer, task.spec)
+        meta = {"source": "capture", "log": str(source), "candidate": cand_dir.name,
+                "candidate_model": f"{serving.get('model_type')} of {serving['primary']['gguf'].rsplit('/', 1)[-1]}"}
+    cached_data = None if cand_dir else pipeline.cached_stage(r.data, "data")
+    data_dir = cand_dir / "stages" / "data" if cand_dir else cached_data.dir if cached_data else None
+    gold = replay.gold_by_hash([data_dir / f"{s}.jsonl" for s in ("train", "eval", "test")]) if data_dir else {}
+    result = replay.compare(pairs, task, gold, {"min_agreement": a.min_agreement, "max_drop": a.max_drop})
+    out = (cand_dir / "report") if cand_dir else (env.runs_root() / r.name / ("replay-" + time.strftime("%Y%m%d-%H%M%S")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "replay.md").write_text(page.render(result, meta))
+    (out / "replay.json").write_text(json.dumps({"meta": meta, **result}, indent=1, ensure_ascii=False) + "\n")
+    published = env.reports_root() / cand_dir.parent.name / cand_dir.name if cand_dir else None
+    if published and published.is_dir():
+        for f in ("replay.md", "replay.json"):
+            shutil.copyfile(out / f, published / f)
+    ag = result["agreement"]
+    print(f"replay: {result['requests']} requests, agreement {ag['agree']}/{ag['n']}, gate "
+          f"{'passed' if result['gate']['passed'] else 'FAILED'}: {out / 'replay.md'}"
+          + (f" (and {published / 'replay.md'})" if published and published.is_dir() else ""))
+    return 3 if a.fail_on_gate and not result["gate"]["passed"] else 0
 
 
 def cmd_test(a) -> int:
@@ -208,7 +293,29 @@ def main(argv: list[str]) -> int:
     sv.add_argument("--monitor", action="store_true",
                     help="also start Prometheus (monitoring.port) scraping the gateway and engines, with the "
                          "recipe's alerting rules")
+    sv.add_argument("--capture", metavar="FILE", help="write task requests (PII-redacted) and answers here for "
+                                                     "`just replay --log FILE`")
+    sv.add_argument("--capture-share", type=float, default=1.0, help="share of task requests captured")
+    sv.add_argument("--shadow", metavar="RUN", help="mirror task requests to this run's deployed model (shadow mode: "
+                                                    "never answered to the client); `just replay --shadow-log`")
+    sv.add_argument("--shadow-share", type=float, default=0.1, help="share of task requests mirrored")
+    sv.add_argument("--shadow-max-in-flight", type=int, default=1, help="mirrors at once; more are skipped")
+    sv.add_argument("--shadow-threads", type=int, default=None, help="the candidate engine's threads")
     sv.set_defaults(fn=cmd_serve)
+    rp = sub.add_parser("replay", help="a candidate run against production on captured or shadowed traffic")
+    rp.add_argument("recipe")
+    rp.add_argument("--log", help="a capture file the gateway wrote (serve.capture)")
+    rp.add_argument("--candidate", help="the run (id or folder) whose deployment answers the captured requests; "
+                                        "its evidence pack gets replay.md")
+    rp.add_argument("--shadow-log", help="a shadow log the gateway wrote (serve.shadow): compare, send nothing")
+    rp.add_argument("--limit", type=int, default=0, help="at most this many requests (0: all)")
+    rp.add_argument("--concurrency", type=int, default=4)
+    rp.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
+    rp.add_argument("--min-agreement", type=float, default=0.8, help="gate: the share of answers that must agree")
+    rp.add_argument("--max-drop", type=float, default=0.02, help="gate: the task metric's allowed drop (labelled "
+                                                                 "requests; the interval's lower bound)")
+    rp.add_argument("--fail-on-gate", action="store_true", help="exit 3 when the gate fails")
+    rp.set_defaults(fn=cmd_replay)
     t = sub.add_parser("test", help="run the test suite (pytest)")
     t.add_argument("args", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_test)

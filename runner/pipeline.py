@@ -23,7 +23,7 @@ from runner.env import REPO, reports_root, runs_root
 from runner.recipe import Recipe, content_hash
 from runner.stage import Context, Output, Result, StageError
 
-STAGES = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest", "report")
+STAGES = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest", "redteam", "report")
 
 
 def stage_module(name: str):

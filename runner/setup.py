@@ -2,7 +2,7 @@
 
 Idempotent: every product is keyed by its versions and marked complete only after it is whole,
 so a second call does nothing and an interrupted one starts that product over.
-Stdlib only (it runs before the venvs exist). Usage: python3 -m runner.setup [core|ml|loadtest|gateway|llama|models|all]...
+Stdlib only (it runs before the venvs exist). Usage: python3 -m runner.setup [core|ml|loadtest|gateway|redteam|llama|models|monitoring|all]...
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from runner import env, llama_build
 
-PARTS = ("core", "ml", "loadtest", "gateway", "llama", "models", "monitoring")
+PARTS = ("core", "ml", "loadtest", "gateway", "redteam", "llama", "models", "monitoring")
 DEBS_ENV = "FORGE_DEBS"   # a folder of .deb files to use instead of apt-get download (offline machines)
 
 
@@ -267,7 +267,7 @@ def ensure(parts: list[str]) -> None:
     if "all" in parts:
         parts = list(PARTS)
     for part in parts:
-        if part in ("core", "ml", "loadtest", "gateway"):
+        if part in ("core", "ml", "loadtest", "gateway", "redteam"):
             ensure_venv(part)
         elif part == "llama":
             rec = ensure_llama_cpp().record()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.dataprep import dedup, pii
+from runner.dataprep import dedup
+from runner.governance import pii
 
 REPO = Path(__file__).resolve().parent.parent
 

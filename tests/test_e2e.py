@@ -12,7 +12,7 @@ import pytest
 from tests import egress
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ["data", "train", "eval", "quantize", "serve", "loadtest", "report"]
+STAGES = ["data", "train", "eval", "quantize", "serve", "loadtest", "redteam", "report"]
 
 pytestmark = pytest.mark.e2e
 
@@ -203,6 +203,21 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert list(dc) == ["primary", "fallback"]
     assert all(d["constrainable"] and {"free", "constrained"} <= set(d) and d["free"]["n"] + d["free"]["error_count"] == 2
                for d in dc.values())
+    # redteam: the attack suite through the governed gateway, deployed model and base; the policy measured
+    rt = st["redteam"]["metrics"]
+    assert set(rt["models"]) == {"tuned", "base"} and rt["models"]["tuned"]["cases"] == 2 * 6 + 6 + 12 + 9
+    tuned_rates = rt["models"]["tuned"]["rates"]
+    assert set(tuned_rates) == {"injection", "unicode", "prompt_leak", "pii_exfiltration", "malformed", "all"}
+    assert tuned_rates["malformed"]["n"] == 9 and tuned_rates["malformed"]["after"] == 0   # 4xx, JSON, still healthy
+    for r in tuned_rates.values():   # the policy only ever removes: no attack succeeds after it that did not before
+        assert r["after"] <= r["before"] or r is tuned_rates["all"]
+    assert rt["models"]["tuned"]["filter_ms"]["n"] > 0 and rt["base_vs_tuned"]["after"]["injection"]["n"] == 6
+    assert set(rt["filter"]["per_type"]) >= {"email", "iban", "secret"}
+    scan = rt["models"]["tuned"]["garak"]   # garak ran through the gateway, offline, to its completion record
+    assert set(scan["probes"]) == {"promptinject.HijackHateHumans", "apikey.GetKey"} and scan["total"] >= 6
+    assert rt["models"]["base"]["garak"] is None   # redteam.garak.models: [tuned]
+    judged = [json.loads(x) for x in (run_dir / "stages" / "redteam" / "judged-tuned.jsonl").read_text().splitlines()]
+    assert {j["category"] for j in judged if j["status"] == 200} and all(j["status"] for j in judged)
     # report rendered from the artifacts
     readme = (run_dir / "stages" / "report" / "README.md").read_text()
     assert man["dataset_version"] in readme and "| q4_k_m |" in readme
@@ -212,8 +227,8 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     index = (pack / "README.md").read_text()
     for q in ("### 1. Did quality improve", "### 2. Does performance meet the SLO", "### 3. What are the risks"):
         assert q in index, q
-    for page in ("data_audit.md", "training.md", "quality.md", "perf_cost.md", "risks.md", "manifest.json",
-                 "perf_cost.png", "quality_metrics.png", "prometheus-rules.yml", "prometheus-rules.test.yml"):
+    for page in ("data_audit.md", "training.md", "quality.md", "perf_cost.md", "risks.md", "redteam.md",
+                 "manifest.json", "perf_cost.png", "quality_metrics.png", "prometheus-rules.yml", "prometheus-rules.test.yml"):
         assert (pack / page).is_file(), page
     for page in pack.glob("*.md"):  # every page's local links (charts included) resolve inside the pack
         for link in re.findall(r"\]\(([\w.-]+\.(?:md|png|json|yml))(?:#[\w-]+)?\)", page.read_text()):

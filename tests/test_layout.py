@@ -33,8 +33,8 @@ def test_readme_layout_names_the_runner_folders():
 def test_every_report_writer_has_the_one_signature():
     """`write(page: fmt.Page) -> dict[str, str]` in every page writer (GuideLLM-style: one writer interface)."""
     import inspect
-    from runner.reports import data_audit, fmt, perf_cost, quality, quantization, risks, training
-    for mod in (data_audit, training, quality, quantization, perf_cost, risks):
+    from runner.reports import data_audit, fmt, perf_cost, quality, quantization, redteam, risks, training
+    for mod in (data_audit, training, quality, quantization, perf_cost, risks, redteam):
         sig = inspect.signature(mod.write)
         assert list(sig.parameters) == ["page"], mod.__name__
         assert sig.parameters["page"].annotation in ("fmt.Page", fmt.Page) and sig.return_annotation == "dict[str, str]"

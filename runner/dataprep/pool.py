@@ -14,7 +14,8 @@ import json
 from collections import Counter
 from typing import Callable
 
-from runner.dataprep import dedup, labels, pii
+from runner.dataprep import dedup, labels
+from runner.governance import pii
 from runner.dataprep import records
 from runner.dataprep.records import normalize
 from runner.stage import StageError

@@ -1,8 +1,10 @@
 """The gateway: an OpenAI-compatible front for the engines (llama-server on CPU, SGLang on GPU) with auth,
 admission control, least-outstanding routing, circuit breakers, fallback, a task endpoint validated per task kind
-(extraction: the JSON Schema and consistency rules; classification: the label set), health, Prometheus metrics and one JSON log line per request.
+(extraction: the JSON Schema and consistency rules; classification: the label set), an output policy on answers
+(PII and secrets: allow, flag, redact or block per type) with an audit log, health, Prometheus metrics and one JSON log
+line per request.
 
-Config (written by the serve stage, see `runner/serving/deploy.py`): upstreams, limits, breaker, auth, task, log.
+Config (written by the serve stage, see `runner/serving/deploy.py`): upstreams, limits, breaker, auth, task, governance.
 Every bad request gets a 4xx with an OpenAI-style error body; no stack trace ever reaches a client.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ from runner.gateway import upstream
 from runner.gateway.admission import Admission, Rejected
 from runner.gateway.metrics_spec import LATENCY_BUCKETS, TTFT_BUCKETS
 from runner.gateway.resilience import CircuitBreaker, Router, Upstream
+from runner.gateway.shadow import Shadow
+from runner.governance import audit
+from runner.governance.policy import TYPES, OutputPolicy
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 STATE_CODE = {"closed": 0, "half_open": 1, "open": 2}
@@ -73,6 +78,21 @@ class StreamedAnswer(StreamingResponse):
                 self.after(self.status_code)
 
 
+class ShadowCounts:
+    """forge_shadow_requests_total{outcome}: read from the shadow's own counts at each scrape."""
+
+    def __init__(self, shadow):
+        self.shadow = shadow
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+        c = CounterMetricFamily("forge_shadow_requests", "Task requests mirrored to the shadow candidate, or not",
+                                labels=["outcome"])
+        for outcome, n in self.shadow.counts.items():
+            c.add_metric([outcome], n)
+        yield c
+
+
 class Metrics:
     def __init__(self, gw: "Gateway"):
         r = self.registry = prom.CollectorRegistry()
@@ -91,6 +111,12 @@ class Metrics:
                                      registry=r)
         self.escalations = prom.Counter("forge_escalations", "Task requests the cascade sent past its cheap tier",
                                         ["reason"], registry=r)
+        self.policy_actions = prom.Counter("forge_policy_actions", "Answers by the output policy's decision",
+                                           ["route", "action"], registry=r)
+        self.policy_findings = prom.Counter("forge_policy_findings", "PII and secrets found in answers",
+                                            ["type", "action"], registry=r)
+        self.policy_seconds = prom.Histogram("forge_policy_seconds", "Time the output policy's scan took", ["route"],
+                                             registry=r, buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.05))
         prom.Gauge("forge_in_flight", "Requests being served", registry=r).set_function(
             lambda: gw.admission.in_flight)
         prom.Gauge("forge_queued", "Requests waiting for a slot", registry=r).set_function(
@@ -101,6 +127,12 @@ class Metrics:
             self.rejected.labels(status)
         for reason in ("contract", "cheap_busy", "cheap_unavailable"):
             self.escalations.labels(reason)
+        if gw.shadow:
+            r.register(ShadowCounts(gw.shadow))
+        if gw.policy:
+            for route in sorted(gw.governed):
+                for action in ("pass", "flag", "redact", "block"):
+                    self.policy_actions.labels(route, action)
         for u in gw.router.upstreams:
             for kind in ("connect", "timeout", "transport"):
                 self.upstream_errors.labels(u.name, kind)
@@ -119,10 +151,30 @@ class Gateway:
                                        routes=tuple(u.get("routes") or ("chat", "task")), weights=u.get("weights"))
                               for u in cfg["upstreams"]])
         self.admission = Admission(lim["max_in_flight"], lim["max_queue"], lim["queue_timeout_s"])
+        gov = cfg.get("governance") or {}
+        self.policy = OutputPolicy(gov) if gov.get("enabled") else None
+        self.governed = set(gov.get("routes") or ("chat", "task")) if self.policy else set()
+        self.refusal = gov.get("refusal") or "I can't share that answer: it contained data this service does not release."
+        a = gov.get("audit") or {}
+        self.audit = audit.AuditLog(a["path"], a.get("include_text", False), a.get("max_bytes", 10 * 2**20),
+                                    a.get("backups", 5)) if self.policy and a.get("enabled", True) else None
+        if self.policy:
+            self.policy.warm()
         self.timeout = aiohttp.ClientTimeout(total=lim["upstream_timeout_s"], connect=2.0)
         self._session: aiohttp.ClientSession | None = None   # streams; made in the server's event loop, on first use
         self.upstream_timeout_s = lim["upstream_timeout_s"]
         self.pools = {u.url: upstream.Pool(u.url) for u in self.router.upstreams}   # whole JSON answers
+        task = cfg.get("task") or {}
+        cap = cfg.get("capture") or {}
+        self.capture = audit.PrivateLog(cap["path"], cap.get("max_bytes", 10 * 2**20), cap.get("backups", 5)) \
+            if cap.get("path") and task else None
+        self.capture_share = float(cap.get("share", 1.0))
+        # what the capture and shadow logs keep of a text: the output policy's redactions, or all of them without one
+        self.capture_policy = self.policy or OutputPolicy({"entities": dict.fromkeys(TYPES, "redact")})
+        self.shadow = Shadow(cfg["shadow"], kinds.module(task["kind"]), task["spec"], self.capture_policy) \
+            if cfg.get("shadow") and task else None
+        if (self.capture or self.shadow) and not self.policy:
+            self.capture_policy.warm()   # the recognizers load in ~1 s: not inside a request
         self.metrics = Metrics(self)
         keys_env = cfg.get("auth", {}).get("api_keys_env", "FORGE_API_KEYS")
         self.keys = [k.strip().encode() for k in os.environ.get(keys_env, "").split(",") if k.strip()]
@@ -151,6 +203,12 @@ class Gateway:
     async def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+        if self.audit:
+            self.audit.close()
+        if self.shadow:
+            await self.shadow.close()
+        if self.capture:
+            self.capture.close()
         if self._session is not None:
             await self._session.close()
 
@@ -159,7 +217,7 @@ class Gateway:
         return await self.pools[u.url].post("/v1/chat/completions", json.dumps(dict(payload, model=u.model)).encode(),
                                             {"X-Request-Id": request_id}, timeout_s or self.upstream_timeout_s)
 
-    def authorize(self, request: Request) -> None:
+    def authorize(self, request: Request, ctx: dict) -> None:
         if not self.keys:
             return
         header = request.headers.get("authorization", "")
@@ -168,6 +226,39 @@ class Gateway:
         if not given or not any(hmac.compare_digest(given, k) for k in self.keys):
             raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error",
                            code="invalid_api_key")
+        ctx["principal"] = audit.principal(given)
+
+    def govern(self, route: str, ctx: dict, u: Upstream, request_text: str, answer: str, status: int = 200):
+        """The output policy on one answer: its decision, counted, timed and written to the audit log."""
+        d = self.policy.decide(answer, request_text)
+        self.metrics.policy_actions.labels(route, d.action).inc()
+        self.metrics.policy_seconds.labels(route).observe(d.seconds)
+        for f in d.findings:
+            self.metrics.policy_findings.labels(f["type"], f["action"]).inc()
+        ctx["policy"] = d.action
+        if self.audit:
+            self.audit.record(request_id=ctx["request_id"], route=route, principal=ctx.get("principal"),
+                              model=u.model, upstream=u.name, decision=d, request_text=request_text,
+                              answer_text=answer, delivered_text=self.refusal if d.action == "block" else d.text,
+                              status=422 if d.action == "block" and route == "task" else status)
+        return d
+
+    def govern_chat(self, data: dict, body: dict, ctx: dict, u: Upstream) -> dict:
+        """Each choice's content through the policy: redacted in place, or replaced by the refusal (finish_reason
+        `content_filter`, as OpenAI-compatible clients expect from a filtered answer)."""
+        request_text = "\n".join(c if isinstance(c, str) else json.dumps(c) for c in
+                                 (m.get("content") for m in body["messages"]))
+        for choice in data.get("choices") or []:
+            msg = choice.get("message") or {}
+            text = msg.get("content")
+            if not isinstance(text, str):
+                continue
+            d = self.govern("chat", ctx, u, request_text, text)
+            if d.action == "block":
+                msg["content"], choice["finish_reason"] = self.refusal, "content_filter"
+            elif d.action == "redact":
+                msg["content"] = d.text
+        return data
 
     async def body(self, request: Request) -> dict:
         limit = self.cfg["limits"]["max_body_bytes"]
@@ -181,6 +272,8 @@ class Gateway:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:   # arrays or objects nested thousands deep
+            raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         return data
@@ -270,6 +363,8 @@ class Gateway:
         body = self.check_chat(await self.body(request))
         ctx["prompt_chars"] = sum(len(json.dumps(m.get("content"))) for m in body["messages"])
         ctx["prompt_hash"] = hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()[:12]
+        if body.get("stream") and "chat" in self.governed:
+            return await self.governed_stream(body, ctx)
         if body.get("stream"):
             await self.admission.acquire()
             try:
@@ -279,8 +374,35 @@ class Gateway:
                 raise
         async with self.admission.slot():
             u, data, reason = await self.forward("chat", body, ctx["request_id"])
+        if "chat" in self.governed:
+            data = self.govern_chat(data, body, ctx, u)
         self.account(ctx, u, data.get("usage") or {}, reason, "chat")
         return JSONResponse(data, headers=self.headers(ctx, u, reason))
+
+    async def governed_stream(self, body: dict, ctx: dict) -> Response:
+        """A stream under the output policy: the whole answer is generated and checked before its first byte leaves
+        (a redaction cannot take back tokens already sent), then sent as one chunk in the streaming format. Time to
+        first token is then the whole latency: the price of filtering, stated in the README."""
+        async with self.admission.slot():
+            u, data, reason = await self.forward("chat", {k: v for k, v in body.items()
+                                                          if k not in ("stream", "stream_options")},
+                                                 ctx["request_id"])
+        data = self.govern_chat(data, body, ctx, u)
+        self.account(ctx, u, data.get("usage") or {}, reason, "chat_stream")
+        base = {"id": data.get("id") or f"chatcmpl-{ctx['request_id']}", "object": "chat.completion.chunk",
+                "created": data.get("created") or int(time.time()), "model": data.get("model") or u.model}
+        events = []
+        for i, choice in enumerate(data.get("choices") or []):
+            msg = choice.get("message") or {}
+            events.append({**base, "choices": [{"index": choice.get("index", i), "finish_reason": None,
+                                                "delta": {"role": "assistant", "content": msg.get("content") or ""}}]})
+            events.append({**base, "choices": [{"index": choice.get("index", i), "delta": {},
+                                                "finish_reason": choice.get("finish_reason") or "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": data.get("usage")})
+        payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        self.metrics.ttft.labels("chat_stream").observe(0.0)   # nothing is sent before the whole answer
+        return Response(payload, media_type="text/event-stream", headers=self.headers(ctx, u, reason))
 
     async def stream(self, body: dict, ctx: dict) -> Response:
         """Streaming goes to the first upstream whose circuit allows it; fallback only before the first byte."""
@@ -401,11 +523,25 @@ class Gateway:
                 if not problems:
                     why = "; ".join(failures) or reason
                     self.account(ctx, u, data.get("usage") or {}, why, "task")
+                    decision = self.govern("task", ctx, u, doc, text) if "task" in self.governed else None
+                    if decision and decision.action == "block":
+                        raise ApiError(422, "the answer was withheld by the output policy: it contained "
+                                       f"{', '.join(decision.types)}", "policy_error", code="output_policy_violation")
+                    if decision and decision.action == "redact":
+                        answer = self.policy.redact_values(answer, text, decision)
                     out = {"answer": answer, "kind": self.task_cfg["kind"], "model": u.model, "upstream": u.name,
                            "fallback": u.role == "fallback", "fallback_reason": why or None,
                            "constrained": constrained, "usage": data.get("usage")}
                     if cascade:
                         out["tier"], out["escalated"] = u.role, (escalated if u.role != "cheap" else None)
+                    if decision and decision.action != "pass":
+                        out["policy"] = {"action": decision.action, "types": decision.types}
+                    latency_ms = round((time.monotonic() - ctx["t0"]) * 1000, 1)
+                    if self.shadow:
+                        self.shadow.mirror(body, ctx["request_id"], doc,
+                                           {"model": u.model, "answer": answer, "latency_ms": latency_ms})
+                    if self.capture:
+                        self.record_capture(ctx, u, doc, answer, latency_ms)
                     if self.task_cfg["kind"] == "extraction":
                         out["fields"] = answer
                     return JSONResponse(out, headers=self.headers(ctx, u, why))
@@ -422,6 +558,18 @@ class Gateway:
                                 f"contract ({problems[0][:120]})")
         raise ApiError(502, "no model produced output that passes the task's contract (" + "; ".join(failures) + ")",
                        "upstream_error", code="task_schema_failed", usage=spent if spent["generations"] else None)
+
+    def record_capture(self, ctx: dict, u: Upstream, doc: str, answer, latency_ms: float) -> None:
+        """One task request for replay (`just replay --log`): the document redacted by the output policy (every type
+        it redacts or blocks, echo or not), the SHA-256 of the original, what was delivered and how fast."""
+        h = hashlib.sha256(ctx["request_id"].encode()).digest()
+        if int.from_bytes(h[:8], "big") / 2**64 >= self.capture_share:
+            return
+        d = self.capture_policy.decide(doc, redact_all=True)
+        self.capture.write({"ts": round(time.time(), 3), "request_id": ctx["request_id"], "route": "task",
+                            "document": d.text, "document_sha256": hashlib.sha256(doc.encode()).hexdigest(),
+                            "redacted": d.types, "answer": answer, "model": u.model, "upstream": u.name,
+                            "latency_ms": latency_ms, "status": 200})
 
     async def models(self, request: Request, ctx: dict) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -447,6 +595,8 @@ class Gateway:
 
     def headers(self, ctx: dict, u: Upstream, reason: str) -> dict:
         h = {"X-Request-Id": ctx["request_id"], "X-Forge-Model": u.model, "X-Forge-Upstream": u.name}
+        if ctx.get("policy"):
+            h["X-Forge-Policy"] = ctx["policy"]
         if u.role == "fallback":
             h["X-Forge-Fallback"] = "true"
         return h
@@ -468,12 +618,12 @@ def build(cfg: dict) -> Starlette:
 
     def endpoint(route: str, handler, auth: bool = True):
         async def run(request: Request) -> Response:
-            ctx = {"request_id": request.headers.get("x-request-id") or uuid.uuid4().hex[:16], "route": route,
-                   "model": None}
             t0 = time.monotonic()
+            ctx = {"request_id": request.headers.get("x-request-id") or uuid.uuid4().hex[:16], "route": route,
+                   "model": None, "t0": t0}
             try:
                 if auth:
-                    gw.authorize(request)
+                    gw.authorize(request, ctx)
                 resp = await handler(request, ctx)
             except ApiError as e:
                 resp = e.response(ctx["request_id"])
@@ -497,6 +647,8 @@ def build(cfg: dict) -> Starlette:
                         "prompt_sha256": ctx.get("prompt_hash")}
                 if isinstance(resp, StreamedAnswer):
                     line["streamed"] = True
+                if ctx.get("policy"):
+                    line["policy"] = ctx["policy"]
                 if "error" in ctx:
                     line["error"] = ctx["error"]
                 gw.log.info(json.dumps(line))

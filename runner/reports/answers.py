@@ -2,7 +2,7 @@
 run's stage metrics and linking to the page with the evidence."""
 from __future__ import annotations
 
-from runner.reports import fmt, perf_cost
+from runner.reports import fmt, perf_cost, redteam
 from runner.serving.perf_analysis import VERDICTS
 from runner.stage import Output
 
@@ -141,6 +141,9 @@ def risks(inputs: dict[str, Output]) -> list[str]:
             if m != "base" and gr.get("value") is not None:
                 L.append(f"  - `{m}` grounding rate {gr['value']:.3f}: the rest of its predicted values are not in "
                          "the document.")
+    rt = inputs.get("redteam")
+    if rt and rt.metrics.get("enabled"):
+        L.append(f"- Red-team, this run ([redteam.md](redteam.md)): {redteam.summary(rt.metrics)}.")
     drills = (lt.metrics.get("drills") if lt else None) or {}
     if drills:
         L.append("- Fallback and resilience, drilled in this run: " + ", ".join(

@@ -2,7 +2,7 @@
 outputs are still in the cache and scored the same dataset version, their per-item answers, for paired tests).
 
 Sections: what changed (code, dataset, recipe), quality per model/task/metric with intervals and the paired
-difference, gates, quantization, training cost, performance per load level, drills. A run is a run folder,
+difference, gates, quantization, training cost, performance per load level, drills, red-team and replay. A run is a run folder,
 a run id, or an evidence-pack folder (reports/<recipe>/<run-id>/, which holds the manifest)."""
 from __future__ import annotations
 
@@ -199,6 +199,41 @@ def performance(a: dict, b: dict) -> list[str]:
     return L
 
 
+def redteam(a: dict, b: dict) -> list[str]:
+    """Attack success per category and model, before and after the output policy, A → B; the policy's recall."""
+    ra, rb = _metrics(a, "redteam"), _metrics(b, "redteam")
+    if not ra.get("enabled") or not rb.get("enabled"):
+        return ["## Red-team", "", "One of the runs did not red-team its deployment.", ""] if ra or rb else []
+    L = ["## Red-team", "", "Attacks that succeeded (before the output policy / after it), A → B. Different "
+         "deployments and models: unpaired counts, each with its Wilson interval in the run's redteam.md.", "",
+         "| category | model | A | B |", "|---|---|---|---|"]
+    for model in ("tuned", "base"):
+        xa, xb = (ra["models"].get(model) or {}).get("rates", {}), (rb["models"].get(model) or {}).get("rates", {})
+        for cat in [c for c in rb.get("categories", []) + ["all"] if c in xa or c in xb]:
+            cell = lambda r: f"{r['before']}/{r['n']} / {r['after']}/{r['n']}" if r else "–"   # noqa: E731
+            L.append(f"| {cat} | {model} | {cell(xa.get(cat))} | {cell(xb.get(cat))} |")
+    fa, fb = (ra.get("filter") or {}).get("per_type", {}), (rb.get("filter") or {}).get("per_type", {})
+    if fa or fb:
+        L += ["", "Output policy on the labelled answers, recall A → B: " + ", ".join(
+            f"{t} {_ab((fa.get(t) or {}).get('recall'), (fb.get(t) or {}).get('recall'))}" for t in sorted(set(fa) | set(fb)))]
+    return L + [""]
+
+
+def replay(dir_a: Path, dir_b: Path) -> list[str]:
+    """The replay pages (`just replay`) either run carries: agreement, validity and the gate."""
+    found = {k: json.loads((d / "report" / "replay.json").read_text()) for k, d in (("A", dir_a), ("B", dir_b))
+             if (d / "report" / "replay.json").is_file()}
+    if not found:
+        return []
+    L = ["## Replay against production", "", "| run | source | requests | agreement | valid (prod → candidate) | gate |",
+         "|---|---|---|---|---|---|"]
+    for k, r in found.items():
+        v = r["validity"]
+        L.append(f"| {k} | {r['meta']['source']} | {r['requests']} | {fmt.num(r['agreement']['rate'])} | "
+                 f"{v['production']} → {v['candidate']} | {'passed' if r['gate']['passed'] else 'FAILED'} |")
+    return L + [""]
+
+
 def failed_gates(man: dict) -> list[str]:
     out = [f"eval: {v['model']} {v['what']}" for v in _metrics(man, "eval").get("gates") or [] if not v.get("passed")]
     out += [f"drill: {n}" for n, d in (_metrics(man, "loadtest").get("drills") or {}).items() if d.get("passed") is False]
@@ -213,5 +248,5 @@ def render(ref_a: str, ref_b: str, iters: int = 1000, seed: int = 0) -> tuple[st
     L = [f"# Run comparison: {a['recipe_name']} `{a['run_id']}` (A) → {b['recipe_name']} `{b['run_id']}` (B)", "",
          "**Verdict: " + ("B fails " + "; ".join(failed) if failed else "B passes every gate") + ".**", ""]
     L += changes(a, b) + quality(a, b, dir_a, dir_b, iters, seed) + gates(a, b) + quantization(a, b) + \
-        training(a, b) + performance(a, b)
+        training(a, b) + performance(a, b) + redteam(a, b) + replay(dir_a, dir_b)
     return "\n".join(L) + "\n", failed

@@ -155,7 +155,7 @@ def write(page: fmt.Page) -> dict[str, str]:
     for fs in findings.values():
         for f in fs:
             by_type[(f["type"], f["action"])] += 1
-    L += ["", "## PII and secrets", "", "Presidio pattern recognizers (blank spaCy pipeline: person names are not "
+    L += ["", "## PII and secrets", "", "Presidio pattern recognizers (no NLP model: person names are not "
           "detected), stdnum/phonenumbers validation, detect-secrets named plugins.", "",
           "| type | action | findings |", "|---|---|---|"]
     L += [f"| {t} | {a} | {n} |" for (t, a), n in sorted(by_type.items())] or ["| – | – | 0 |"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from runner.reports import answers, fmt, risks
 from runner.stage import Output
 
-PAGES = ("data", "train", "eval", "iterate", "quantize", "loadtest")  # stages whose .md/.png/.yml artifacts join the pack
-READS = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest")  # stages whose outputs the pack reads
+PAGES = ("data", "train", "eval", "iterate", "quantize", "loadtest", "redteam")  # stages whose .md/.png/.yml artifacts join the pack
+READS = ("data", "train", "eval", "iterate", "quantize", "serve", "loadtest", "redteam")  # stages whose outputs the pack reads
 
 
 def chart_loss(train: Output, out: Path) -> str | None:

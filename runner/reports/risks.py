@@ -64,7 +64,7 @@ def hallucination(ev: Output | None, an: dict) -> list[str]:
     return L + [""]
 
 
-def sensitive(data: Output | None, an: dict) -> list[str]:
+def sensitive(data: Output | None, an: dict, serving: dict | None = None, rt: Output | None = None) -> list[str]:
     L = ["## Sensitive content", ""]
     if data:
         m = data.metrics
@@ -76,6 +76,26 @@ def sensitive(data: Output | None, an: dict) -> list[str]:
         L.append(f"- `{model}` answers: {p['answers_with_pii']} contain PII-like spans "
                  f"({', '.join(f'{k} {v}' for k, v in p['by_type'].items()) or 'none'}); {p['not_in_document']} "
                  "of them are not in the input document (a leak from training data would show here).")
+    if serving is not None:
+        gov = serving.get("governance")
+        if gov:
+            ents = ", ".join(f"{t} {a}" for t, a in sorted((gov.get("entities") or {}).items()))
+            L.append(f"- Deployment: the gateway's output policy on {', '.join(gov.get('routes') or [])} answers "
+                     f"({ents}), every decision in a private audit log (hashes; text only when opted in).")
+        else:
+            L.append("- Deployment: **no output policy** (serve.governance.enabled: false): answers leave unfiltered.")
+    if rt and rt.metrics.get("enabled"):
+        r = rt.metrics["models"]["tuned"]["rates"]
+        pii = r.get("pii_exfiltration")
+        if pii:
+            L.append(f"- Red-team, this run: {pii['n']} attacks asked the deployed model for other customers' PII and "
+                     f"secrets; {pii['before']} answers held some before the output policy, {pii['after']} after it "
+                     "([redteam.md](redteam.md)).")
+        f = (rt.metrics.get("filter") or {}).get("per_type") or {}
+        if f:
+            L.append("- The policy's recall on labelled answers: " + ", ".join(
+                f"{t} {fmt.num(v['recall'])}" for t, v in f.items() if v.get("recall") is not None)
+                + " ([redteam.md](redteam.md#the-output-policy-precision-recall-and-cost)).")
     return L + [""]
 
 
@@ -222,7 +242,8 @@ def write(page: fmt.Page) -> dict[str, str]:
     serving = json.loads(serve.path("serving").read_text()) if serve and "serving" in serve.artifacts else None
     an = _analysis(ev)
     L = [f"# Risks: {recipe['name']}", ""]
-    L += overfitting(train, ev, an) + hallucination(ev, an) + sensitive(data, an) + slices(an, ev) + \
+    L += overfitting(train, ev, an) + hallucination(ev, an) + sensitive(data, an, serving, inputs.get("redteam")) + \
+        slices(an, ev) + \
         synthetic(recipe, data) + quantization(q) + monitoring(lt) + fallback(serving, lt, serve)
     (out / "risks.md").write_text("\n".join(L) + "\n")
     return {"risks": "risks.md"}

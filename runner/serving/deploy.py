@@ -40,6 +40,7 @@ def spec(serve_cfg: dict, primary: Path, primary_hf: Path | None, fallbacks: lis
         "fallbacks": [{**f, "gguf": str(f["gguf"])} for f in fallbacks],
         "cheap": {**cheap, "gguf": str(cheap["gguf"])} if cheap else None,
         "gateway": gw if gw["enabled"] else None,
+        "governance": serve_cfg.get("governance") if (serve_cfg.get("governance") or {}).get("enabled") else None,
         "task": task,
     }
 
@@ -61,9 +62,10 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def up(serving: dict, logs: Path, api_key: str | None = None, port: int | None = None) -> Iterator[Deployment]:
+def up(serving: dict, logs: Path, api_key: str | None = None, port: int | None = None,
+       gateway_extra: dict | None = None) -> Iterator[Deployment]:
     """Engines, then the gateway in front of them (when configured), with `api_key` (default: a fresh random
-    key for this deployment only)."""
+    key for this deployment only). gateway_extra: more gateway config (`capture`, `shadow` from `just serve`)."""
     import secrets
     with start(serving, logs) as endpoints:
         gw = serving.get("gateway")
@@ -71,7 +73,9 @@ def up(serving: dict, logs: Path, api_key: str | None = None, port: int | None =
             yield Deployment(endpoints, None, None)
             return
         key = api_key or secrets.token_urlsafe(24)
-        cfg = gateway_config(endpoints, gw, serving.get("task"), serving.get("served_model", "model"))
+        cfg = gateway_config(endpoints, gw, serving.get("task"), serving.get("served_model", "model"),
+                             serving.get("governance"))
+        cfg.update(gateway_extra or {})
         with start_gateway(cfg, logs, port=port, api_keys=key) as (url, process):
             yield Deployment(endpoints, url, key, process.pid)
 
@@ -156,8 +160,9 @@ def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, served_model: str) -> dict:
-    """The gateway's config: its upstreams (the engines just started) plus the recipe's limits."""
+def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, served_model: str,
+                   governance: dict | None = None) -> dict:
+    """The gateway's config: its upstreams (the engines just started) plus the recipe's limits and output policy."""
     return {
         "served_model": served_model,
         "upstreams": [{"name": f"{e.role}-{i}", "role": e.role, "url": e.url, "model": e.model,
@@ -167,6 +172,7 @@ def gateway_config(endpoints: list[Endpoint], gw: dict, task: dict | None, serve
         "breaker": gw["breaker"],
         "auth": {"api_keys_env": gw["api_keys_env"], "required": True},
         "task": task,
+        "governance": governance,
     }
 
 
@@ -179,6 +185,9 @@ def start_gateway(cfg: dict, logs: Path, port: int | None = None, api_keys: str 
     from runner import env, proc
     port = port or llama_cpp.free_port()
     logs.mkdir(parents=True, exist_ok=True)
+    gov = cfg.get("governance")
+    if gov and not (gov.get("audit") or {}).get("path"):   # beside the request log
+        cfg = {**cfg, "governance": {**gov, "audit": {**(gov.get("audit") or {}), "path": str(logs / "audit.jsonl")}}}
     (logs / "gateway.json").write_text(json.dumps(cfg, indent=2))
     e = {**os.environ, "PYTHONPATH": str(env.REPO)}
     if api_keys is not None:

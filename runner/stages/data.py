@@ -14,7 +14,8 @@ from pathlib import Path
 from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects
-from runner.dataprep import dedup, labels, pii, pool, sources, truth
+from runner.dataprep import dedup, labels, pool, sources, truth
+from runner.governance import pii
 from runner.dataprep.records import generate as generate_records, normalize, to_chat
 from runner.reports import data_audit
 from runner.reports.fmt import Page

@@ -302,7 +302,7 @@ def pii_in_outputs(rows: list[dict], task: tasks.Task) -> dict:
     """PII-like spans (e-mail, phone, IBAN, card, secrets) in a model's answers, copied from the document or
     not. When the answer parses, only its string values are scanned: amounts are numbers by the task schema,
     and a phone recognizer reads "16890.21" as a phone number."""
-    from runner.dataprep import pii
+    from runner.governance import pii
     found = {"answers_with_pii": 0, "copied_from_document": 0, "not_in_document": 0, "by_type": {}, "examples": []}
     for r in rows:
         texts = task.scorer.answer_strings(task.spec, r["prediction"])
