@@ -234,16 +234,18 @@ def cmd_replay(a) -> int:
                 "candidate_model": f"{serving.get('model_type')} of {serving['primary']['gguf'].rsplit('/', 1)[-1]}"}
     cached_data = None if cand_dir else pipeline.cached_stage(r.data, "data")
     data_dir = cand_dir / "stages" / "data" if cand_dir else cached_data.dir if cached_data else None
-    gold = replay.gold_by_hash([data_dir / f"{s}.jsonl" for s in ("train", "eval", "test")]) if data_dir else {}
+    gold = replay.gold_by_hash([data_dir / f"{s}.jsonl" for s in ("train", "eval", "test", "ood")]) if data_dir else {}
     result = replay.compare(pairs, task, gold, {"min_agreement": a.min_agreement, "max_drop": a.max_drop})
     out = (cand_dir / "report") if cand_dir else (env.runs_root() / r.name / ("replay-" + time.strftime("%Y%m%d-%H%M%S")))
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.md").write_text(page.render(result, meta))
     (out / "replay.json").write_text(json.dumps({"meta": meta, **result}, indent=1, ensure_ascii=False) + "\n")
     published = env.reports_root() / cand_dir.parent.name / cand_dir.name if cand_dir else None
-    if published and published.is_dir():
-        for f in ("replay.md", "replay.json"):
-            shutil.copyfile(out / f, published / f)
+    if cand_dir:   # the pack's README links the page: re-render it, and the published copy with it
+        from runner.reports import pack
+        pack.render_run(cand_dir)
+        if published and published.is_dir():
+            shutil.copytree(cand_dir / "report", published, dirs_exist_ok=True)
     ag = result["agreement"]
     print(f"replay: {result['requests']} requests, agreement {ag['agree']}/{ag['n']}, gate "
           f"{'passed' if result['gate']['passed'] else 'FAILED'}: {out / 'replay.md'}"

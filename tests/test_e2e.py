@@ -1,4 +1,5 @@
 """Every stage really runs (Axolotl, llama.cpp, lm-eval, GuideLLM) on a tiny random-weight model."""
+import hashlib
 import json
 import os
 import re
@@ -282,6 +283,26 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
                          env={**os.environ, "FORGE_RUNS": str(runs_dir)}, capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     assert man["dataset_version"] in (run_dir / "report" / "README.md").read_text()
+
+    # `just replay RECIPE --log CAPTURE --candidate RUN`: what production answered (here the gold of three test
+    # records, as a capture file holds them) against the run's deployment, started on loopback; replay.md joins the
+    # run's pack and its README links it
+    rows = [json.loads(x) for x in (run_dir / "stages" / "data" / "test.jsonl").read_text().splitlines()][:3]
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("".join(json.dumps({
+        "request_id": f"c{i}", "route": "task", "document": r["document"], "answer": json.loads(r["gold"]),
+        "document_sha256": hashlib.sha256(r["document"].encode()).hexdigest(), "model": "production",
+        "latency_ms": 1000.0, "status": 200}) + "\n" for i, r in enumerate(rows)))
+    rp = subprocess.run([sys.executable, "-m", "runner", "replay", str(recipe), "--log", str(capture), "--candidate",
+                         man2["run_id"]], cwd=REPO, env={**os.environ, "FORGE_RUNS": str(runs_dir)},
+                        capture_output=True, text=True, timeout=600)
+    assert rp.returncode == 0 and "Traceback" not in rp.stderr, rp.stdout[-2000:] + rp.stderr[-2000:]
+    run_dir2 = runs_dir / "tiny-e2e" / man2["run_id"]
+    replayed = json.loads((run_dir2 / "report" / "replay.json").read_text())
+    assert replayed["requests"] == 3 and replayed["gold"]["n"] == 3 and replayed["gold"]["production"] == 1.0
+    assert replayed["latency_ms"]["candidate"]["n"] == 3 and replayed["meta"]["source"] == "capture"
+    assert "[replay.md](replay.md)" in (run_dir2 / "report" / "README.md").read_text()
+    assert (pack.parent / man2["run_id"] / "replay.md").is_file()
 
     # training, eval and the quantize gate are reproducible: re-running train to quantize (--from train --until
     # quantize) on the same data gives the same loss curves (seeds are set everywhere), hence the same models,

@@ -158,3 +158,12 @@ def risks(inputs: dict[str, Output]) -> list[str]:
     else:
         L.append("- Monitoring: gateway and engine Prometheus metrics ([risks.md](risks.md#monitoring)).")
     return L + [""]
+
+
+def replay(r: dict) -> str:
+    """The pack's line for a replay page (`just replay`, written into this run's pack)."""
+    a, v = r["agreement"], r["validity"]
+    src = "mirrored live (shadow mode)" if r["meta"]["source"] == "shadow" else "replayed from a capture"
+    return (f"- Replay against production ([replay.md](replay.md)): {r['requests']} real task requests {src}; "
+            f"agreement {a['agree']}/{a['n']}, contract-valid {v['candidate']} vs production's {v['production']}; "
+            f"gate **{'passed' if r['gate']['passed'] else 'failed'}**.")

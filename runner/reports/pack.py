@@ -81,6 +81,9 @@ def render(inputs: dict[str, Output], recipe: dict, out: Path, charts: bool, hea
         lines += [f"- dataset version: `{m['dataset_version']}` ({m['records']['train']} train / "
                   f"{m['records']['eval']} eval / {m['records']['test']} test records)"]
     lines += ["", "## Answers", ""] + answers.quality(inputs) + answers.performance(inputs) + answers.risks(inputs)
+    if (out / "replay.json").is_file():   # written by `just replay` into this run's pack
+        lines[-1:-1] = [answers.replay(json.loads((out / "replay.json").read_text()))]
+        pages.append("replay.md")
     lines += ["Evidence pages: " + ", ".join(f"[{p}]({p})" for p in pages if p.endswith(".md")), "", "---"]
     if data:
         lines += ["", "## Data", "", "| step | records |", "|---|---|"]
