@@ -230,7 +230,10 @@ def cmd_replay(a) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         pairs = replay.pairs_from_capture(captured, answers, task.scorer, task.spec)
+        redacted = [t for x in captured for t in x.get("redacted") or []]
         meta = {"source": "capture", "log": str(source), "candidate": cand_dir.name,
+                "redacted_documents": sum(1 for x in captured if x.get("redacted")),
+                "redacted_types": {t: redacted.count(t) for t in sorted(set(redacted))},
                 "candidate_model": f"{serving.get('model_type')} of {serving['primary']['gguf'].rsplit('/', 1)[-1]}"}
     cached_data = None if cand_dir else pipeline.cached_stage(r.data, "data")
     data_dir = cand_dir / "stages" / "data" if cand_dir else cached_data.dir if cached_data else None

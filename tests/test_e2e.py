@@ -277,6 +277,7 @@ def test_tiny_recipe_runs_every_stage_then_redoes_nothing(tiny_model, tmp_path, 
     assert cmp.returncode == 0, cmp.stderr
     assert "Same recipe settings." in cmp.stdout and "**Verdict: B passes every gate.**" in cmp.stdout
     assert "| tuned | invoice_extraction | field_f1 |" in cmp.stdout and "+0.000 | [+0.000, +0.000]" in cmp.stdout
+    assert "## Red-team" in cmp.stdout and "| malformed | tuned | 0/9 / 0/9 | 0/9 / 0/9 |" in cmp.stdout
 
     # `just report RUN` re-renders from stored artifacts alone
     rep = subprocess.run([sys.executable, "-m", "runner", "report", man["run_id"]], cwd=REPO,

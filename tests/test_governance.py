@@ -166,6 +166,8 @@ def test_the_gateway_redacts_blocks_and_audits_every_answer(tmp_path):
     assert by_id["req-clean-False"]["action"] == "pass" and by_id["req-clean-False"]["findings"] == []
     tasks_logged = [x for x in lines if x["route"] == "task"]
     assert sorted(x["action"] for x in tasks_logged) == ["block", "redact"]
+    redacted = next(x for x in tasks_logged if x["action"] == "redact")   # the hash of what the client received
+    assert redacted["delivered_sha256"] == audit.sha256(json.dumps(task_ok.json()["answer"], ensure_ascii=False))
     assert [x["status"] for x in tasks_logged if x["action"] == "block"] == [422]
 
 

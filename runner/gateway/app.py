@@ -228,20 +228,25 @@ class Gateway:
                            code="invalid_api_key")
         ctx["principal"] = audit.principal(given)
 
-    def govern(self, route: str, ctx: dict, u: Upstream, request_text: str, answer: str, status: int = 200):
-        """The output policy on one answer: its decision, counted, timed and written to the audit log."""
+    def govern(self, route: str, ctx: dict, u: Upstream, request_text: str, answer: str, audit_now: bool = True):
+        """The output policy on one answer: its decision, counted, timed and (unless the caller records what it
+        delivers itself) written to the audit log."""
         d = self.policy.decide(answer, request_text)
         self.metrics.policy_actions.labels(route, d.action).inc()
         self.metrics.policy_seconds.labels(route).observe(d.seconds)
         for f in d.findings:
             self.metrics.policy_findings.labels(f["type"], f["action"]).inc()
         ctx["policy"] = d.action
+        if audit_now:
+            self.audited(route, ctx, u, d, request_text, answer, self.refusal if d.action == "block" else d.text, 200)
+        return d
+
+    def audited(self, route: str, ctx: dict, u: Upstream, d, request_text: str, answer: str, delivered: str,
+                status: int) -> None:
         if self.audit:
             self.audit.record(request_id=ctx["request_id"], route=route, principal=ctx.get("principal"),
                               model=u.model, upstream=u.name, decision=d, request_text=request_text,
-                              answer_text=answer, delivered_text=self.refusal if d.action == "block" else d.text,
-                              status=422 if d.action == "block" and route == "task" else status)
-        return d
+                              answer_text=answer, delivered_text=delivered, status=status)
 
     def govern_chat(self, data: dict, body: dict, ctx: dict, u: Upstream) -> dict:
         """Each choice's content through the policy: redacted in place, or replaced by the refusal (finish_reason
@@ -523,12 +528,17 @@ class Gateway:
                 if not problems:
                     why = "; ".join(failures) or reason
                     self.account(ctx, u, data.get("usage") or {}, why, "task")
-                    decision = self.govern("task", ctx, u, doc, text) if "task" in self.governed else None
+                    decision = self.govern("task", ctx, u, doc, text, audit_now=False) \
+                        if "task" in self.governed else None
                     if decision and decision.action == "block":
+                        self.audited("task", ctx, u, decision, doc, text, "", 422)
                         raise ApiError(422, "the answer was withheld by the output policy: it contained "
                                        f"{', '.join(decision.types)}", "policy_error", code="output_policy_violation")
-                    if decision and decision.action == "redact":
+                    if decision and decision.action == "redact":   # in the parsed answer's strings
                         answer = self.policy.redact_values(answer, text, decision)
+                    if decision:   # the audit log hashes what the client receives
+                        self.audited("task", ctx, u, decision, doc, text, answer if isinstance(answer, str) else
+                                     json.dumps(answer, ensure_ascii=False), 200)
                     out = {"answer": answer, "kind": self.task_cfg["kind"], "model": u.model, "upstream": u.name,
                            "fallback": u.role == "fallback", "fallback_reason": why or None,
                            "constrained": constrained, "usage": data.get("usage")}

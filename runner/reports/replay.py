@@ -6,6 +6,14 @@ import json
 from runner.reports import fmt
 
 
+def _diff(a, b) -> tuple[str, str]:
+    """Two answers side by side: for objects only the fields that differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+        return (_short({k: a.get(k) for k in keys}), _short({k: b.get(k) for k in keys}))
+    return _short(a), _short(b)
+
+
 def _short(answer) -> str:
     text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
     text = (text or "").replace("|", "\\|").replace("\n", " ")
@@ -22,8 +30,12 @@ def render(r: dict, meta: dict) -> str:
          f"- candidate: {meta['candidate']}" + (f" ({meta['candidate_model']})" if meta.get("candidate_model") else ""),
          ""]
     if meta["source"] == "capture":
+        n_red = meta.get("redacted_documents")
+        types = ", ".join(f"{t} {n}" for t, n in (meta.get("redacted_types") or {}).items())
         L += ["Captured documents were PII-redacted by the output policy before they were written; the candidate "
-              "answered the redacted text, production the original.", ""]
+              "answered the redacted text, production the original"
+              + (f": {n_red} of {r['requests']} documents had spans redacted ({types}), and a disagreement on a "
+                 "value that was redacted comes from the capture, not the candidate." if n_red else ".") , ""]
     g = r["gate"]
     L += [f"**Gate: {'passed' if g['passed'] else 'FAILED'}**", "", "| check | value | passed |", "|---|---|---|"]
     L += [f"| {c['check']} | {c['value']} | {'yes' if c['passed'] else '**no**'} |" for c in g["checks"]]
@@ -52,7 +64,9 @@ def render(r: dict, meta: dict) -> str:
           + (" (the shadow's candidate ran under the same live traffic)" if meta["source"] == "shadow" else
              ", the candidate's was measured here"), ""]
     if r["disagreements"]:
-        L += ["## Disagreements (first 8)", "", "| request | production | candidate |", "|---|---|---|"]
-        L += [f"| `{x['request_id']}` | {_short(x['production'])} | {_short(x['candidate'])}"
-              + (f" ({x['problem'][:80]})" if x.get("problem") else "") + " |" for x in r["disagreements"]]
+        L += ["## Disagreements (first 8; fields that differ)", "", "| request | production | candidate |", "|---|---|---|"]
+        for x in r["disagreements"]:
+            prod, cand = _diff(x["production"], x["candidate"])
+            L.append(f"| `{x['request_id']}` | {prod} | {cand}" + (f" ({x['problem'][:80]})" if x.get("problem") else "")
+                     + " |")
     return "\n".join(L) + "\n"
