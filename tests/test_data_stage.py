@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.dataprep import dedup
+from runner.dataprep import dedup, engine
 from runner.governance import pii
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,8 @@ def test_outputs_policy_and_version(big_run):
     assert len(ood) >= 100 and all(unseen(r) for r in ood) and not any(unseen(r) for r in train + evals + test)
     assert m["records"]["ood"] == len(ood) == ds["files"]["ood"]["records"] and "`ood`" in audit
     for held_out in (evals, test, ood):
-        assert dedup.leakage([r["document"] for r in train], [r["document"] for r in held_out], 0.7, 5, 128) == {}
+        assert dedup.leakage([r["document"] for r in train], [r["document"] for r in held_out], 0.7, 5, 128,
+                             engine.Local(1)) == {}
     removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
     assert sum(r["step"] == "leakage" for r in removed) == sum(m["leakage_removed"].values())
 
@@ -90,16 +91,38 @@ def test_near_dedup_matches_brute_force_on_its_own_pairs():
     texts = [r["document"] for r in recs]
     truth = dedup.brute_force_pairs(texts, 0.8, 5)
     found = set()
-    for c in dedup.near_clusters(texts, 0.8, 0.1, 5, 128):
+    for c in dedup.near_clusters(texts, 0.8, 0.1, 5, 128, engine.Local(1)):
         found |= {(min(a, b), max(a, b)) for a, b, _ in c["pairs"]}
     assert truth and len(found & truth) / len(truth) >= 0.95 and found <= truth
+
+
+def test_band_keys_find_exactly_the_pairs_datasketchs_lsh_index_finds():
+    from datasketch import LeanMinHash, MinHash
+
+    from runner.datagen import defects, invoice
+    recs, _ = defects.inject(invoice.generate(4, 1500), {"near_duplicate": 0.1, "exact_duplicate": 0, "empty": 0,
+                                                        "truncated": 0, "wrong_gold": 0, "off_domain": 0, "pii": 0,
+                                                        "secret": 0}, 4)
+    sigs = dedup.signatures([r["document"] for r in recs], 5, 128)
+    scheme = MinHash(num_perm=1, seed=1).scheme
+    lean = [LeanMinHash(seed=1, hashvalues=s, scheme=scheme) for s in sigs]
+    index, within = dedup.lsh(0.7, 128), set()
+    for j, m in enumerate(lean):
+        within |= {(i, j) for i in index.query(m)}
+        index.insert(j, m)
+    assert len(within) > 100 and dedup.band_candidates(sigs, 0.7, 128) == within
+    index = dedup.lsh(0.6, 128)
+    for i, m in enumerate(lean[:1000]):
+        index.insert(i, m)
+    across = {(i, j) for j, m in enumerate(lean[1000:]) for i in index.query(m)}
+    assert across and dedup.band_candidates_across(sigs[:1000], sigs[1000:], 0.6, 128) == across
 
 
 def test_leakage_finds_a_test_record_copied_from_train():
     train = ["invoice 123 from acme corp total 100.00 eur due 2024-01-01 thanks", "completely different text here"]
     other = ["invoice 123 from acme corp total 100.00 eur due 2024-01-01 thanks!", "nothing like the others at all"]
     expected = round(dedup.exact_jaccard(dedup.shingles(train[0], 5), dedup.shingles(other[0], 5)), 4)
-    assert dedup.leakage(train, other, 0.7, 5, 128) == {0: (0, expected)}
+    assert dedup.leakage(train, other, 0.7, 5, 128, engine.Local(1)) == {0: (0, expected)}
 
 
 def test_pii_policy_redacts_drops_and_flags():
@@ -110,6 +133,28 @@ def test_pii_policy_redacts_drops_and_flags():
     assert action == "redact" and "<EMAIL>" in red and "<IBAN>" in red and "jane" not in red
     assert pii.apply_policy(text, found, {"email": "flag", "iban": "drop"})[1] == "drop"
     assert pii.apply_policy(text, found, {"email": "flag", "iban": "keep"}) == (text, "flag")
+
+
+def test_phone_recognizer_skips_dates_amounts_and_short_numbers_but_not_phones():
+    text = ("Datum: 02.06.2025, due 2024-10-15\nSubtotal 3566.89\nTotal CHF 1.973,52\nQty 7   Room 12\n"
+            "Tel. +41 44 668 18 00\nAppel: 01.23.45.67.89\nUS office (212)555-0147x281\n")
+    view = pii.phone_view(text)
+    assert len(view) == len(text) and "02.06.2025" not in view and "3566.89" not in view and "Qty 7 " not in view
+    phones = [f.value for f in pii.scan(text) if f.type == "phone"]
+    assert "+41 44 668 18 00" in phones and "01.23.45.67.89" in phones
+    assert any(p.startswith("(212)555-0147") for p in phones)
+    assert not any(d in p for p in phones for d in ("02.06", "3566", "1.973", "2024-10"))
+
+
+def test_scan_looks_only_for_the_types_asked_and_keeps_the_regex_cache():
+    import importlib
+    import re
+
+    importlib.import_module("scipy.integrate")  # imports numpy's f2py, which shrinks re's cache to 50
+    text = "Contact: jane.doe@example.org\nIBAN DE89 3704 0044 0532 0130 00\naws_access_key_id = AKIAABCDEFGHIJKLMNOP\n"
+    assert {f.type for f in pii.scan(text, ("email",))} == {"email"}
+    assert {f.type for f in pii.scan(text, ("iban", "secret"))} == {"iban", "secret"}
+    assert re._MAXCACHE == pii.RE_CACHE
 
 
 def _sources_recipe(path: Path, mapping: str = "{input: text, output: label}") -> str:

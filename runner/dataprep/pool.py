@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Callable
 
 from runner.dataprep import dedup, labels
+from runner.dataprep import engine as engines
 from runner.governance import pii
 from runner.dataprep import records
 from runner.dataprep.records import normalize
@@ -87,9 +88,11 @@ def targeted(data_cfg: dict, entries: list[dict], task, start: int, clean: Calla
 
 
 def clean(records: list[dict], data_cfg: dict, task, *, to_chat: Callable[[dict], dict],
-          count_tokens: Callable[[dict], int], held_out: list[dict]) -> tuple[list[dict], dict]:
+          count_tokens: Callable[[dict], int], held_out: list[dict], engine=None,
+          signatures: dict | None = None) -> tuple[list[dict], dict]:
     """(chat records that passed, {step: records removed}). `held_out`: the chat records of the eval, test and
-    ood splits."""
+    ood splits. `engine`: where the leakage check runs (runner/dataprep/engine.py; None: in this process);
+    `signatures`: MinHash signatures already made, by text."""
     removed: Counter = Counter()
     holdout = {c: {str(v) for v in vs} for c, vs in (data_cfg["split"]["holdout"] or {}).items()}
     kept = []
@@ -122,7 +125,8 @@ def clean(records: list[dict], data_cfg: dict, task, *, to_chat: Callable[[dict]
     dd = data_cfg["dedup"]
     if kept and held_out:
         hits = dedup.leakage([c["document"] for c in held_out], [c["document"] for c in kept],
-                             dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"])
+                             dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"], engine or engines.Local(1),
+                             signatures)
         removed["leakage"] += len(hits)
         kept = [c for j, c in enumerate(kept) if j not in hits]
     return kept, dict(removed)

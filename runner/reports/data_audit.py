@@ -98,14 +98,23 @@ def write(page: fmt.Page) -> dict[str, str]:
     reasons = defaultdict(Counter)
     for r in removed:
         reasons[r["step"]][re.sub(r"\d[\d.,]*", "N", r["reason"].split(" (")[0].split(" as ")[0].split(" of ")[0])[:70]] += 1
-    L += ["## Records through the steps", "", "| step | records after | removed here | flagged here | seconds |",
-          "|---|---|---|---|---|"]
+    rates = metrics.get("throughput") or {}
+    L += ["## Records through the steps", ""]
+    if metrics.get("engine"):
+        e = metrics["engine"]
+        L += [f"Engine `{e['engine']}` ({e['workers']} workers" + (f", Ray {e['ray']} on {e['cluster']}" if "ray" in e
+                                                                   else "") +
+              f"); peak memory of the stage's processes {metrics['peak_rss_mb']:,.0f} MB. PII, labels and length run "
+              "as one pass on the workers (as do normalization and MinHash): their seconds are the pass's wall time "
+              "shared by the CPU each took. records/s: records into the step per second.", ""]
+    L += ["| step | records after | removed here | flagged here | seconds | records/s |", "|---|---|---|---|---|---|"]
     step_map = {"normalize+min_chars": "empty", "exact_dedup": "exact_dedup", "near_dedup": "near_dedup", "pii": "pii",
                 "labels": "labels", "length": "length", "datalab": "datalab", "split+leakage": "leakage"}
     for step, n in metrics["counts"].items():
         key = step_map.get(step, step)
         L.append(f"| {step} | {n} | {metrics['removed_by_step'].get(key, 0)} | "
-                 f"{metrics['flagged_by_step'].get(key, 0)} | {metrics['step_seconds'].get(step, '')} |")
+                 f"{metrics['flagged_by_step'].get(key, 0)} | {metrics['step_seconds'].get(step, '')} | "
+                 f"{(rates.get(step) or {}).get('records_per_s') or ''} |")
     L += ["", f"![records per step]({charts[1]})", "", "Removal reasons:", ""]
     for step, c in reasons.items():
         L.append(f"- **{step}**: " + "; ".join(f"{reason} ({n})" for reason, n in c.most_common(4)))

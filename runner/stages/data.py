@@ -14,9 +14,8 @@ from pathlib import Path
 from runner import env, models, tasks
 from runner.adapters import cleanlab_datalab
 from runner.datagen import defects
-from runner.dataprep import dedup, labels, pool, sources, truth
-from runner.governance import pii
-from runner.dataprep.records import generate as generate_records, normalize, to_chat
+from runner.dataprep import dedup, engine, meter, pool, sources, steps, truth
+from runner.dataprep.records import generate as generate_records, to_chat
 from runner.reports import data_audit
 from runner.reports.fmt import Page
 from runner.stage import Context, Result, StageError
@@ -26,6 +25,7 @@ INPUTS = ()
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (lm-eval, the gateway, by path)
 TOOLS = ("core", "ml")
 SPLITS = ("train", "eval", "test")
+GENERATE_SPAN = 2000
 
 
 def fingerprint(recipe: dict) -> str:
@@ -127,16 +127,20 @@ def groups_across(parts: dict[str, list[dict]]) -> list[str]:
 class Ledger:
     """What each step saw, removed (with reasons) and flagged."""
 
-    def __init__(self):
+    def __init__(self, rss=None):
+        self.rss, self.peak_mb = rss, {}
         self.counts: list[tuple[str, int]] = []
         self.removed: dict[str, dict] = {}
         self.flags: list[dict] = []
         self.reached: dict[str, set] = {}
         self.seconds: dict[str, float] = {}
 
-    def step(self, name: str, recs: list[dict], t0: float) -> None:
+    def step(self, name: str, recs: list[dict], t0: float, seconds: float | None = None) -> None:
+        """`seconds`: the step's share of a pass that ran several steps at once (else: since t0)."""
         self.counts.append((name, len(recs)))
-        self.seconds[name] = round(time.time() - t0, 3)
+        self.seconds[name] = round(time.time() - t0 if seconds is None else seconds, 3)
+        if self.rss is not None:
+            self.peak_mb[name] = self.rss.lap_mb()
 
     def remove(self, rec: dict, step: str, reason: str, **extra) -> None:
         self.removed[rec["id"]] = {"id": rec["id"], "step": step, "reason": reason,
@@ -146,8 +150,22 @@ class Ledger:
         self.flags.append({"id": rec["id"], "step": step, "reason": reason})
 
 
-def ingest(cfg: dict, out, task: tasks.Task, read: list | None = None) -> tuple[list[dict], list[dict]]:
-    """(records, injected defects); `read` receives, per source, what was read from it (sources.load's tally)."""
+def throughput(led: Ledger) -> dict:
+    """Per step: records in, seconds, records/s (what the step read per second of its wall time)."""
+    out, before = {}, None
+    for name, n in led.counts:
+        if before is not None:
+            sec = led.seconds.get(name, 0.0)
+            out[name] = {"records_in": before, "seconds": sec,
+                         "records_per_s": round(before / sec, 1) if sec > 0 else None,
+                         "peak_mb": led.peak_mb.get(name)}
+        before = n
+    return out
+
+
+def ingest(cfg: dict, out, task: tasks.Task, read: list | None = None, eng=None) -> tuple[list[dict], list[dict]]:
+    """(records, injected defects); `read` receives, per source, what was read from it (sources.load's tally).
+    Generated records are made on the engine's workers, GENERATE_SPAN at a time."""
     if cfg["sources"]:
         recs = []
         for s in cfg["sources"]:
@@ -162,7 +180,11 @@ def ingest(cfg: dict, out, task: tasks.Task, read: list | None = None) -> tuple[
                              "to a unique field or leave it out")
         return recs, []
     gen = cfg["generator"]
-    raw = generate_records(cfg, gen["size"])
+    if eng is None:
+        raw = generate_records(cfg, gen["size"])
+    else:
+        spans = [(i, min(GENERATE_SPAN, gen["size"] - i)) for i in range(0, gen["size"], GENERATE_SPAN)]
+        raw = [r for part in eng.map_batches(steps.generate, spans, batch_size=1, data_cfg=cfg) for r in part]
     recs, injected = defects.inject(raw, gen["defects"], gen["seed"])
     defects.write_truth(injected, out / "defects_truth.jsonl")
     return recs, injected
@@ -185,35 +207,64 @@ def duplicates_across(removed: list[dict], records: list[dict], slices) -> dict:
 
 def run(ctx: Context) -> Result:
     cfg = ctx.section("data")
-    task = tasks.of(ctx.recipe)
     total = sum(cfg["split"][k] for k in SPLITS)
     if abs(total - 1.0) > 1e-6:
         raise StageError(f"data.split: fractions must add up to 1.0, found {total:g}")
-    led = Ledger()
+    tok_file = models.base_model_dir(ctx.section("base_model")) / "tokenizer.json"
+    if not tok_file.exists():
+        raise StageError(f"base model has no tokenizer.json: {tok_file}")
+    with meter.PeakRss() as rss:
+        ctx.progress(f"starting the {cfg['engine']} engine")
+        with start_engine(cfg, ctx.threads) as eng:
+            return clean(ctx, cfg, eng, tok_file, rss)
+
+
+def start_engine(cfg: dict, workers: int):
+    """The engine `data.engine` names (runner/dataprep/engine.py); `data.ray` configures Ray."""
+    if cfg["engine"] == "ray":
+        from runner.adapters import ray_data
+        return ray_data.Engine(cfg["ray"], workers)
+    return engine.Local(workers)
+
+
+def clean(ctx: Context, cfg: dict, eng, tok_file: Path, rss) -> Result:
+    task = tasks.of(ctx.recipe)
+    led = Ledger(rss)
     t0 = time.time()
     ctx.progress("ingesting")
     read: list[dict] = []
-    recs, injected = ingest(cfg, ctx.out, task, read)
+    recs, injected = ingest(cfg, ctx.out, task, read, eng)
     ingested = list(recs)   # every record as read: what a removed duplicate copied is looked up here
     pii_truth = {r["id"]: list(r.get("pii", [])) for r in recs}
     led.step("raw", recs, t0)
 
+    dd = cfg["dedup"]
     t0 = time.time()
-    kept = []
-    for r in recs:
-        r["document"] = normalize(r["document"], cfg["normalize"])
+    ctx.progress(f"normalizing and hashing {len(recs)} records")
+    prepared = eng.map_batches(steps.prepare, recs, normalize=cfg["normalize"], k=dd["shingle_chars"],
+                               num_perm=dd["num_perm"], near=dd["near"])
+    cpu = meter.cpu_of(prepared)
+    kept, hashes, sigs = [], {}, {}
+    by_text: dict[str, object] = {}   # signatures by text: the leakage check reuses those of unchanged documents
+    for r, p in zip(recs, prepared):
+        r["document"] = p["document"]
+        if p["sig"] is not None:
+            by_text[p["document"]] = p["sig"]
         if len(r["document"]) < cfg["normalize"]["min_chars"]:
             led.remove(r, "empty", f"{len(r['document'])} chars < data.normalize.min_chars {cfg['normalize']['min_chars']}")
         else:
             kept.append(r)
+            hashes[r["id"]], sigs[r["id"]] = p["hash"], p["sig"]
     recs = kept
-    led.step("normalize+min_chars", recs, t0)
+    del prepared
+    prep_wall = time.time() - t0
+    led.step("normalize+min_chars", recs, t0, meter.share(prep_wall, cpu, "normalize"))
 
-    dd = cfg["dedup"]
     led.reached["exact_dedup"] = {r["id"] for r in recs}
     t0 = time.time()
     if dd["exact"]:
-        dup_of = dedup.exact_groups([r["id"] for r in recs], [r["document"] for r in recs])
+        first = eng.first_of([hashes[r["id"]] for r in recs])
+        dup_of = {recs[i]["id"]: recs[f]["id"] for i, f in first.items()}
         for r in recs:
             if r["id"] in dup_of:
                 led.remove(r, "exact_dedup", f"same normalized text as {dup_of[r['id']]}", of=dup_of[r["id"]])
@@ -232,7 +283,7 @@ def run(ctx: Context) -> Result:
     if dd["near"]:
         ctx.progress(f"near dedup (MinHash LSH, {len(recs)} records)")
         found = dedup.near_clusters([r["document"] for r in recs], dd["jaccard"], dd["query_margin"],
-                                    dd["shingle_chars"], dd["num_perm"])
+                                    dd["shingle_chars"], dd["num_perm"], eng, sigs=[sigs[r["id"]] for r in recs])
         drop = set()
         for c in found:
             keep = recs[c["members"][0]]
@@ -244,38 +295,44 @@ def run(ctx: Context) -> Result:
                              "pairs": [(recs[a]["id"], recs[b]["id"], s) for a, b, s in c["pairs"]],
                              "example": [recs[c["members"][0]]["document"][:300], recs[c["members"][1]]["document"][:300]]})
         recs = [r for i, r in enumerate(recs) if i not in drop]
-    led.step("near_dedup", recs, t0)
+    led.step("near_dedup", recs, t0, time.time() - t0 + meter.share(prep_wall, cpu, "minhash"))
+    del sigs, hashes
 
+    # PII, labels and length in one pass on the workers; applied here in order, each step on what the one before kept
+    t0 = time.time()
+    ctx.progress(f"PII and secrets, labels, token lengths ({len(recs)} records)")
+    checked = eng.map_batches(steps.scan_and_check, recs, policy=cfg["pii"]["policy"] if cfg["pii"]["enabled"] else None,
+                              task_name=ctx.recipe["task"], task_paths=tuple(ctx.recipe.get("task_paths") or ()),
+                              system=tasks.system_prompt(ctx.recipe), tok_file=str(tok_file))
+    wall, cpu = time.time() - t0, meter.cpu_of(checked)
+    eng.release()   # the workers' Presidio, spaCy and tokenizer leave before cleanlab's model arrives
+    result = {r["id"]: c for r, c in zip(recs, checked)}
     led.reached["pii"] = {r["id"] for r in recs}
     findings: dict[str, list[dict]] = {}
-    t0 = time.time()
     if cfg["pii"]["enabled"]:
-        ctx.progress(f"PII and secrets scan ({len(recs)} records)")
         kept = []
         for r in recs:
-            found = pii.scan(r["document"])
-            if not found:
+            c = result[r["id"]]
+            if not c["findings"]:
                 kept.append(r)
                 continue
-            text, action = pii.apply_policy(r["document"], found, cfg["pii"]["policy"])
-            findings[r["id"]] = [{"type": f.type, "value": f.value, "detector": f.detector,
-                                  "action": cfg["pii"]["policy"].get(f.type, "flag")} for f in found]
-            types = ", ".join(sorted({f.type for f in found}))
-            if action == "drop":
+            findings[r["id"]] = c["findings"]
+            types = ", ".join(sorted({f["type"] for f in c["findings"]}))
+            if c["action"] == "drop":
                 led.remove(r, "pii", f"{types} found; policy drops the record")
                 continue
-            if action == "flag":
+            if c["action"] == "flag":
                 led.flag(r, "pii", f"{types} found (kept, flagged)")
-            r["document"] = text
+            if c["document"] is not None:
+                r["document"] = c["document"]
             kept.append(r)
         recs = kept
-    led.step("pii", recs, t0)
+    led.step("pii", recs, t0, meter.share(wall, cpu, "pii"))
 
     led.reached["labels"] = {r["id"] for r in recs}
-    t0 = time.time()
     kept = []
     for r in recs:
-        problems = labels.check(task, r["document"], r["gold"])
+        problems = result[r["id"]]["problems"]
         if problems:
             text = "; ".join(msg for _, msg in problems)[:300]
             if cfg["labels"][problems[0][0]] == "drop":
@@ -284,24 +341,18 @@ def run(ctx: Context) -> Result:
             led.flag(r, "labels", text)
         kept.append(r)
     recs = kept
-    led.step("labels", recs, t0)
+    led.step("labels", recs, t0, meter.share(wall, cpu, "labels"))
 
-    t0 = time.time()
-    from tokenizers import Tokenizer
-    tok_file = models.base_model_dir(ctx.section("base_model")) / "tokenizer.json"
-    if not tok_file.exists():
-        raise StageError(f"base model has no tokenizer.json: {tok_file}")
-    tok = Tokenizer.from_file(str(tok_file))
-    chats = []
+    chats, system = [], tasks.system_prompt(ctx.recipe)
     for r in recs:
-        c = to_chat(r, tasks.system_prompt(ctx.recipe), task)
-        c["tokens"] = sum(len(tok.encode(m["content"]).ids) + 4 for m in c["messages"])
-        c["chars"] = len(r["document"])
+        c = result[r["id"]]["chat"]
+        c["messages"][0]["content"] = system   # one string, not one copy per record from the workers
         if c["tokens"] > cfg["max_tokens"]:
             led.remove(r, "length", f"{c['tokens']} tokens > data.max_tokens {cfg['max_tokens']}")
             continue
         chats.append(c)
-    led.step("length", chats, t0)
+    led.step("length", chats, t0, meter.share(wall, cpu, "length"))
+    del result, checked
 
     outlier_ids: set[str] = set()
     datalab_info = None
@@ -336,7 +387,7 @@ def run(ctx: Context) -> Result:
     for name in splits[1:]:
         if parts[name] and parts["train"]:
             hits = dedup.leakage([c["document"] for c in parts["train"]], [c["document"] for c in parts[name]],
-                                 dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"])
+                                 dd["leakage_jaccard"], dd["shingle_chars"], dd["num_perm"], eng, by_text)
             for j, (i, sim) in hits.items():
                 led.remove(parts[name][j], "leakage", f"{name} record near-duplicates train record "
                            f"{parts['train'][i]['id']} (Jaccard {sim})")
@@ -351,8 +402,8 @@ def run(ctx: Context) -> Result:
         judged = [c for n in splits[1:] for c in parts[n]]
         system = tasks.system_prompt(ctx.recipe)
         clean = lambda raw: pool.clean(raw, cfg, task, to_chat=lambda r: to_chat(r, system, task), held_out=judged,
-                                       count_tokens=lambda c: sum(len(tok.encode(m["content"]).ids) + 4
-                                                                  for m in c["messages"]))
+                                       count_tokens=lambda c: steps.chat_tokens([c], str(tok_file))[0], engine=eng,
+                                       signatures=by_text)
         rows, aimed = pool.targeted(cfg, cfg["generator"]["targeted"], task, pool.TRAIN_TARGETED_START, clean,
                                     "data.generator.targeted", ctx.progress)
         for c in rows:
@@ -394,6 +445,8 @@ def run(ctx: Context) -> Result:
     finding_counts = Counter((f["type"], f["action"]) for fs in findings.values() for f in fs)
     metrics = {
         "dataset_version": version, "counts": dict(led.counts), "step_seconds": led.seconds,
+        "engine": {**eng.describe(), "cpu_seconds": {k: round(v, 2) for k, v in sorted(eng.cpu.items())}},
+        "throughput": throughput(led), "peak_rss_mb": rss.peak_mb(),
         "records": {n: len(parts[n]) for n in splits},
         "removed_by_step": dict(Counter(r["step"] for r in removed)),
         "duplicates_across": duplicates_across(removed, ingested, task.slices),
