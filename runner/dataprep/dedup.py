@@ -38,13 +38,6 @@ def exact_jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def exact_groups(ids: list[str], texts: list[str], engine) -> dict[str, str]:
-    """id -> id of the first record with the same normalized text (only for the later copies): a group-by on the
-    hash of the normalized text."""
-    first = engine.first_of(engine.map_batches(hash_batch, texts))
-    return {ids[i]: ids[f] for i, f in first.items()}
-
-
 class _UnionFind:
     def __init__(self):
         self.parent: dict[int, int] = {}
