@@ -157,6 +157,22 @@ def test_scan_looks_only_for_the_types_asked_and_keeps_the_regex_cache():
     assert re._MAXCACHE == pii.RE_CACHE
 
 
+def test_secret_prefilter_finds_what_the_line_by_line_scan_finds():
+    """Texts no plugin pattern matches skip detect-secrets' line scan; the findings are those of scanning every
+    line, for texts with a secret on a later line, in a URL, in a key block, and with none."""
+    from detect_secrets.core.scan import scan_line
+    from detect_secrets.settings import transient_settings
+
+    texts = ["Invoice 2024/1\nTotal 12.00 EUR\n", "note\naws_access_key_id = AKIAABCDEFGHIJKLMNOP\n",
+             "db: postgres://user:pa55word@db.example.com/x", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n",
+             "token ghp_" + "a1B2" * 9 + " end", "just words, no secrets\n" * 3]
+    with transient_settings({"plugins_used": [{"name": p} for p in pii.SECRET_PLUGINS]}):
+        every_line = [sorted(s.secret_value for line in t.splitlines() for s in scan_line(line)) for t in texts]
+    found = [sorted(f.value for f in fs) for fs in pii.detect_secrets_many(texts)]
+    assert found == every_line
+    assert [bool(f) for f in found] == [False, True, True, True, True, False]
+
+
 def _sources_recipe(path: Path, mapping: str = "{input: text, output: label}") -> str:
     return (f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: own-data\n"
             f"data:\n  sources:\n    - path: {path.name}\n      mapping: {mapping}\n  datalab: {{enabled: false}}\n")

@@ -31,7 +31,9 @@ def main(inp: Path, out: Path) -> None:
     rows = [json.loads(x) for x in inp.read_text().splitlines()]
     t0 = time.time()
     model = load_model(device="cpu")
-    emb = model.encode([r["text"][:2000] or " " for r in rows], batch_size=32, normalize_embeddings=True,
+    # Batches of 4, not sentence-transformers' 32: on 2 CPU cores 1,500 invoices embed in 35.5 s against 42.7,
+    # the same embeddings to 3e-7 and the same outliers (measured 2026-11-30).
+    emb = model.encode([r["text"][:2000] or " " for r in rows], batch_size=4, normalize_embeddings=True,
                        show_progress_bar=False)
     t_embed = time.time() - t0
     lab = Datalab(data={"id": [r["id"] for r in rows]})

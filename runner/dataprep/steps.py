@@ -42,11 +42,12 @@ def _tokenizer(path: str):
 
 
 def chat_tokens(chats: list[dict], tok_file: str) -> list[int]:
-    """Tokens of each chat record as the trainer sees it: every message's content plus 4 for its template."""
+    """Tokens of each chat record as the trainer sees it: every message's content plus 4 for its template. Each
+    distinct content is encoded once (the system prompt is the same in every record)."""
     tok = _tokenizer(tok_file)
-    contents = [m["content"] for c in chats for m in c["messages"]]
-    lengths = iter(len(e.ids) for e in tok.encode_batch(contents, add_special_tokens=True))
-    return [sum(next(lengths) + 4 for _ in c["messages"]) for c in chats]
+    distinct = list(dict.fromkeys(m["content"] for c in chats for m in c["messages"]))
+    length = dict(zip(distinct, (len(e.ids) for e in tok.encode_batch(distinct, add_special_tokens=True))))
+    return [sum(length[m["content"]] + 4 for m in c["messages"]) for c in chats]
 
 
 def scan_and_check(recs: list[dict], policy: dict | None, task_name: str, task_paths: tuple, system: str,

@@ -140,12 +140,22 @@ def detect_secrets(text: str) -> list[Finding]:
 
 def detect_secrets_many(texts: list[str]) -> list[list[Finding]]:
     from detect_secrets.core.scan import scan_line
-    from detect_secrets.settings import transient_settings
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.settings import get_plugins, transient_settings
 
     outs = []
     with transient_settings({"plugins_used": [{"name": p} for p in SECRET_PLUGINS]}):
+        # Every plugin named finds secrets only where one of its `denylist` patterns matches a line, so a text
+        # that no pattern matches anywhere (read line by line: MULTILINE) has none and skips the line-by-line
+        # scan, which goes through each plugin and filter per line (0.40 ms a document; the patterns ~0.03).
+        plugins = get_plugins()
+        denylist = [re.compile(rx.pattern, rx.flags | re.MULTILINE) for p in plugins for rx in p.denylist] \
+            if all(isinstance(p, RegexBasedDetector) for p in plugins) else None
         for text in texts:
             out, offset = [], 0
+            if denylist is not None and not any(rx.search(text) for rx in denylist):
+                outs.append(out)
+                continue
             for line in text.splitlines(keepends=True):
                 for s in scan_line(line):
                     value = s.secret_value or ""
