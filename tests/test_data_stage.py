@@ -302,6 +302,45 @@ def test_split_by_group_keeps_every_translation_of_a_question_in_one_split():
     assert data.groups_across(leaked) == [parts["test"][0]["group"]]
 
 
+def test_hash_split_never_moves_a_record_when_records_are_added():
+    """data.split.method: hash. 4,000 records, then 1,000 more: every first record stays in its split, the sizes
+    are within 4 binomial standard deviations of the fractions, a group stays whole, another seed splits
+    differently."""
+    import math
+
+    from runner.stages import data
+    fractions = {"train": 0.8, "eval": 0.1, "test": 0.1, "method": "hash"}
+    recs = [{"id": f"r{i:05d}"} for i in range(5000)]
+    where = lambda parts: {r["id"]: n for n, p in parts.items() for r in p}
+    first, both = where(data.split(recs[:4000], fractions, seed=3)), where(data.split(recs, fractions, seed=3))
+    assert all(both[i] == n for i, n in first.items())
+    for name in ("train", "eval", "test"):
+        n, f = 5000, fractions[name]
+        assert abs(sum(v == name for v in both.values()) - n * f) <= 4 * math.sqrt(n * f * (1 - f))
+    assert where(data.split(recs, fractions, seed=4)) != both
+    grouped = [{"id": f"{q}-{lang}", "group": f"q{q}"} for q in range(200) for lang in ("en", "de", "fr")]
+    assert data.groups_across(data.split(grouped, fractions, seed=3)) == []
+
+
+def test_hash_split_through_the_stage_keeps_the_splits_of_a_smaller_dataset(tmp_path):
+    """The stage with data.split.method: hash on 300 and then 400 generated records: every record kept by both
+    runs is in the same split in both, and the audit says how the records were split."""
+    splits, runs = [], tmp_path / "runs"
+    for size in (300, 400):
+        (tmp_path / str(size)).mkdir()
+        r, out = run_data(f"extends: {REPO / 'recipes' / 'invoice-extraction.yaml'}\nname: hash-{size}\n"
+                          f"data:\n  generator: {{size: {size}}}\n  split: {{method: hash}}\n"
+                          "  datalab: {enabled: false}\n", tmp_path / str(size), runs)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        out = next(d for d in (runs / "cache" / "data").glob("*") if f"{size} raw records" in
+                   (d / "data_audit.md").read_text())
+        splits.append({json.loads(line)["id"]: name for name in ("train", "eval", "test")
+                       for line in (out / f"{name}.jsonl").read_text().splitlines()})
+        assert "data.split.method: hash" in (out / "data_audit.md").read_text()
+    shared = splits[0].keys() & splits[1].keys()
+    assert len(shared) > 250 and all(splits[0][i] == splits[1][i] for i in shared)
+
+
 def test_duplicates_across_slices_counts_copies_of_another_language():
     """A translation that left a question in English is a duplicate of the English record: the audit counts it
     as a duplicate across languages, from the removed record's language to the kept one's."""

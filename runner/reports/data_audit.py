@@ -76,7 +76,11 @@ def write(page: fmt.Page) -> dict[str, str]:
     L = ["# Data audit", "",
          f"Dataset version **`{metrics['dataset_version']}`** "
          f"({', '.join(f'{n}: {len(p)}' for n, p in parts.items())} records).", ""]
-    held = (page.recipe.get("data") or {}).get("split", {}).get("holdout")
+    how = (page.recipe.get("data") or {}).get("split", {})
+    if how.get("method") == "hash":
+        L += ["Split by a hash of the seed and each record's id (or group), `data.split.method: hash`: adding records "
+              "never moves one already split; the sizes match the fractions in expectation only.", ""]
+    held = how.get("holdout")
     if held:
         L += ["Out-of-distribution split `ood`: every record with " + " or ".join(
             f"{c} in {{{', '.join(map(str, v))}}}" for c, v in held.items()) + " is held out of train, eval and test "

@@ -57,10 +57,13 @@ def holdout(records: list[dict], held: dict[str, list], task) -> tuple[list[dict
 
 
 def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[str, list[dict]]:
-    """Seeded, stratified by the task's slice columns. Each stratum is shuffled and cut by the fractions; the
-    fractional remainders carry over from stratum to stratum, so small strata still feed every split and the
-    overall sizes match the fractions. Records with a `group` (data.sources[].mapping.group, e.g. a question id
-    shared by its translations) are split as whole groups: `split_groups`."""
+    """`data.split.method` stratified (the default): seeded, stratified by the task's slice columns. Each stratum
+    is shuffled and cut by the fractions; the fractional remainders carry over from stratum to stratum, so small
+    strata still feed every split and the overall sizes match the fractions. Records with a `group`
+    (data.sources[].mapping.group, e.g. a question id shared by its translations) are split as whole groups:
+    `split_groups`. `hash`: `split_by_hash`."""
+    if fractions.get("method") == "hash":
+        return split_by_hash(records, fractions, seed)
     if any("group" in r for r in records):
         return split_groups(records, fractions, seed, slices)
     strata = defaultdict(list)
@@ -81,6 +84,25 @@ def split(records: list[dict], fractions: dict, seed: int, slices=()) -> dict[st
         out["test"] += group[:n_test]
         out["eval"] += group[n_test:n_test + n_eval]
         out["train"] += group[n_test + n_eval:]
+    for recs in out.values():
+        recs.sort(key=lambda r: r["id"])
+    return out
+
+
+def hash_unit(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by the seed and the key alone."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest(), "big") / 2 ** 64
+
+
+def split_by_hash(records: list[dict], fractions: dict, seed: int) -> dict[str, list[dict]]:
+    """Each record's split from a hash of the seed and its id (its `group`, when it has one): test below the test
+    fraction, eval below test + eval, train above. A record's split depends on nothing else, so adding records to
+    a dataset never moves one already split (a test record of one version is never trained on in the next), and
+    any worker can split its own records. The sizes match the fractions in expectation only (binomial spread)."""
+    out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
+    for r in records:
+        u = hash_unit(seed, str(r["group"]) if "group" in r else r["id"])
+        out["test" if u < fractions["test"] else "eval" if u < fractions["test"] + fractions["eval"] else "train"].append(r)
     for recs in out.values():
         recs.sort(key=lambda r: r["id"])
     return out
