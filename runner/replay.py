@@ -29,9 +29,8 @@ from runner.quality import eval_analysis, stats
 
 
 def percentiles(values: list[float]) -> dict:
-    v = sorted(x for x in values if x is not None)
-    pick = lambda q: round(v[min(len(v) - 1, int(q * len(v)))], 1) if v else None   # noqa: E731
-    return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "n": len(v)}
+    v = [x for x in values if x is not None]
+    return {**{f"p{round(q * 100)}": stats.nearest_rank(v, q, 1) for q in (0.5, 0.95, 0.99)}, "n": len(v)}
 
 
 def gold_by_hash(split_files: list[Path]) -> dict[str, dict]:

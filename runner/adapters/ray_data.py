@@ -38,18 +38,12 @@ def _apply(batch: dict, fn, kw: dict) -> dict:
             "cpu": np.full(len(out), cpu / max(1, len(out)))}
 
 
-def _runs(keys: np.ndarray):
-    """(start, end) of each run of equal keys in a sorted array."""
-    cut = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    return zip(np.r_[0, cut], np.r_[cut, len(keys)])
-
-
 def _later_of_groups(block: dict) -> dict:
     """One hash partition: for each key, every index after the group's first -> that first."""
     order = np.lexsort((block["i"], block["h"]))
     h, i = block["h"][order], block["i"][order]
     later, first = [], []
-    for s, e in _runs(h):
+    for s, e in zip(*dedup.runs(h)):
         later += i[s + 1:e].tolist()
         first += [i[s]] * (e - s - 1)
     return {"i": np.asarray(later, np.int64), "f": np.asarray(first, np.int64)}

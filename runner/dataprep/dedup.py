@@ -82,13 +82,20 @@ def band_keys(sigs: np.ndarray, hashranges) -> np.ndarray:
     return out
 
 
+def runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal keys in a sorted array."""
+    if not len(keys):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return starts, np.r_[starts[1:], len(keys)]
+
+
 def bucket_pairs(keys: np.ndarray, ids: np.ndarray, sides: np.ndarray, across: bool) -> set[tuple[int, int]]:
     """Records grouped by key (a sort, not an index): the pairs (i, j), i < j, in each group of two or more;
     `across`: only pairs with i from side 0 and j from side 1."""
     order = np.lexsort((ids, keys))
     keys, ids, sides = keys[order], ids[order], sides[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)]
+    starts, ends = runs(keys)
     many = ends - starts > 1
     pairs: set[tuple[int, int]] = set()
     for s, e in zip(starts[many], ends[many]):

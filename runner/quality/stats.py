@@ -16,6 +16,14 @@ import numpy as np
 from scipy.stats import binomtest
 
 
+def nearest_rank(values: list[float], q: float, digits: int = 3) -> float | None:
+    """The q-quantile of a list of measurements by nearest rank (no interpolation), rounded; None when empty."""
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(q * len(v)))], digits)
+
+
 @dataclass
 class Metric:
     """values: shape (n,) for mean metrics, (n, k) count columns for ratio metrics; agg maps the column

@@ -12,7 +12,7 @@ from pathlib import Path
 from runner import tasks
 from runner.adapters import llama_cpp
 from runner.quality import eval_analysis as ea
-from runner.serving.perf_analysis import nearest_rank
+from runner.quality.stats import nearest_rank
 
 
 def measure(url: str, docs: list[dict], system_prompt: str, max_tokens: int, task: tasks.Task) -> dict:

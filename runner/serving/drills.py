@@ -24,7 +24,6 @@ import psutil
 from runner.quality import stats
 from runner.serving import supervisor
 from runner.serving.deploy import Deployment
-from runner.serving.perf_analysis import nearest_rank
 
 CHAT = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12, "temperature": 0}
 
@@ -140,8 +139,8 @@ def kill_primary(dep: Deployment, workers: int = 3, kill_after_s: float = 3.0, t
         "primary_answers_again_s": None if None in backs else max(backs),
         "per_round": [{"engine_restarted_s": r, "primary_answers_again_s": b} for r, b in zip(restarts, backs)],
         "requests_while_primary_down": len(during),
-        "latency_p50_while_down_s": nearest_rank([r["s"] for r in during if r["status"] == 200], 0.5),
-        "latency_p50_before_kill_s": nearest_rank([r["s"] for r in results
+        "latency_p50_while_down_s": stats.nearest_rank([r["s"] for r in during if r["status"] == 200], 0.5),
+        "latency_p50_before_kill_s": stats.nearest_rank([r["s"] for r in results
                                                    if r["t"] + r["s"] < killed and r["status"] == 200], 0.5),
         "circuit_after": {0.0: "closed", 1.0: "half-open", 2.0: "open"}.get(circuit, circuit),
         "seconds": round(time.time() - t_start, 1),
@@ -192,7 +191,7 @@ def overload(dep: Deployment, limits: dict, bursts: int = 3, factor: float = 2.0
             st = Counter(str(r["status"]) for r in res)
             rounds.append({"sent": n, "statuses": dict(st),
                            "429_with_retry_after": sum(1 for r in res if r["status"] == 429 and r["retry_after"]),
-                           "p95_accepted_s": nearest_rank([r["s"] for r in res if r["status"] == 200], 0.95)})
+                           "p95_accepted_s": stats.nearest_rank([r["s"] for r in res if r["status"] == 200], 0.95)})
             rss.append(round(gw.memory_info().rss / 2**20, 1))
     healthy = httpx.get(dep.gateway_url + "/healthz", timeout=5).status_code == 200
     growth = rss[-1] - rss[1] if len(rss) > 2 else 0.0

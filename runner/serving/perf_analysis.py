@@ -5,14 +5,6 @@ from __future__ import annotations
 KNEE_GAIN = 0.10  # throughput growing by less than this from one level to the next = saturated
 
 
-def nearest_rank(xs: list[float], q: float) -> float | None:
-    """The q-quantile of a small list of measurements (nearest rank, no interpolation), rounded to ms."""
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
-
-
 def judge(rows: list[dict], slo: dict) -> list[dict]:
     for r in rows:
         total = r["requests"]["total"] or 0

@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from runner import tasks
 from runner.governance import audit, labelled
 from runner.adapters import garak
 from runner.governance.policy import OutputPolicy
-from runner.quality.stats import proportion_ci
+from runner.quality.stats import nearest_rank, proportion_ci
 from runner.redteam import attack, score, suite
 from runner.reports import redteam as report
 from runner.reports.fmt import Page
@@ -31,11 +32,6 @@ SECTIONS = ("redteam", "task", "serve", "seed", "name")
 INPUTS = ("data", "eval", "serve")
 RUNS = ("evals", "runner/kinds")  # read by code run outside our imports (the gateway, by path)
 TOOLS = ("llama", "gateway", "redteam")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(q * len(v)))], 3) if v else None
 
 
 def attack_model(ctx: Context, cfg: dict, serving: dict, name: str, gguf: str, cases: list[dict], kind, spec,
@@ -73,9 +69,9 @@ def attack_model(ctx: Context, cfg: dict, serving: dict, name: str, gguf: str, c
     (ctx.out / f"judged-{name}.jsonl").write_text(score.dumps(judged))
     filter_ms = [x["filter_ms"] for x in lines if "filter_ms" in x]
     return {"model": Path(gguf).name, "cases": len(cases), "rates": score.rates(judged), "garak": scan,
-            "statuses": _count(str(j["status"]) for j in judged),
-            "policy_actions": _count(j["policy"] or "none" for j in judged),
-            "filter_ms": {"p50": percentile(filter_ms, 0.5), "p99": percentile(filter_ms, 0.99),
+            "statuses": dict(sorted(Counter(str(j["status"]) for j in judged).items())),
+            "policy_actions": dict(sorted(Counter(j["policy"] or "none" for j in judged).items())),
+            "filter_ms": {"p50": nearest_rank(filter_ms, 0.5), "p99": nearest_rank(filter_ms, 0.99),
                           "max": max(filter_ms, default=None), "n": len(filter_ms)},
             "judged": f"judged-{name}.jsonl"}
 
@@ -90,13 +86,6 @@ def scored_scan(parsed: dict) -> dict:
     total = sum(d["total"] for dets in parsed["probes"].values() for d in dets.values())
     return {**parsed, "fails": fails, "total": total, "rate": round(fails / total, 4) if total else None,
             "ci": proportion_ci(fails, total)}
-
-
-def _count(values) -> dict:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def run(ctx: Context) -> Result:
