@@ -102,7 +102,8 @@ def split_by_hash(records: list[dict], fractions: dict, seed: int) -> dict[str, 
     out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
     for r in records:
         u = hash_unit(seed, str(r["group"]) if "group" in r else r["id"])
-        out["test" if u < fractions["test"] else "eval" if u < fractions["test"] + fractions["eval"] else "train"].append(r)
+        name = "test" if u < fractions["test"] else "eval" if u < fractions["test"] + fractions["eval"] else "train"
+        out[name].append(r)
     for recs in out.values():
         recs.sort(key=lambda r: r["id"])
     return out
